@@ -39,6 +39,10 @@ _EFFICIENTNET_B0_LAYERS = (
 )
 
 
+# Blocks in ``layer4`` of torchvision's ResNets (He et al. 2016, table 1).
+_RESNET_LAYER4_BLOCKS = {"resnet18": 2, "resnet34": 3, "resnet50": 3}
+
+
 class UnknownArchitectureError(ValueError):
     """Raised for an architecture name NormGate cannot build."""
 
@@ -87,8 +91,8 @@ def default_normgrad_layers(arch: str) -> list[str]:
     """Module names of the virtual identity layers for the combined setting (SPEC §7, §9)."""
     _check_arch(arch)
     if arch.startswith("resnet"):
-        model = _BUILDERS[arch](weights=None)
-        last_block = len(model.layer4) - 1
+        # A table, not a model build: this runs on every explanation request.
+        last_block = _RESNET_LAYER4_BLOCKS[arch] - 1
         return ["layer2.0", "layer3.0", "layer4.0", f"layer4.{last_block}"]
     return list(_EFFICIENTNET_B0_LAYERS)
 
