@@ -1,0 +1,29 @@
+"""NormGate's explanation engine (SPEC §7, §8): NormGrad and baseline saliency methods behind one call.
+
+    from models.saliency import explain, list_methods
+    maps = explain(model, images)                       # normgrad-conv1x1-combined, predicted class
+    maps = explain(model, images, "gradcam", target=1)
+
+See ``registry.explain`` for the arguments, ``normgrad`` for the method, ``hooks`` for the safety rules
+(hooks removed and flags restored in ``finally``; one thread per model at a time).
+"""
+
+from models.saliency.registry import (
+    DEFAULT_METHOD,
+    SaliencyMethod,
+    default_layers,
+    explain,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "SaliencyMethod",
+    "default_layers",
+    "explain",
+    "get_method",
+    "list_methods",
+    "register_method",
+]

@@ -1,0 +1,48 @@
+"""One forward and one cut backward pass that yield activations and upstream gradients of named layers.
+
+Used by NormGrad and Grad-CAM. With the weights frozen (``frozen_for_explanation``) and the earliest hooked
+layer's output turned into a leaf (``LayerRecorder``), the single ``torch.autograd.grad`` call computes only
+the gradients from the target logits down to that layer: no weight gradients, nothing below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from models.saliency.hooks import LayerRecorder
+from models.saliency.targets import TargetSpec, check_logits, resolve_targets, target_score
+
+
+@dataclass
+class LayerGradients:
+    names: list[str]
+    activations: list[torch.Tensor]  # detached, [B, K, h, w] each, in the model's dtype
+    gradients: list[torch.Tensor]  # d(target logit)/d(activation), same shapes
+    logits: torch.Tensor  # [B, classes], detached
+    targets: torch.Tensor  # [B] long
+
+
+def layer_activations_and_gradients(model: nn.Module, images: torch.Tensor, layer_names: Sequence[str],
+                                    target: TargetSpec) -> LayerGradients:
+    """The caller holds ``frozen_for_explanation(model)``."""
+    with LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
+        logits = check_logits(model(images))
+        recorder.check_unmodified()
+        activations = recorder.ordered_outputs()
+        targets = resolve_targets(target, logits)
+        score = target_score(logits, targets)
+        if not score.requires_grad:
+            raise RuntimeError(f"the model's output does not depend on layers {recorder.names}")
+        gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    gradients = [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
+    return LayerGradients(
+        names=list(recorder.names),
+        activations=[a.detach() for a in activations],
+        gradients=list(gradients),
+        logits=logits.detach(),
+        targets=targets,
+    )

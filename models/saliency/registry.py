@@ -1,0 +1,168 @@
+"""Method registry and the ``explain`` entry point (SPEC §7).
+
+A method is registered under its SPEC id with the function that computes it, the way it picks layers, and
+the keyword options it accepts. ``explain`` validates the input, resolves layers, freezes the model, runs the
+method and checks the result; methods themselves only compute.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from models.architectures import default_gradcam_layer, default_normgrad_layers, infer_arch
+from models.saliency import gradients, normgrad, path_methods
+from models.saliency.hooks import frozen_for_explanation, resolve_modules
+from models.saliency.layer_gradients import layer_activations_and_gradients
+from models.saliency.targets import TargetSpec, check_images
+
+DEFAULT_METHOD = "normgrad-conv1x1-combined"
+
+# How a method uses ``layers``: all NormGrad layers, the last NormGrad layer, the Grad-CAM layer, or none.
+LAYERS_COMBINED, LAYERS_SINGLE, LAYERS_GRADCAM, LAYERS_NONE = "combined", "single", "gradcam", "none"
+
+
+@dataclass(frozen=True)
+class SaliencyMethod:
+    method_id: str
+    compute: Callable[..., torch.Tensor]  # (model, images, target, [layers], **options) -> [B, H, W]
+    layer_use: str
+    options: tuple[str, ...]  # keyword options the caller may pass through ``explain``
+    summary: str
+
+
+_REGISTRY: dict[str, SaliencyMethod] = {}
+
+
+def register_method(method_id: str, compute: Callable[..., torch.Tensor], layer_use: str, summary: str,
+                    options: Sequence[str] | None = None) -> SaliencyMethod:
+    """Add a method; its options default to the keyword parameters of ``compute`` after the fixed ones."""
+    if method_id in _REGISTRY:
+        raise ValueError(f"saliency method {method_id!r} is already registered")
+    if layer_use not in (LAYERS_COMBINED, LAYERS_SINGLE, LAYERS_GRADCAM, LAYERS_NONE):
+        raise ValueError(f"unknown layer use {layer_use!r}")
+    if options is None:
+        fixed = {"model", "images", "target", "layers", "layer"}
+        options = [p for p in inspect.signature(compute).parameters if p not in fixed]
+    method = SaliencyMethod(method_id, compute, layer_use, tuple(options), summary)
+    _REGISTRY[method_id] = method
+    return method
+
+
+def list_methods() -> list[str]:
+    """Registered method ids, in registration order (SPEC §7 order)."""
+    return list(_REGISTRY)
+
+
+def get_method(method_id: str) -> SaliencyMethod:
+    try:
+        return _REGISTRY[method_id]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown saliency method {method_id!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The architecture's NormGrad layers (SPEC §7), for torchvision models NormGate knows."""
+    arch = infer_arch(model)
+    if arch is None:
+        raise ValueError(f"no default layers for a {type(model).__name__}; pass layers=[module names]")
+    return default_normgrad_layers(arch)
+
+
+def _layers_for(method: SaliencyMethod, model: nn.Module, layers: Sequence[str] | str | None) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is not None:
+        layers = list(layers)
+        if not layers or not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+    if method.layer_use == LAYERS_GRADCAM:
+        if layers:
+            return [layers[-1]]
+        arch = infer_arch(model)
+        if arch is None:
+            raise ValueError(f"no default Grad-CAM layer for a {type(model).__name__}; pass layers=[name]")
+        return [default_gradcam_layer(arch)]
+    chosen = layers if layers else default_layers(model)
+    return [chosen[-1]] if method.layer_use == LAYERS_SINGLE else chosen
+
+
+def explain(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD, target: TargetSpec = None,
+            layers: Sequence[str] | str | None = None, **options) -> torch.Tensor:
+    """Saliency maps [B, H, W] (float32, ≥ 0, input resolution) for a normalised batch [B, 3, H, W].
+
+    ``target``: a class index or a [B] tensor; default the predicted class. ``layers``: module names; NormGrad
+    ``-combined`` uses all, ``-single`` the last, Grad-CAM the last (default ``layer4``/``features.8``);
+    pixel-space methods take no layers and ignore them. ``options``: method settings, e.g.
+    ``combine="minmax-product"`` for NormGrad, ``steps`` for the IG family, ``samples`` for SmoothGrad.
+    The forward runs in the caller's autocast context, if any. The model is left exactly as it was
+    (weights, ``requires_grad``, ``training``, hooks); one thread at a time per model.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    spec = get_method(method)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} does not take option(s) {unknown}; it takes {list(spec.options) or 'none'}"
+        )
+    images = check_images(images)
+    if spec.layer_use == LAYERS_NONE:
+        call_args = {}
+    else:
+        chosen = _layers_for(spec, model, layers)
+        resolve_modules(model, chosen)  # unknown names fail here, before any work
+        call_args = {"layer": chosen[0]} if spec.layer_use == LAYERS_GRADCAM else {"layers": chosen}
+    with frozen_for_explanation(model):
+        maps = spec.compute(model, images, target, **call_args, **options)
+    return _checked_maps(maps, images, method)
+
+
+def _checked_maps(maps: torch.Tensor, images: torch.Tensor, method: str) -> torch.Tensor:
+    expected = (images.shape[0], images.shape[2], images.shape[3])
+    if tuple(maps.shape) != expected:
+        raise RuntimeError(f"{method} produced maps of shape {tuple(maps.shape)}, expected {expected}")
+    maps = maps.detach().to(torch.float32).contiguous()
+    if not torch.isfinite(maps).all():
+        raise FloatingPointError(
+            f"{method} produced non-finite values (the model's activations or gradients overflowed); "
+            "try float32 instead of autocast"
+        )
+    return maps
+
+
+def _normgrad_method(kind: str) -> Callable[..., torch.Tensor]:
+    def compute(model: nn.Module, images: torch.Tensor, target: TargetSpec, layers: Sequence[str],
+                combine: str = "geometric-mean") -> torch.Tensor:
+        if combine not in normgrad.COMBINE_MODES:
+            raise ValueError(f"unknown combine mode {combine!r}; choose one of {normgrad.COMBINE_MODES}")
+        recorded = layer_activations_and_gradients(model, images, layers, target)
+        return normgrad.normgrad_maps(kind, recorded.activations, recorded.gradients, images.shape[-2:], combine)
+
+    compute.__name__ = f"normgrad_{kind}"
+    return compute
+
+
+for _kind in normgrad.LAYER_KINDS:
+    _compute = _normgrad_method(_kind)
+    register_method(f"normgrad-{_kind}-single", _compute, LAYERS_SINGLE,
+                    f"NormGrad, {_kind} virtual identity layer after the last hooked block")
+    register_method(f"normgrad-{_kind}-combined", _compute, LAYERS_COMBINED,
+                    f"NormGrad, {_kind} virtual identity layers, geometric mean over the hooked blocks")
+
+register_method("gradcam", gradients.gradcam_map, LAYERS_GRADCAM, "Grad-CAM (Selvaraju et al. 2017)")
+register_method("guided-gradcam", gradients.guided_gradcam_map, LAYERS_GRADCAM, "Grad-CAM ⊙ guided backprop")
+register_method("guided-backprop", gradients.guided_backprop_map, LAYERS_NONE,
+                "Guided backpropagation, ReLU and SiLU (Ozer et al. 2023 eqs. 5, 8)")
+register_method("input-x-grad", gradients.input_x_gradient_map, LAYERS_NONE, "Input × gradient")
+register_method("gradient", gradients.gradient_map, LAYERS_NONE, "Plain input gradient")
+register_method("smoothgrad", gradients.smoothgrad_map, LAYERS_NONE, "SmoothGrad (Smilkov et al. 2017)")
+register_method("integrated-gradients", gradients.integrated_gradients_map, LAYERS_NONE,
+                "Integrated Gradients, zero baseline, trapezoid rule")
+register_method("guided-ig", path_methods.guided_ig_map, LAYERS_NONE, "Guided IG (PAIR saliency)")
+register_method("blur-ig", path_methods.blur_ig_map, LAYERS_NONE, "Blur IG (PAIR saliency)")
+register_method("xrai", path_methods.xrai_map, LAYERS_NONE, "XRAI regions over IG (PAIR saliency)")
