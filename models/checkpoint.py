@@ -42,7 +42,8 @@ class CheckpointMeta:
     positive_class: str = "foreign_object"
     threshold: float = 0.5
     normgrad_layers: list[str] = field(default_factory=list)
-    trained_on: str = ""
+    # A sentence, or (models.train) a dict: data root, fingerprint, split sizes, exact command, seed, epochs.
+    trained_on: str | dict[str, Any] = ""
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
