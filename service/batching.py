@@ -1,0 +1,183 @@
+"""A bounded, thread-safe dynamic batching queue and the loop that drains it.
+
+Modelled on Ray Serve's ``_BatchQueue`` (python/ray/serve/batching.py): a batch leaves when it is full or when
+a timeout has passed, every request carries its own future, and an exception raised while handling a batch is
+set on every future of that batch. Unlike Ray's, this queue is consumed by a plain thread (the one that owns a
+model on its device), so it uses a ``threading.Condition`` and ``concurrent.futures.Future``; it is bounded
+(``QueueFull`` → the caller answers 503 at once); the wait is measured from the *oldest* queued request, not
+from the previous batch; and requests carry deadlines. A ``concurrent.futures.Future`` gives the
+cancel-or-start race for free: ``cancel()`` (client gone, deadline passed on the caller side) and
+``set_running_or_notify_cancel()`` (the worker takes it) are atomic against each other, so a request is either
+withdrawn or computed and answered, never both and never twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Sequence, TypeVar
+
+log = logging.getLogger("normgate.batching")
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class QueueFull(Exception):
+    """The queue already holds ``max_size`` requests."""
+
+
+class QueueClosed(Exception):
+    """The queue no longer accepts requests (the service is shutting down)."""
+
+
+class DeadlineExceeded(Exception):
+    """A request's deadline passed before a worker took it; it was never computed."""
+
+
+@dataclass(eq=False)
+class PendingRequest(Generic[P]):
+    payload: P
+    deadline: float  # time.monotonic() after which the request must not be started
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when the worker took it into a batch
+    future: Future = field(default_factory=Future)
+
+    @property
+    def queue_seconds(self) -> float:
+        return (self.started_at or time.monotonic()) - self.enqueued_at
+
+
+class BatchQueue(Generic[P]):
+    """Requests in arrival order; ``next_batch`` hands the worker up to ``max_batch_size`` of them."""
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, max_size: int,
+                 on_depth_change: Callable[[int], None] | None = None) -> None:
+        if max_batch_size < 1 or max_size < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_size and max_size must be >= 1 and max_wait_s >= 0")
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_size = max_size
+        self._items: deque[PendingRequest[P]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._on_depth_change = on_depth_change
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def _depth_changed(self) -> None:
+        if self._on_depth_change is not None:
+            self._on_depth_change(len(self._items))
+
+    def put(self, payload: P, deadline: float) -> PendingRequest[P]:
+        """Enqueue one request; raises ``QueueFull`` or ``QueueClosed`` instead of waiting."""
+        with self._cond:
+            if self._closed:
+                raise QueueClosed("the queue is closed")
+            if len(self._items) >= self.max_size:
+                raise QueueFull(f"{len(self._items)} requests already queued")
+            pending = PendingRequest(payload=payload, deadline=deadline)
+            self._items.append(pending)
+            self._depth_changed()
+            self._cond.notify_all()
+            return pending
+
+    def withdraw(self, pending: PendingRequest[P]) -> bool:
+        """Take a request back if no worker has started it (client gone, deadline passed).
+
+        True: it is cancelled and its slot is free. False: it is being (or was) computed; its future will
+        be answered.
+        """
+        if not pending.future.cancel():
+            return False
+        with self._cond:
+            try:
+                self._items.remove(pending)
+            except ValueError:
+                pass  # the worker already popped and skipped it
+            else:
+                self._depth_changed()
+            self._cond.notify_all()
+        return True
+
+    def close(self) -> None:
+        """Stop accepting; the worker still drains what is queued, then ``next_batch`` returns None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def next_batch(self) -> list[PendingRequest[P]] | None:
+        """Block until a batch is due; return it with every future marked running, or None once closed."""
+        with self._cond:
+            while True:
+                if not self._items:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                # A batch leaves when full, or when its oldest request has waited max_wait_s.
+                leave_at = self._items[0].enqueued_at + self.max_wait_s
+                remaining = leave_at - time.monotonic()
+                if len(self._items) < self.max_batch_size and remaining > 0 and not self._closed:
+                    self._cond.wait(remaining)
+                    continue
+                batch = self._take_batch()
+                if batch:
+                    return batch
+                # Everything taken was cancelled or expired: wait for the next request.
+
+    def _take_batch(self) -> list[PendingRequest[P]]:
+        now = time.monotonic()
+        batch: list[PendingRequest[P]] = []
+        while self._items and len(batch) < self.max_batch_size:
+            pending = self._items.popleft()
+            if not pending.future.set_running_or_notify_cancel():
+                continue  # cancelled by its caller: skip, never compute
+            if now > pending.deadline:
+                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            pending.started_at = now
+            batch.append(pending)
+        self._depth_changed()
+        return batch
+
+
+def run_batch(batch: Sequence[PendingRequest[P]],
+              handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
+              before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None) -> None:
+    """Handle one batch and answer every future exactly once.
+
+    ``handle_batch`` returns one result per request, in order; a result that is an exception is set on that
+    request's future only. An exception raised by ``handle_batch`` (or by the ``before_batch`` hook) reaches
+    every request of the batch, and the caller's loop goes on with the next batch.
+    """
+    try:
+        if before_batch is not None:
+            before_batch(batch)
+        results = handle_batch(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} requests")
+    except Exception as exc:  # noqa: BLE001 - every request must hear about the failure
+        log.exception("batch of %d failed", len(batch))
+        for pending in batch:
+            pending.future.set_exception(exc)
+        return
+    for pending, result in zip(batch, results):
+        if isinstance(result, BaseException):
+            pending.future.set_exception(result)
+        else:
+            pending.future.set_result(result)
+
+
+def serve_forever(queue: BatchQueue[P],
+                  handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
+                  before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None) -> None:
+    """The worker loop: drain batches until the queue is closed and empty."""
+    while (batch := queue.next_batch()) is not None:
+        run_batch(batch, handle_batch, before_batch)

@@ -1,0 +1,66 @@
+"""Service settings, read once from ``NORMGATE_*`` environment variables (SPEC §9).
+
+Every value has a default that makes ``make run`` work on a laptop: the shipped default checkpoint, CPU unless a
+GPU is present, loopback only. ``get_settings()`` is cached so every part of the app sees the same values; tests
+build their own ``Settings(...)`` and hand it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NORMGATE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
+    models_dir: Path = Field(Path("models/checkpoints"),
+                             description="Folder whose sub-folders are checkpoints; every one is loaded.")
+    default_model: str = Field("default", description="Model used when /assess is called without ?model=.")
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Largest batch one forward pass takes.")
+    max_batch_wait_ms: float = Field(
+        5.0, ge=0, le=10_000,
+        description="How long the oldest queued request may wait for others to fill its batch.")
+    max_queue_size: int = Field(64, ge=1, description="Queued requests per model; beyond it 503 overloaded.")
+    request_timeout_ms: float = Field(
+        10_000.0, gt=0, description="Per-request deadline from arrival; still queued after it → 504 timeout.")
+    max_body_mb: float = Field(64.0, gt=0, description="Largest accepted request body (413 beyond it).")
+    max_pixels: int = Field(60_000_000, ge=1,
+                            description="Largest decoded image, width × height (413 beyond it).")
+    max_dicom_element_mb: float = Field(
+        64.0, gt=0, description="Largest declared DICOM element length (413 beyond it).")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, /assess needs 'Authorization: Bearer <key>'.")
+    data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # A comma-separated env value is easier to write in a shell or a Kubernetes secret than JSON.
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MIB)
+
+    @property
+    def max_dicom_element_bytes(self) -> int:
+        return int(self.max_dicom_element_mb * MIB)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
