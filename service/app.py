@@ -1,0 +1,119 @@
+"""The FastAPI application factory and its lifespan.
+
+``create_app(settings)`` builds a self-contained app: its own metrics registry, model registry, decode pool.
+Startup checks the configuration (models folder, default model, device) and starts one worker thread per
+model; loading and warm-up continue in those threads, so /healthz answers at once and /readyz turns 200 when
+every model has answered its warm-up requests. Shutdown stops accepting, lets the workers finish what is
+queued, and joins them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.assessment import Assessor
+from service.config import Settings, get_settings
+from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
+from service.inference import BatchHook, DecodePool, ModelRegistry
+from service.metrics import ServiceMetrics
+from service.routes import assess, health, models
+
+log = logging.getLogger("normgate.app")
+
+DESCRIPTION = """
+NormGate is an explainable quality gate for chest radiographs: it estimates the probability that an image
+shows a foreign object (the quality problem), decides **reacquire** or **accept** against the model's
+threshold, and explains the positive class with a NormGrad saliency map and its peak point in original pixels.
+
+Errors are JSON `{"error": code, "detail": sentence}` with the status of SPEC §3.
+"""
+
+
+class RequestContextMiddleware:
+    """Gives every HTTP request an id, times it, and turns an unexpected exception into a 500 JSON error.
+
+    A plain ASGI middleware (not ``BaseHTTPMiddleware``) so it neither buffers bodies nor breaks the
+    disconnect signal /assess listens for.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: BLE001 - the client gets a sentence, the log gets the traceback
+            log.exception("unhandled error, request %s %s %s", request_id, scope.get("method"), scope.get("path"))
+            state["error_code"] = "internal"
+            if not response_started:
+                status = 500
+                body = json.dumps(error_body("internal", INTERNAL_DETAIL, request_id)).encode()
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"x-request-id", request_id.encode())]})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_duration.labels(endpoint, str(status)).observe(time.perf_counter() - started)
+            # Rejections of submitted work (POST /assess, /evaluate, …), not probes polling /readyz.
+            if state.get("error_code") and route is not None and scope.get("method") == "POST":
+                self.metrics.rejected.labels(state["error_code"]).inc()
+
+
+def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None = None) -> FastAPI:
+    """Build the app. ``batch_hook(model_name, batch)`` runs in a model's worker thread before each batch
+    (tracing, and the tests' way to hold a worker still)."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+    registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
+    decode_pool = DecodePool(settings.decode_workers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.start()
+        try:
+            yield
+        finally:
+            registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
+            decode_pool.shutdown()
+
+    app = FastAPI(title="NormGate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.assessor = Assessor(settings, registry, metrics, decode_pool)
+    install_error_handlers(app)
+    app.include_router(assess.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,401 @@
+"""Models behind the API: one worker thread per model, fed by a dynamic batching queue.
+
+Each checkpoint folder under ``NORMGATE_MODELS_DIR`` gets a ``ModelWorker``: a thread that loads the checkpoint
+onto the device, warms it up by pushing real requests through its own queue, then serves batches until the
+queue is closed. Only that thread ever touches the model, so no lock is needed around it and the device sees
+one stream of work.
+
+A batch may mix saliency methods and ``heatmap=none`` requests. It is split into groups: requests without a
+heatmap get a forward pass under ``torch.inference_mode`` (no graph, no backward); each saliency method group
+gets one forward and one backward pass that yield logits and maps together. Every image therefore goes
+through the network exactly once, and its answer does not depend on what else was in the batch (eval mode:
+no batch statistics), which the tests check.
+
+The explanation target is always the positive class (e.g. ``foreign_object``): the radiographer wants to see
+where the suspected object is, also when the decision is ``accept``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models import saliency
+from models.checkpoint import META_FILE, CheckpointMeta, load_checkpoint
+from models.preprocess import grid_point_to_original, preprocess_batch
+from service.batching import (
+    BatchQueue,
+    DeadlineExceeded,
+    PendingRequest,
+    QueueClosed,
+    QueueFull,
+    serve_forever,
+)
+from service.config import Settings
+from service.metrics import ServiceMetrics
+from service.schemas import DEFAULT_METHOD
+
+log = logging.getLogger("normgate.inference")
+
+BatchHook = Callable[[str, Sequence[PendingRequest]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device when one is usable, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"NORMGATE_DEVICE={name!r} but no CUDA device is available")
+    return device
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One preprocessed request as the worker needs it."""
+
+    image: torch.Tensor  # [3, h, w] normalised, on the CPU
+    original_hw: tuple[int, int]
+    method: str | None  # None: heatmap=none, forward pass only
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    probability: float
+    point: tuple[int, int] | None  # (x, y) in original pixels
+    heatmap_png: bytes | None
+    heatmap_hw: tuple[int, int]
+    queue_seconds: float
+    compute_seconds: float
+    batch_size: int
+
+
+def heatmap_to_png(saliency_map: np.ndarray) -> bytes:
+    """[h, w] float map → single-channel 8-bit PNG, min–max scaled (a constant map becomes all zeros)."""
+    low, high = float(saliency_map.min()), float(saliency_map.max())
+    span = high - low
+    if not math.isfinite(span) or span <= 0:
+        scaled = np.zeros(saliency_map.shape, dtype=np.uint8)
+    else:
+        scaled = np.rint((saliency_map - low) * (255.0 / span)).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(scaled, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def argmax_point(saliency_map: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the map's maximum on the model grid; ties go to the first in row-major order."""
+    row, col = np.unravel_index(int(np.argmax(saliency_map)), saliency_map.shape)
+    return int(col), int(row)
+
+
+class ModelRunner:
+    """Runs batches of ``ModelInput`` through one checkpoint on one device."""
+
+    def __init__(self, name: str, model: torch.nn.Module, meta: CheckpointMeta, device: torch.device,
+                 metrics: ServiceMetrics) -> None:
+        self.name = name
+        self.model = model
+        self.meta = meta
+        self.device = device
+        self.metrics = metrics
+        self.positive_index = meta.positive_index
+        self.grid_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
+
+    def _explain(self, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        target = torch.full((images.shape[0],), self.positive_index, dtype=torch.long, device=images.device)
+        # The checkpoint's NormGrad layers (model.json) only apply to NormGrad methods; others use their own.
+        layers = self.meta.normgrad_layers if method.startswith("normgrad-") else None
+        # TODO(helper-1): switch to saliency.explain_with_logits (one pass) once the engine offers it.
+        with torch.inference_mode():
+            logits = self.model(images)
+        maps = saliency.explain(self.model, images, method, target=target, layers=layers)
+        return maps, logits
+
+    def run(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
+        started = time.perf_counter()
+        groups: dict[str | None, list[int]] = {}
+        for index, pending in enumerate(batch):
+            groups.setdefault(pending.payload.method, []).append(index)
+
+        probabilities: list[float] = [0.0] * len(batch)
+        maps: list[np.ndarray | None] = [None] * len(batch)
+        for method, indices in groups.items():
+            images = torch.stack([batch[i].payload.image for i in indices]).to(self.device)
+            if method is None:
+                with torch.inference_mode():
+                    logits = self.model(images)
+                group_maps = None
+            else:
+                group_maps, logits = self._explain(images, method)
+                group_maps = group_maps.detach().float().cpu().numpy()
+            group_probs = torch.softmax(logits.detach().float(), dim=1)[:, self.positive_index].cpu().tolist()
+            for position, i in enumerate(indices):
+                probabilities[i] = float(group_probs[position])
+                if group_maps is not None:
+                    maps[i] = group_maps[position]
+        compute_seconds = time.perf_counter() - started
+        self.metrics.compute_duration.labels(self.name, "forward_backward").observe(compute_seconds)
+        self.metrics.batch_size.labels(self.name).observe(len(batch))
+
+        outputs = []
+        for pending, probability, saliency_map in zip(batch, probabilities, maps):
+            self.metrics.queue_wait.labels(self.name).observe(pending.queue_seconds)
+            point, png = None, None
+            if saliency_map is not None:
+                t0 = time.perf_counter()
+                grid_x, grid_y = argmax_point(saliency_map)
+                point = grid_point_to_original(grid_x, grid_y, self.grid_hw, pending.payload.original_hw)
+                t1 = time.perf_counter()
+                png = heatmap_to_png(saliency_map)
+                t2 = time.perf_counter()
+                self.metrics.compute_duration.labels(self.name, "saliency").observe(t1 - t0)
+                self.metrics.compute_duration.labels(self.name, "encode").observe(t2 - t1)
+            outputs.append(ModelOutput(probability=probability, point=point, heatmap_png=png,
+                                       heatmap_hw=self.grid_hw, queue_seconds=pending.queue_seconds,
+                                       compute_seconds=compute_seconds, batch_size=len(batch)))
+        return outputs
+
+
+class ModelState:
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ModelWorker:
+    """One checkpoint, its batching queue and the thread that owns the model."""
+
+    def __init__(self, name: str, folder: Path, device: torch.device, settings: Settings,
+                 metrics: ServiceMetrics, batch_hook: BatchHook | None = None) -> None:
+        self.name = name
+        self.folder = folder
+        self.device = device
+        self.metrics = metrics
+        self.settings = settings
+        self.queue: BatchQueue[ModelInput] = BatchQueue(
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            max_size=settings.max_queue_size,
+            on_depth_change=metrics.queue_depth.labels(name).set,
+        )
+        self.state = ModelState.LOADING
+        self.error: str | None = None
+        self.meta: CheckpointMeta | None = None
+        self.runner: ModelRunner | None = None
+        # Smoothed seconds per batch, for the Retry-After estimate of a full queue.
+        self.seconds_per_batch = 1.0
+        self._batch_hook = batch_hook
+        self._thread = threading.Thread(target=self._run, name=f"normgate-model-{name}", daemon=True)
+
+    # -- lifecycle (called from the event loop thread) --------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop accepting, let the worker finish what is queued, wait for it up to ``timeout_s``."""
+        self.queue.close()
+        self._thread.join(timeout_s)
+        if self.state != ModelState.FAILED:
+            self.state = ModelState.STOPPED
+
+    @property
+    def ready(self) -> bool:
+        return self.state == ModelState.READY and self._thread.is_alive()
+
+    def describe_state(self) -> str:
+        if self.state == ModelState.READY and not self._thread.is_alive():
+            return "worker thread died"
+        if self.state == ModelState.FAILED:
+            return f"failed: {self.error}"
+        return self.state
+
+    def retry_after_seconds(self) -> int:
+        batches_ahead = math.ceil(len(self.queue) / self.settings.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self.seconds_per_batch))
+
+    # -- the worker thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            checkpoint = load_checkpoint(self.folder, device=self.device)
+        except Exception as exc:  # noqa: BLE001 - a broken checkpoint makes the service not ready, not crash
+            log.exception("model %s: loading %s failed", self.name, self.folder)
+            self.error = str(exc)
+            self.state = ModelState.FAILED
+            self.queue.close()
+            self._fail_queued(exc)
+            return
+        self.meta = checkpoint.meta
+        self.runner = ModelRunner(self.name, checkpoint.model, checkpoint.meta, self.device, self.metrics)
+        self.metrics.model_info.labels(self.name, self.meta.version, self.meta.arch).set(1)
+        self.state = ModelState.WARMING_UP
+        self._enqueue_warmup()
+        serve_forever(self.queue, self._handle_batch, self._before_batch)
+
+    def _before_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> None:
+        if self._batch_hook is not None:
+            self._batch_hook(self.name, batch)
+
+    def _handle_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
+        assert self.runner is not None
+        started = time.perf_counter()
+        outputs = self.runner.run(batch)
+        self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.perf_counter() - started)
+        return outputs
+
+    def _enqueue_warmup(self) -> None:
+        """Push one heatmap request and one forward-only request through the real queue.
+
+        The first batch pays for lazy initialisation (allocator, kernels, hooks); readiness waits for it so
+        the first patient request does not.
+        """
+        assert self.meta is not None
+        h, w = self.meta.input_size
+        gray = np.full((h, w), 0.5, dtype=np.float32)
+        image = preprocess_batch([gray], self.meta.input_size, self.meta.mean, self.meta.std)[0]
+        warmups = [self.queue.put(ModelInput(image=image, original_hw=(h, w), method=method), math.inf)
+                   for method in (DEFAULT_METHOD, None)]
+        remaining = [len(warmups)]
+        lock = threading.Lock()
+
+        def done(future) -> None:
+            with lock:
+                if future.cancelled() or future.exception() is not None:
+                    self.error = f"warm-up failed: {future.exception() if not future.cancelled() else 'cancelled'}"
+                    self.state = ModelState.FAILED
+                    return
+                remaining[0] -= 1
+                if remaining[0] == 0 and self.state == ModelState.WARMING_UP:
+                    self.state = ModelState.READY
+                    log.info("model %s ready on %s", self.name, self.device)
+
+        for pending in warmups:
+            pending.future.add_done_callback(done)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while (batch := self.queue.next_batch()) is not None:
+            for pending in batch:
+                pending.future.set_exception(exc)
+
+
+class ModelRegistry:
+    """Every checkpoint folder under the models directory, by folder name."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, batch_hook: BatchHook | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.batch_hook = batch_hook
+        self.workers: dict[str, ModelWorker] = {}
+        self.default_name = settings.default_model
+
+    def discover(self) -> list[tuple[str, Path]]:
+        root = Path(self.settings.models_dir)
+        if not root.is_dir():
+            raise RuntimeError(f"NORMGATE_MODELS_DIR={root} is not a folder")
+        found = sorted((p.name, p) for p in root.iterdir() if (p / META_FILE).is_file())
+        if not found:
+            raise RuntimeError(f"no checkpoint folders (with {META_FILE}) under NORMGATE_MODELS_DIR={root}")
+        names = [name for name, _ in found]
+        if self.default_name not in names:
+            raise RuntimeError(f"NORMGATE_DEFAULT_MODEL={self.default_name!r} is not one of the checkpoints "
+                               f"under {root}: {', '.join(names)}")
+        return found
+
+    def start(self) -> None:
+        """Find the checkpoints and start one worker per model; loading and warm-up go on in the background.
+
+        A misconfiguration (no folder, no checkpoints, unknown default model, no such device) raises here so
+        the server refuses to start with a sentence instead of staying unready forever.
+        """
+        device = resolve_device(self.settings.device)
+        for name, folder in self.discover():
+            worker = ModelWorker(name, folder, device, self.settings, self.metrics, self.batch_hook)
+            self.workers[name] = worker
+            worker.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers.values():
+            worker.queue.close()
+        for worker in self.workers.values():
+            worker.stop(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.workers) and all(w.ready for w in self.workers.values())
+
+    def states(self) -> dict[str, str]:
+        return {name: w.describe_state() for name, w in self.workers.items()}
+
+    def get(self, name: str) -> ModelWorker | None:
+        return self.workers.get(name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The asynchronous side: what a request handler awaits.
+# ------------------------------------------------------------------------------------------------------------
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was queued; its slot was freed."""
+
+
+async def await_output(worker: ModelWorker, pending: PendingRequest[ModelInput],
+                       disconnected: asyncio.Future | None) -> ModelOutput:
+    """Wait for a queued request's answer, its deadline, or its client leaving — whichever comes first.
+
+    Deadline or disconnect while still queued: the request is withdrawn (never computed, slot freed).
+    Already being computed: the answer is awaited, so a request the worker started is always answered.
+    """
+    waiter = asyncio.wrap_future(pending.future)
+    # Mark a late exception as retrieved so asyncio does not log it when nobody is left to read it.
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+    try:
+        waitables: set[asyncio.Future] = {waiter}
+        if disconnected is not None:
+            waitables.add(disconnected)
+        timeout = max(0.0, pending.deadline - time.monotonic())
+        done, _ = await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            return waiter.result()
+        if disconnected is not None and disconnected in done and worker.queue.withdraw(pending):
+            raise ClientGone()
+        if worker.queue.withdraw(pending):
+            raise DeadlineExceeded("deadline passed while queued")
+        return await waiter
+    except asyncio.CancelledError:
+        worker.queue.withdraw(pending)
+        raise
+
+
+class DecodePool:
+    """A bounded pool of threads for decoding and resizing uploads, off the event loop."""
+
+    def __init__(self, workers: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normgate-decode")
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = [
+    "ClientGone", "DecodePool", "ModelInput", "ModelOutput", "ModelRegistry", "ModelRunner", "ModelWorker",
+    "QueueClosed", "QueueFull", "argmax_point", "await_output", "heatmap_to_png", "resolve_device",
+]

@@ -1,0 +1,31 @@
+"""GET /models and GET /methods — what can be asked of /assess."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from models import saliency
+from service.deps import RegistryDep
+from service.schemas import DEFAULT_METHOD, MethodsResponse, ModelInfo, ModelsResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Loaded models and their metadata")
+def list_models(registry: RegistryDep) -> ModelsResponse:
+    infos = []
+    for name, worker in registry.workers.items():
+        meta = worker.meta
+        if meta is None:  # still loading (or failed): nothing trustworthy to show yet
+            continue
+        infos.append(ModelInfo(name=name, version=meta.version, arch=meta.arch, input_size=list(meta.input_size),
+                               classes=list(meta.classes), positive_class=meta.positive_class,
+                               threshold=float(meta.threshold), normgrad_layers=list(meta.normgrad_layers),
+                               trained_on=meta.trained_on, metrics=dict(meta.metrics), device=str(worker.device),
+                               default=name == registry.default_name))
+    return ModelsResponse(default=registry.default_name, models=infos)
+
+
+@router.get("/methods", response_model=MethodsResponse, summary="Saliency method ids")
+def list_methods() -> MethodsResponse:
+    return MethodsResponse(default=DEFAULT_METHOD, methods=saliency.list_methods())

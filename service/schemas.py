@@ -1,0 +1,105 @@
+"""Request and response shapes of the HTTP API (SPEC §3), as pydantic models for validation and OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_METHOD = "normgrad-conv1x1-combined"
+HeatmapMode = Literal["png", "none"]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Machine-readable error code, e.g. bad_image, too_large, overloaded.")
+    detail: str = Field(description="A sentence for a person.")
+    request_id: str | None = Field(None, description="Present when the request got an id; quote it in reports.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": "bad_image", "detail": "the PNG data is truncated", "request_id": "5b0d8c0e3f0a4a52b1f7b0f6d1f0b8e2"}]})
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    arch: str
+
+
+class Point(BaseModel):
+    x: int = Field(description="Column in original image pixels, 0-based.")
+    y: int = Field(description="Row in original image pixels, 0-based.")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Heatmap(BaseModel):
+    method: str = Field(description="Saliency method id that produced the map.")
+    width: int = Field(description="Model input grid width; the map stretches over the whole original image.")
+    height: int = Field(description="Model input grid height.")
+    png_base64: str = Field(description="Single-channel 8-bit PNG, min–max scaled, base64-encoded.")
+
+
+class Timings(BaseModel):
+    queue: float = Field(description="Milliseconds waiting in the model's batching queue.")
+    compute: float = Field(description="Milliseconds of model compute for the batch this request was in.")
+    total: float = Field(description="Milliseconds from request arrival to the answer.")
+
+
+class AssessResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    label: str = Field(description="Positive class name when the decision is reacquire, the negative one otherwise.")
+    probability: float = Field(description="P(positive class), e.g. P(foreign object).")
+    threshold: float
+    decision: Literal["reacquire", "accept"] = Field(description="reacquire iff probability >= threshold.")
+    point: Point | None = Field(description="Heatmap argmax in original image pixels; null with heatmap=none.")
+    image: ImageSize
+    heatmap: Heatmap | None = Field(description="Explanation of the positive class; null with heatmap=none.")
+    timings_ms: Timings
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "request_id": "9f1c2a7d4e3b4c5d8e9f0a1b2c3d4e5f",
+        "model": {"name": "default", "version": "1.0.0", "arch": "resnet18"},
+        "label": "foreign_object", "probability": 0.97, "threshold": 0.5, "decision": "reacquire",
+        "point": {"x": 812, "y": 433}, "image": {"width": 2048, "height": 2500},
+        "heatmap": {"method": DEFAULT_METHOD, "width": 320, "height": 320, "png_base64": "iVBORw0KGgo…"},
+        "timings_ms": {"queue": 3.1, "compute": 41.0, "total": 52.7}}]})
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    arch: str
+    input_size: list[int] = Field(description="[height, width] of the model input grid.")
+    classes: list[str]
+    positive_class: str
+    threshold: float
+    normgrad_layers: list[str]
+    trained_on: str
+    metrics: dict
+    device: str
+    default: bool = Field(description="True for the model /assess uses without ?model=.")
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class MethodsResponse(BaseModel):
+    default: str
+    methods: list[str]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    models: dict[str, str] = Field(description="Model name → state.")

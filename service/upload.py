@@ -1,0 +1,99 @@
+"""Reading an /assess upload from the HTTP request: size limit first, then raw body or multipart ``file``.
+
+The body is read by this module, not by Starlette's ``request.body()``, so the size limit holds while
+streaming: a declared ``Content-Length`` over the limit is refused before a byte is read, and a chunked body
+is cut off as soon as it passes the limit. Multipart bodies are parsed from the bytes already read (the same
+limit covers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from service.errors import BadImageRequest, TooLarge
+
+MULTIPART = "multipart/form-data"
+FILE_FIELD = "file"
+
+
+@dataclass(frozen=True)
+class Upload:
+    body: bytes
+    content_type: str | None  # media type without parameters, lower case; None when not given
+
+
+def media_type(header_value: str | None) -> str | None:
+    if not header_value:
+        return None
+    return header_value.split(";", 1)[0].strip().lower() or None
+
+
+async def read_limited_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise BadImageRequest(f"Content-Length {declared!r} is not a number") from None
+        if declared_bytes > max_bytes:
+            raise TooLarge(f"the body is {declared_bytes} bytes; the limit is {max_bytes} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes:
+            raise TooLarge(f"the body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _single_file_from_multipart(request: Request, body: bytes) -> Upload:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # never: the form parser stops after the last chunk
+        return {"type": "http.disconnect"}
+
+    replayed = Request(request.scope, replay)
+    try:
+        form = await replayed.form(max_files=1, max_fields=16)
+    except HTTPException as exc:
+        raise BadImageRequest(f"malformed multipart body: {exc.detail}") from None
+    try:
+        files = [v for k, v in form.multi_items() if k == FILE_FIELD and isinstance(v, UploadFile)]
+        if len(files) != 1:
+            raise BadImageRequest(f"a multipart body needs exactly one file field named {FILE_FIELD!r}")
+        data = await files[0].read()
+        part_type = media_type(files[0].content_type)
+    finally:
+        await form.close()
+    # A browser sends application/octet-stream for unknown extensions; let the decoder look at the bytes.
+    if part_type == "application/octet-stream":
+        part_type = None
+    return Upload(body=data, content_type=part_type)
+
+
+async def read_upload(request: Request, max_bytes: int) -> Upload:
+    """The uploaded image bytes and their declared media type, raw or from a multipart ``file`` field."""
+    content_type = media_type(request.headers.get("content-type"))
+    body = await read_limited_body(request, max_bytes)
+    if content_type == MULTIPART:
+        return await _single_file_from_multipart(request, body)
+    return Upload(body=body, content_type=content_type)
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client goes away (call only after the body was read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
