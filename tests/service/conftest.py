@@ -107,3 +107,33 @@ class running_app:
         await self._client.aclose()
         await self._lifespan.__aexit__(*exc)
 
+
+
+def dicom_bytes(array: np.ndarray, frames: int = 1, photometric: str = "MONOCHROME2") -> bytes:
+    """A minimal uncompressed CR image (Part 10 file) holding ``array`` (uint8 or uint16) ``frames`` times."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = array.shape
+    bits = 8 if array.dtype == np.uint8 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    data = np.ascontiguousarray(np.stack([array] * frames) if frames > 1 else array)
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = data.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
