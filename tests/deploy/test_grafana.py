@@ -1,0 +1,161 @@
+"""deploy/grafana: provisioning wired to the compose stack, and every PromQL expression of the dashboard parsed by
+promtool and naming only metrics that exist (SPEC §4, the live /metrics, or NVIDIA dcgm-exporter's DCGM_FI_*)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, REPO, SPEC_METRICS, metric_families, require_binary, run_tool
+
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD_PATH = GRAFANA / "dashboards" / "normgate.json"
+DASHBOARD = json.loads(DASHBOARD_PATH.read_text())
+
+# Grafana's own macros and this dashboard's variables, replaced by values Prometheus accepts.
+GRAFANA_SUBSTITUTIONS = {
+    "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
+    "${model}": ".*", "$model": ".*",
+}
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset", "bool",
+    "inf", "nan", "atan2",
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+DCGM_REQUIRED = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) for every Prometheus query of the dashboard, template variables included."""
+    found = []
+    for panel in DASHBOARD["panels"]:
+        for target in panel.get("targets", []):
+            found.append((f"panel {panel['id']} '{panel['title']}' {target['refId']}", target["expr"]))
+    for variable in DASHBOARD["templating"]["list"]:
+        if variable["type"] == "query":
+            found.append((f"variable {variable['name']}", variable["definition"]))
+    return found
+
+
+def to_promql(expr: str) -> str:
+    for macro, value in GRAFANA_SUBSTITUTIONS.items():
+        expr = expr.replace(macro, value)
+    assert "$" not in expr, f"unknown Grafana variable left in {expr!r}"
+    # label_values(metric, label) is Grafana's variable query, not PromQL: check the metric selector part.
+    match = re.fullmatch(r"label_values\((.+),\s*\w+\)", expr)
+    return match.group(1) if match else expr
+
+
+def metric_names(promql: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords or label names."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', promql)          # string literals
+    s = re.sub(r"\{[^}]*\}", "", s)                            # label matchers
+    s = re.sub(r"\[[^\]]*\]", "", s)                           # range durations
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", s)  # label lists
+    s = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", "", s)  # numbers
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", s):
+        following = s[m.end():].lstrip()[:1]
+        if following != "(" and m.group(0).lower() not in PROMQL_WORDS:
+            names.add(m.group(0))
+    return names
+
+
+def family_of(name: str) -> str:
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = name.removesuffix(suffix)
+        if base != name and SPEC_METRICS.get(base) == "histogram":
+            return base
+    return name
+
+
+def promtool_check_exprs(exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Parse expressions with Prometheus' own parser: each becomes a recording rule, checked by promtool."""
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard_exprs.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return run_tool([require_binary("promtool"), "check", "rules", str(path)])
+
+
+def test_dashboard_has_the_panels_operators_need():
+    titles = " | ".join(p["title"].lower() for p in DASHBOARD["panels"])
+    for needed in ("request rate", "error ratio", "latency quantiles", "queue depth", "queue wait vs compute",
+                   "batch size distribution", "decisions per model", "gpu utilisation", "gpu memory"):
+        assert needed in titles, f"no panel about {needed!r}: {titles}"
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    batch = next(p for p in DASHBOARD["panels"] if "batch size distribution" in p["title"].lower())
+    assert batch["type"] == "heatmap" and batch["targets"][0]["format"] == "heatmap"
+    assert "normgate_batch_size_bucket" in batch["targets"][0]["expr"]
+
+
+def test_every_dashboard_expression_parses_with_promtool(tmp_path: Path):
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    result = promtool_check_exprs([to_promql(e) for _, e in queries], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+def test_the_promtool_check_rejects_a_broken_expression(tmp_path: Path):
+    # The check above must be able to fail: an unbalanced parenthesis is refused by the same route.
+    result = promtool_check_exprs(["sum(rate(normgate_batch_size_count[1m])"], tmp_path)
+    assert result.returncode != 0
+
+
+def test_metric_name_extraction_on_known_expressions():
+    assert metric_names('histogram_quantile(0.99, sum by (le, endpoint) (rate(a_bucket{x="y"}[5m])))') == {"a_bucket"}
+    assert metric_names("sum(rate(a_sum[1m])) / sum(rate(b_count[1m])) * 1024") == {"a_sum", "b_count"}
+    assert metric_names('DCGM_FI_DEV_FB_USED{gpu="0"} and on (gpu) up') == {"DCGM_FI_DEV_FB_USED", "up"}
+
+
+def test_dashboard_names_only_spec_or_dcgm_metrics():
+    used = set()
+    for where, expr in dashboard_queries():
+        names = metric_names(to_promql(expr))
+        assert names, f"{where}: no metric in {expr!r}"
+        for name in names:
+            assert family_of(name) in SPEC_METRICS or name.startswith("DCGM_FI_"), f"{where}: unknown metric {name}"
+        used |= names
+    assert DCGM_REQUIRED <= used
+    assert {family_of(n) for n in used if n.startswith("normgate_")} == set(SPEC_METRICS), (
+        "every SPEC §4 metric appears on the dashboard")
+
+
+def test_dashboard_metrics_exist_on_the_live_service(live_app):
+    text = live_app.metrics_text()
+    families = metric_families(text)
+    exposed_series = set(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)[{ ]", text, flags=re.MULTILINE))
+    for where, expr in dashboard_queries():
+        for name in metric_names(to_promql(expr)):
+            if name.startswith("DCGM_FI_"):
+                continue
+            assert family_of(name) in families, f"{where}: {name} is not on the live /metrics"
+            if family_of(name) != name or families[name] == "counter":
+                assert name in exposed_series, f"{where}: no {name} series on the live /metrics"
+
+
+def test_datasource_and_dashboard_provisioning_match_the_compose_mounts():
+    datasource = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (ds,) = datasource["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    ds_variable = next(v for v in DASHBOARD["templating"]["list"] if v["type"] == "datasource")
+    assert ds_variable["current"]["value"] == ds["uid"]
+    for panel in DASHBOARD["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "normgate.yml").read_text())
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/dashboards"] == dashboards_path
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert compose["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == (
+        f"{dashboards_path}/{DASHBOARD_PATH.name}")
