@@ -546,15 +546,16 @@ def _check_element_lengths(ds, stream_length: int, limits: IngestLimits) -> None
         raw = ds.get_item(tag, keep_deferred=True)
         if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
             continue
-        if raw.length > limits.max_dicom_element_bytes:
-            raise TooLarge(
-                f"DICOM element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes; "
-                f"the limit is {limits.max_dicom_element_bytes}"
-            )
+        # A length the bytes cannot back is a lie (truncation), not a large element: 400 before 413.
         if raw.value_tell + raw.length > stream_length:
             raise BadImage(
                 f"DICOM element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes but only "
                 f"{max(stream_length - raw.value_tell, 0)} remain: the file is truncated or corrupt"
+            )
+        if raw.length > limits.max_dicom_element_bytes:
+            raise TooLarge(
+                f"DICOM element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes; "
+                f"the limit is {limits.max_dicom_element_bytes}"
             )
 
 
@@ -576,7 +577,9 @@ def _check_codestream_size(ds, transfer_syntax, rows: int, columns: int) -> None
     from pydicom.encaps import generate_fragments
 
     try:
-        first_fragment = next(generate_fragments(ds.PixelData))
+        items = generate_fragments(ds.PixelData)
+        next(items)  # the Basic Offset Table item (PS3.5 A.4), possibly empty
+        first_fragment = next(items)
     except Exception as exc:
         raise BadImage(f"the encapsulated DICOM pixel data is malformed: {_library_failure(exc)}") from exc
     if transfer_syntax == dicom_uid.RLELossless:
