@@ -1,0 +1,480 @@
+"""The offline Pointing Game engine (SPEC §6): models × saliency methods over a data set, one pass.
+
+The experiments reproduced are those of Özer & Öksüz (MIDL 2021, Table 2) and Özer et al. (2023, Tables 2–5):
+Pointing Game of NormGrad and baseline saliency methods on Object-CXR, with and without Gaussian smoothing of
+the map (σ = 1.0, the seed code's 11 × 11 kernel with reflection padding), for trained models and for the
+randomisation sanity checks — *semi-random* (backbone kept, classifier head re-initialised with He init) and
+*full-random* (every layer re-initialised, He init for convolutions as torchvision does) — repeated over
+checkpoints/seeds (mean ± std) and across two architectures (Difference of Means).
+
+Per batch of images: each image is decoded once and preprocessed once per distinct model input grid; for each
+model one no-grad forward gives the classification probabilities of every image; saliency is computed for the
+positive images only (the Pointing Game ignores images without a box, and for FROC a negative image's point is
+a false positive wherever it lies), with the target class = the positive class (the ground-truth class of those
+images). Maps come at the model input grid; the argmax point is scored against the boxes scaled to that grid.
+
+The ``random`` method is a *control*, not a saliency method: a seeded uniform-noise map per (model, image),
+giving the chance level of the Pointing Game on the same images in the same run.
+
+This module is a plain ML library: it never imports ``service`` or FastAPI.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.architectures import build_model, default_normgrad_layers, reset_classifier_head
+from models.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint
+from models.datasets import Sample, load_gray
+from models.pointing_game import argmax_point, energy_pointing_game, pointing_game_hit
+from models.preprocess import grid_point_to_original, original_box_to_grid, preprocess_batch
+
+INIT_MODES = ("trained", "semi-random", "full-random")
+COMBINE_MODES = ("geometric-mean", "minmax-product")
+RANDOM_CONTROL = "random"
+CONTROL_METHODS = (RANDOM_CONTROL,)
+
+
+class EvaluationError(ValueError):
+    """A bad evaluation request (unknown method, init mode, empty model list …)."""
+
+
+def available_methods() -> list[str]:
+    """Saliency method ids of the explanation engine, then the control methods."""
+    from models.saliency import list_methods
+
+    return list(list_methods()) + list(CONTROL_METHODS)
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    methods = [m.strip() for m in methods if m and m.strip()]
+    if not methods:
+        raise EvaluationError("give at least one method")
+    known = available_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise EvaluationError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise EvaluationError(f"method listed twice: {methods}")
+    return methods
+
+
+# --- models under test ---------------------------------------------------------------------------------------
+
+@dataclass
+class EvaluatedModel:
+    """One model as evaluated: ``key`` names it in the results (checkpoint folder name, ``#k`` for repeats)."""
+
+    key: str
+    model: nn.Module
+    meta: CheckpointMeta
+    init: str = "trained"
+    seed: int = 0
+    source: str = ""
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def initialise_model(checkpoint: Checkpoint, init: str, seed: int) -> nn.Module:
+    """The checkpoint's model as trained, with a He-re-initialised head, or fully re-initialised (seeded).
+
+    The randomised copies never touch the checkpoint's own module, and the global RNG is left as it was.
+    """
+    if init not in INIT_MODES:
+        raise EvaluationError(f"unknown init mode {init!r}; choose one of {', '.join(INIT_MODES)}")
+    if init == "trained":
+        return checkpoint.model
+    device = next(checkpoint.model.parameters()).device
+    if init == "semi-random":
+        model = copy.deepcopy(checkpoint.model)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        head_device_ok = device.type == "cpu"
+        if not head_device_ok:
+            model.to("cpu")
+        reset_classifier_head(model, generator=generator)
+        return _freeze(model.to(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(checkpoint.meta.arch, num_classes=len(checkpoint.meta.classes))
+    return _freeze(model.to(device=device, dtype=torch.float32))
+
+
+def load_models(paths: Sequence[str | Path], init: str = "trained", seed: int = 0, repeat: int = 1,
+                device: str | torch.device = "cpu") -> list[EvaluatedModel]:
+    """Load checkpoint folders; ``repeat`` > 1 evaluates each randomised model with ``repeat`` seeds."""
+    if not paths:
+        raise EvaluationError("give at least one model checkpoint")
+    if init not in INIT_MODES:
+        raise EvaluationError(f"unknown init mode {init!r}; choose one of {', '.join(INIT_MODES)}")
+    if repeat < 1 or (repeat > 1 and init == "trained"):
+        raise EvaluationError("repeat must be 1 for trained models (repeat by passing several checkpoints), "
+                              "and >= 1 for randomised ones")
+    names = [Path(p).name or str(p) for p in paths]
+    out: list[EvaluatedModel] = []
+    for index, path in enumerate(paths):
+        checkpoint = load_checkpoint(path, device=device)
+        base = names[index] if names.count(names[index]) == 1 else f"{names[index]}-{index}"
+        for k in range(repeat):
+            model_seed = seed + 1000 * index + k
+            key = base if repeat == 1 else f"{base}#{k}"
+            out.append(EvaluatedModel(key=key, model=initialise_model(checkpoint, init, model_seed),
+                                      meta=checkpoint.meta, init=init, seed=model_seed, source=str(path)))
+    return out
+
+
+# --- smoothing ----------------------------------------------------------------------------------------------
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian; radius max(5, ⌈4σ⌉) — the seed code's 11-tap kernel at σ ≤ 1.25."""
+    radius = max(5, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of [B, H, W] maps (separable, reflection padding as the papers' seed code)."""
+    if sigma < 0 or not math.isfinite(sigma):
+        raise EvaluationError(f"smoothing sigma must be >= 0, got {sigma!r}")
+    if sigma == 0 or maps.numel() == 0:
+        return maps
+    kernel = gaussian_kernel_1d(sigma).to(maps.device)
+    radius = kernel.numel() // 2
+    x = maps[:, None].to(torch.float32)
+    h, w = x.shape[-2:]
+    # Reflection needs a pad smaller than the side; tiny maps fall back to edge replication.
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    x = F.pad(x, (radius, radius, radius, radius), mode=mode)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+# --- per-image results ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One row of per_image.csv (SPEC §9), plus the energy PG and the FROC match of the point."""
+
+    image: str
+    model: str
+    method: str
+    label: int
+    probability: float
+    point_x: int | None  # model-grid pixels
+    point_y: int | None
+    hit: int | None  # 1 hit, 0 miss, None when the image has no box
+    n_boxes: int
+    energy_pg: float | None = None
+    objects_hit: int = 0  # annotations whose shape contains the point (original pixels); FROC
+    smooth_sigma: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    methods: tuple[str, ...]
+    tau: float = 15.0
+    smooth_sigmas: tuple[float, ...] = (0.0,)
+    combine: str = "geometric-mean"
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE_MODES:
+            raise EvaluationError(f"unknown combine mode {self.combine!r}; choose one of {', '.join(COMBINE_MODES)}")
+        if not (self.tau >= 0 and math.isfinite(self.tau)):
+            raise EvaluationError(f"tau must be a non-negative number of pixels, got {self.tau!r}")
+        if self.batch_size < 1:
+            raise EvaluationError("batch size must be >= 1")
+        for s in self.smooth_sigmas:
+            if not (s >= 0 and math.isfinite(s)):
+                raise EvaluationError(f"smoothing sigma must be >= 0, got {s!r}")
+
+
+def image_key(sample: Sample, root: str | Path | None = None) -> str:
+    """A stable name for an image: its path relative to the data root (posix), else its file name."""
+    path = Path(sample.image_path)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.name
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that depends only on the given values (Python's hash() is salted per process)."""
+    return zlib.crc32("\x1f".join(str(p) for p in parts).encode("utf-8"))
+
+
+def random_control_maps(keys: Sequence[str], model_key: str, grid_hw: Sequence[int], seed: int) -> torch.Tensor:
+    """The ``random`` control: uniform noise per (model, image), independent of batch composition."""
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    maps = torch.empty((len(keys), h, w), dtype=torch.float32)
+    for i, key in enumerate(keys):
+        generator = torch.Generator().manual_seed(stable_seed(seed, model_key, key))
+        maps[i] = torch.rand((h, w), generator=generator)
+    return maps
+
+
+def _explain_many_function() -> Callable | None:
+    import models.saliency as saliency
+
+    return getattr(saliency, "explain_many", None)
+
+
+def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str],
+                  config: EvaluationConfig) -> dict[str, torch.Tensor]:
+    """Unsmoothed maps [B, h, w] per method for a normalised batch, target = the positive class.
+
+    NormGrad variants and Grad-CAM share one forward+backward through ``explain_many`` when the saliency
+    engine offers it; other methods run one ``explain`` each.
+    """
+    from models.saliency import explain, get_method
+
+    target = entry.meta.positive_index
+    layers = list(entry.meta.normgrad_layers)
+    custom_layers = layers != default_normgrad_layers(entry.meta.arch)
+    maps: dict[str, torch.Tensor] = {}
+    wanted = [m for m in methods if m not in CONTROL_METHODS]
+
+    def options_for(method_id: str) -> dict:
+        spec = get_method(method_id)
+        opts = {}
+        if "combine" in spec.options:
+            opts["combine"] = config.combine
+        return opts
+
+    def layers_for(method_id: str):
+        return layers if custom_layers and method_id.startswith("normgrad-") else None
+
+    explain_many = _explain_many_function()
+    if explain_many is not None and len(wanted) > 1:
+        params = inspect.signature(explain_many).parameters
+        shared = [m for m in wanted if m.startswith("normgrad-") or m == "gradcam"]
+        if len(shared) > 1 and not (custom_layers and any(m == "gradcam" for m in shared)):
+            kwargs = {"target": target}
+            if "layers" in params and custom_layers:
+                kwargs["layers"] = layers
+            if "combine" in params:
+                kwargs["combine"] = config.combine
+            elif config.combine != "geometric-mean":
+                shared = []  # cannot pass the combine mode: fall back to one explain() per method
+            if shared:
+                maps.update(explain_many(entry.model, images, shared, **kwargs))
+    for method_id in wanted:
+        if method_id not in maps:
+            maps[method_id] = explain(entry.model, images, method_id, target=target,
+                                      layers=layers_for(method_id), **options_for(method_id))
+    if RANDOM_CONTROL in methods:
+        maps[RANDOM_CONTROL] = random_control_maps(keys, entry.key, images.shape[-2:], config.seed)
+    return {m: maps[m].detach().to("cpu", torch.float32) for m in methods}
+
+
+@dataclass
+class DecodedBatch:
+    samples: list[Sample]
+    keys: list[str]
+    grays: list[np.ndarray]
+    _tensors: dict = field(default_factory=dict)
+
+    def tensor_for(self, meta: CheckpointMeta, indices: Sequence[int] | None = None,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+        """The batch preprocessed for a model's grid (computed once per distinct grid/mean/std)."""
+        cache_key = (tuple(meta.input_size), tuple(meta.mean), tuple(meta.std))
+        if cache_key not in self._tensors:
+            self._tensors[cache_key] = preprocess_batch(self.grays, meta.input_size, meta.mean, meta.std)
+        x = self._tensors[cache_key]
+        if indices is not None:
+            x = x[list(indices)]
+        return x.to(device)
+
+
+def decode_batch(samples: Sequence[Sample], root: str | Path | None = None) -> DecodedBatch:
+    return DecodedBatch(samples=list(samples), keys=[image_key(s, root) for s in samples],
+                        grays=[load_gray(s.image_path) for s in samples])
+
+
+def positive_probabilities(entry: EvaluatedModel, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        logits = entry.model(x)
+    return torch.softmax(logits.float(), dim=-1)[:, entry.meta.positive_index].cpu()
+
+
+def _has_boxes(sample: Sample) -> bool:
+    return sample.label == 1 and len(sample.annotations) > 0
+
+
+def evaluate_decoded(batch: DecodedBatch, models: Sequence[EvaluatedModel], config: EvaluationConfig,
+                     device: str | torch.device = "cpu", keep_maps: bool = False
+                     ) -> tuple[list[ImageResult], dict]:
+    """Rows for every (image, model, method, σ) of one decoded batch; optionally the smoothed maps too."""
+    rows: list[ImageResult] = []
+    kept: dict = {}
+    positives = [i for i, s in enumerate(batch.samples) if _has_boxes(s)]
+    for entry in models:
+        meta = entry.meta
+        grid_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
+        x = batch.tensor_for(meta, device=device)
+        probabilities = positive_probabilities(entry, x)
+        raw_maps = (saliency_maps(entry, x[positives], config.methods, [batch.keys[i] for i in positives], config)
+                    if positives else {})
+        for sigma in config.smooth_sigmas:
+            for method_id in config.methods:
+                maps = smooth_maps(raw_maps[method_id], sigma) if positives else None
+                if keep_maps and maps is not None:
+                    kept[(entry.key, method_id, sigma)] = (positives, maps)
+                position = {image_index: j for j, image_index in enumerate(positives)}
+                for i, sample in enumerate(batch.samples):
+                    probability = float(probabilities[i])
+                    if i not in position:
+                        rows.append(ImageResult(batch.keys[i], entry.key, method_id, int(sample.label),
+                                                probability, None, None, None, len(sample.annotations),
+                                                None, 0, sigma))
+                        continue
+                    saliency = maps[position[i]]
+                    px, py = argmax_point(saliency)
+                    original_hw = batch.grays[i].shape[:2]
+                    grid_boxes = [original_box_to_grid(b, original_hw, grid_hw) for b in sample.boxes]
+                    hit = pointing_game_hit((px, py), grid_boxes, config.tau)
+                    energy = energy_pointing_game(saliency, grid_boxes)
+                    ox, oy = grid_point_to_original(px, py, grid_hw, original_hw)
+                    objects_hit = sum(1 for a in sample.annotations if a.contains(ox, oy))
+                    rows.append(ImageResult(batch.keys[i], entry.key, method_id, int(sample.label), probability,
+                                            int(px), int(py), None if hit is None else int(hit),
+                                            len(sample.annotations), energy, objects_hit, sigma))
+    return rows, kept
+
+
+def iter_batches(items: Sequence, batch_size: int) -> Iterator[list]:
+    for start in range(0, len(items), batch_size):
+        yield list(items[start:start + batch_size])
+
+
+def evaluate(samples: Sequence[Sample], models: Sequence[EvaluatedModel], config: EvaluationConfig,
+             root: str | Path | None = None, device: str | torch.device = "cpu",
+             ) -> Iterator[tuple[list[str], list[ImageResult]]]:
+    """Yield ``(image keys, rows)`` batch by batch, so that callers can persist and report progress."""
+    check_methods(config.methods)
+    if not models:
+        raise EvaluationError("give at least one model")
+    for chunk in iter_batches(list(samples), config.batch_size):
+        batch = decode_batch(chunk, root)
+        rows, _ = evaluate_decoded(batch, models, config, device=device)
+        yield batch.keys, rows
+
+
+def shard_samples(samples: Sequence[Sample], index: int, count: int) -> list[Sample]:
+    """Shard ``index`` of ``count``: every count-th image of the data set in its file order."""
+    if count < 1 or not 0 <= index < count:
+        raise EvaluationError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    return list(samples[index::count])
+
+
+# --- aggregation: per-image rows → results.json (SPEC §6) ------------------------------------------------------
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _get(row, name):
+    return row[name] if isinstance(row, dict) else getattr(row, name)
+
+
+def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds: dict[str, float],
+                   fp_rates: Sequence[float] | None = None) -> dict:
+    """Aggregate per-image rows into the SPEC §6 results: Pointing Game, energy PG, FROC, classification,
+    mean ± std over several models of one architecture (sample std, ddof = 1) and the Difference of Means
+    (|mean_A − mean_B|, Özer et al. 2023 §4.5) when exactly two architectures were evaluated.
+
+    Rows are sorted first, so the same rows give bit-identical results whatever order they arrive in.
+    """
+    from models.pointing_game import (OBJECT_CXR_FP_RATES, PointingGameResult, classification_accuracy,
+                                      froc_from_counts, roc_auc)
+
+    rates = tuple(fp_rates or OBJECT_CXR_FP_RATES)
+    ordered = sorted(rows, key=lambda r: (_get(r, "model"), _get(r, "method"), _get(r, "image")))
+    by_pair: dict[tuple[str, str], list] = {}
+    for r in ordered:
+        by_pair.setdefault((_get(r, "method"), _get(r, "model")), []).append(r)
+    methods = sorted({m for m, _ in by_pair}, key=lambda m: (m in CONTROL_METHODS, m))
+    models = sorted({k for _, k in by_pair})
+
+    results: dict = {"methods": {}, "classification": {}, "repeated": {}, "dom": {}}
+    for method_id in methods:
+        per_model = {}
+        for model_key in models:
+            group = by_pair.get((method_id, model_key))
+            if not group:
+                continue
+            pg = PointingGameResult.from_outcomes(
+                None if _get(r, "hit") is None else bool(_get(r, "hit")) for r in group)
+            energies = [float(_get(r, "energy_pg")) for r in group if _get(r, "energy_pg") is not None]
+            n_objects = sum(int(_get(r, "n_boxes")) for r in group)
+            froc_result = froc_from_counts([(float(_get(r, "probability")), int(_get(r, "objects_hit")))
+                                            for r in group], n_images=len(group), n_objects=n_objects,
+                                           fp_rates=rates)
+            per_model[model_key] = {
+                "pointing_game": _round(pg.accuracy), "hits": pg.hits, "n": pg.n,
+                "energy_pg": _round(float(np.mean(energies)) if energies else None),
+                "froc": _round(froc_result.froc),
+                "froc_sensitivities": {f"{rate:g}": _round(s) for rate, s in zip(rates, froc_result.sensitivities)},
+            }
+        results["methods"][method_id] = per_model
+
+    # Classification: one row per image and model is enough (every method carries the same probability).
+    for model_key in models:
+        first_method = next(m for m in methods if (m, model_key) in by_pair)
+        group = by_pair[(first_method, model_key)]
+        labels = [int(_get(r, "label")) for r in group]
+        probabilities = [float(_get(r, "probability")) for r in group]
+        results["classification"][model_key] = {
+            "accuracy": _round(classification_accuracy(labels, probabilities, model_thresholds.get(model_key, 0.5))),
+            "auc": _round(roc_auc(labels, probabilities)),
+            "n": len(group), "n_positive": int(sum(labels)),
+        }
+
+    archs: dict[str, list[str]] = {}
+    for model_key in models:
+        archs.setdefault(model_archs.get(model_key, "unknown"), []).append(model_key)
+    arch_means: dict[str, dict[str, float]] = {}
+    for method_id in methods:
+        for arch, members in archs.items():
+            values = [results["methods"][method_id][m]["pointing_game"] for m in members
+                      if m in results["methods"][method_id]
+                      and results["methods"][method_id][m]["pointing_game"] is not None]
+            if not values:
+                continue
+            mean = float(np.mean(values))
+            arch_means.setdefault(method_id, {})[arch] = mean
+            if len(values) >= 2:
+                std = float(np.std(values, ddof=1))
+                results["repeated"].setdefault(method_id, {})[arch] = {
+                    "mean": _round(mean), "std": _round(std), "models": members}
+                for m in members:
+                    if m in results["methods"][method_id]:
+                        results["methods"][method_id][m]["mean"] = _round(mean)
+                        results["methods"][method_id][m]["std"] = _round(std)
+    if len(archs) == 2:
+        a, b = sorted(archs)
+        results["dom_architectures"] = [a, b]
+        for method_id, means in arch_means.items():
+            if a in means and b in means:
+                results["dom"][method_id] = _round(abs(means[a] - means[b]))
+    return results
