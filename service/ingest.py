@@ -356,6 +356,19 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COL
 
 def _decode_dicom(body: bytes, limits: IngestLimits) -> DecodedImage:
     ds, stream_length = _read_dicom(body, limits)
+    # pydicom converts element values lazily, on first access, so a hostile value (unknown VR, unparsable
+    # number, wrong length) raises wherever it is first touched; at this boundary all of those are "bad image".
+    try:
+        return _dicom_to_image(ds, stream_length, limits)
+    except IngestError:
+        raise
+    except MemoryError as exc:
+        raise TooLarge("the DICOM image could not be processed within memory") from exc
+    except Exception as exc:
+        raise BadImage(f"the DICOM file is malformed: {_library_failure(exc)}") from exc
+
+
+def _dicom_to_image(ds, stream_length: int, limits: IngestLimits) -> DecodedImage:
     _check_element_lengths(ds, stream_length, limits)
 
     if "PixelData" not in ds:
