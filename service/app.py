@@ -24,7 +24,7 @@ from service.config import Settings, get_settings
 from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
 from service.inference import BatchHook, DecodePool, ModelRegistry
 from service.metrics import ServiceMetrics
-from service.routes import assess, health, models
+from service.routes import assess, health, models, viewer
 
 log = logging.getLogger("normgate.app")
 
@@ -99,8 +99,8 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry.start()
         try:
+            registry.start()
             yield
         finally:
             registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
@@ -115,5 +115,6 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(assess.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(viewer.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -41,6 +41,7 @@ from service.batching import (
     PendingRequest,
     QueueClosed,
     QueueFull,
+    run_batch,
     serve_forever,
 )
 from service.config import Settings
@@ -243,7 +244,11 @@ class ModelWorker:
         self.runner = ModelRunner(self.name, checkpoint.model, checkpoint.meta, self.device, self.metrics)
         self.metrics.model_info.labels(self.name, self.meta.version, self.meta.arch).set(1)
         self.state = ModelState.WARMING_UP
-        self._enqueue_warmup()
+        self._warm_up()
+        if self.state == ModelState.FAILED:
+            self.queue.close()
+            self._fail_queued(RuntimeError(self.error))
+            return
         serve_forever(self.queue, self._handle_batch, self._before_batch)
 
     def _before_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> None:
@@ -257,34 +262,30 @@ class ModelWorker:
         self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.perf_counter() - started)
         return outputs
 
-    def _enqueue_warmup(self) -> None:
-        """Push one heatmap request and one forward-only request through the real queue.
+    def _warm_up(self) -> None:
+        """Run one heatmap request and one forward-only request through the batch path, one batch each.
 
-        The first batch pays for lazy initialisation (allocator, kernels, hooks); readiness waits for it so
-        the first patient request does not.
+        The first batches pay for lazy initialisation (allocator, kernels, hooks); readiness waits for them so
+        the first patient request does not. They bypass the queue (whose size may be 1) but not the batch
+        handler or its hook.
         """
         assert self.meta is not None
         h, w = self.meta.input_size
         gray = np.full((h, w), 0.5, dtype=np.float32)
         image = preprocess_batch([gray], self.meta.input_size, self.meta.mean, self.meta.std)[0]
-        warmups = [self.queue.put(ModelInput(image=image, original_hw=(h, w), method=method), math.inf)
-                   for method in (DEFAULT_METHOD, None)]
-        remaining = [len(warmups)]
-        lock = threading.Lock()
-
-        def done(future) -> None:
-            with lock:
-                if future.cancelled() or future.exception() is not None:
-                    self.error = f"warm-up failed: {future.exception() if not future.cancelled() else 'cancelled'}"
-                    self.state = ModelState.FAILED
-                    return
-                remaining[0] -= 1
-                if remaining[0] == 0 and self.state == ModelState.WARMING_UP:
-                    self.state = ModelState.READY
-                    log.info("model %s ready on %s", self.name, self.device)
-
-        for pending in warmups:
-            pending.future.add_done_callback(done)
+        for method in (DEFAULT_METHOD, None):
+            pending = PendingRequest(payload=ModelInput(image=image, original_hw=(h, w), method=method),
+                                     deadline=math.inf)
+            pending.future.set_running_or_notify_cancel()
+            pending.started_at = pending.enqueued_at
+            run_batch([pending], self._handle_batch, self._before_batch)
+            error = pending.future.exception()
+            if error is not None:
+                self.error = f"warm-up failed: {error}"
+                self.state = ModelState.FAILED
+                return
+        self.state = ModelState.READY
+        log.info("model %s ready on %s", self.name, self.device)
 
     def _fail_queued(self, exc: Exception) -> None:
         while (batch := self.queue.next_batch()) is not None:
