@@ -398,7 +398,7 @@ def _get(row, name):
 
 
 def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds: dict[str, float],
-                   fp_rates: Sequence[float] | None = None) -> dict:
+                   fp_rates: Sequence[float] | None = None, method_order: Sequence[str] | None = None) -> dict:
     """Aggregate per-image rows into the SPEC §6 results: Pointing Game, energy PG, FROC, classification,
     mean ± std over several models of one architecture (sample std, ddof = 1) and the Difference of Means
     (|mean_A − mean_B|, Özer et al. 2023 §4.5) when exactly two architectures were evaluated.
@@ -413,7 +413,9 @@ def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds
     by_pair: dict[tuple[str, str], list] = {}
     for r in ordered:
         by_pair.setdefault((_get(r, "method"), _get(r, "model")), []).append(r)
-    methods = sorted({m for m, _ in by_pair}, key=lambda m: (m in CONTROL_METHODS, m))
+    order = {m: i for i, m in enumerate(method_order or ())}
+    # The requested order (as the user listed them), controls last; unknown extras alphabetically after.
+    methods = sorted({m for m, _ in by_pair}, key=lambda m: (m in CONTROL_METHODS, order.get(m, len(order)), m))
     models = sorted({k for _, k in by_pair})
 
     results: dict = {"methods": {}, "classification": {}, "repeated": {}, "dom": {}}

@@ -25,6 +25,7 @@ from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
 from service.inference import BatchHook, DecodePool, ModelRegistry
 from service.metrics import ServiceMetrics
 from service.routes import assess, health, models, viewer
+from service.routes import evaluate as evaluate_routes
 
 log = logging.getLogger("normgate.app")
 
@@ -101,8 +102,10 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             registry.start()
+            evaluate_routes.start_evaluation_runner(app, settings)
             yield
         finally:
+            evaluate_routes.stop_evaluation_runner(app)
             registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
             decode_pool.shutdown()
 
@@ -116,5 +119,6 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(viewer.router)
+    app.include_router(evaluate_routes.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -267,7 +267,8 @@ def write_outputs(out_dir: Path, params: dict, rows: list[dict], model_info: dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise_rows(rows, {k: v["arch"] for k, v in model_info.items()},
-                             {k: float(v.get("threshold", 0.5)) for k, v in model_info.items()})
+                             {k: float(v.get("threshold", 0.5)) for k, v in model_info.items()},
+                             method_order=params.get("methods"))
     images = sorted({r["image"] for r in rows})
     results = {
         "methods": summary["methods"],

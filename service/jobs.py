@@ -265,7 +265,9 @@ class EvaluationRunner:
     def __init__(self, db_path: str | Path, jobs_dir: str | Path, data_roots: Sequence[str | Path],
                  models_dir: str | Path, nice: int = 10, poll_interval_s: float = 0.5,
                  cancel_grace_s: float = 10.0, torch_threads: int = 1):
-        self.store = JobStore(db_path)
+        self.db_path = Path(db_path)
+        self._store: JobStore | None = None
+        self._store_lock = threading.Lock()
         self.jobs_dir = Path(jobs_dir)
         self.data_roots = [Path(r) for r in data_roots]
         self.models_dir = Path(models_dir)
@@ -284,12 +286,21 @@ class EvaluationRunner:
         return cls(db_path=data_dir / "evaluate" / "jobs.sqlite3", jobs_dir=data_dir / "evaluate" / "jobs",
                    data_roots=[data_dir], models_dir=Path(settings.models_dir))
 
+    @property
+    def store(self) -> JobStore:
+        """The job database, created on first use (a server that never evaluates writes nothing)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = JobStore(self.db_path)
+            return self._store
+
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
-        requeued = self.store.requeue_orphans()
-        if requeued:
-            log.info("evaluation jobs requeued after a restart: %s", requeued)
+        if self.db_path.exists():
+            requeued = self.store.requeue_orphans()
+            if requeued:
+                log.info("evaluation jobs requeued after a restart: %s", requeued)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="normgate-evaluation-runner", daemon=True)
         self._thread.start()
@@ -311,7 +322,7 @@ class EvaluationRunner:
         return self.store.get(job.id)
 
     def _child_command(self, job_id: str) -> list[str]:
-        return [sys.executable, "-m", "service.evaluate", "run-job", "--job-db", str(self.store.path),
+        return [sys.executable, "-m", "service.evaluate", "run-job", "--job-db", str(self.db_path),
                 "--job-id", job_id]
 
     def _child_env(self) -> dict[str, str]:
@@ -326,8 +337,8 @@ class EvaluationRunner:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self.store.claim_next()
-            except sqlite3.Error:
+                job = self.store.claim_next() if self.db_path.exists() else None
+            except (sqlite3.Error, OSError):
                 log.exception("evaluation runner cannot read the job database")
                 job = None
             if job is None:

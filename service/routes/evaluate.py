@@ -17,6 +17,7 @@ App wiring (service/app.py lifespan): ``start_evaluation_runner(app, settings)``
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
                         repeat=req.repeat, device="cpu")
 
 
-@router.post("/evaluate", status_code=202)
+@router.post("/evaluate", status_code=202, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": EvaluateRequest.model_json_schema()}}}},
+    responses={422: {"description": "bad_parameter: unknown method/init, path outside the data folder …"}})
 async def submit_evaluation(request: Request) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -151,7 +154,10 @@ async def submit_evaluation(request: Request) -> JSONResponse:
         params = await run_in_threadpool(_build, runner, req)
     except (_PathRejected, EvaluateUsageError) as exc:
         return _error(422, "bad_parameter", str(exc))
-    job = await run_in_threadpool(runner.submit, params)
+    try:
+        job = await run_in_threadpool(runner.submit, params)
+    except (OSError, sqlite3.Error) as exc:
+        return _error(503, "not_ready", f"the evaluation job store is not writable ({exc})")
     return JSONResponse(status_code=202, content={"job_id": job.id, "status": job.status,
                                                   "progress": {"done": job.done, "total": job.total}})
 

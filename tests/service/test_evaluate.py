@@ -399,3 +399,21 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
             assert response.json()["error"] == "bad_parameter"
         assert client.post("/evaluate", content=b"not json",
                            headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_the_service_app_serves_evaluate_with_spec_errors(workspace, tmp_path):
+    """The real app (service.app.create_app) mounts the routes and starts/stops the runner in its lifespan."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(models_dir=workspace.models_dir, default_model="tiny", data_dir=workspace.base / "data",
+                        device="cpu")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert app.state.evaluation_runner is not None
+        response = client.post("/evaluate", json={"data": "../..", "model": "tiny"})
+        assert response.status_code == 422 and response.json()["error"] == "bad_parameter"
+        missing = client.get("/evaluate/0123")
+        assert missing.status_code == 404 and set(missing.json()) >= {"error", "detail"}
