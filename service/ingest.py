@@ -132,6 +132,10 @@ class BadParameter(IngestError):
     status = 422
 
 
+# Decoders written in Rust (pylibjpeg-rle, via pyo3) report a panic on hostile input as
+# pyo3_runtime.PanicException, a BaseException; the decode boundaries catch BaseException and re-raise only these.
+_CONTROL_FLOW = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 # ---------------------------------------------------------------------------------------------------------
 # Media types
 # ---------------------------------------------------------------------------------------------------------
@@ -360,11 +364,11 @@ def _decode_dicom(body: bytes, limits: IngestLimits) -> DecodedImage:
     # number, wrong length) raises wherever it is first touched; at this boundary all of those are "bad image".
     try:
         return _dicom_to_image(ds, stream_length, limits)
-    except IngestError:
+    except (IngestError, *_CONTROL_FLOW):
         raise
     except MemoryError as exc:
         raise TooLarge("the DICOM image could not be processed within memory") from exc
-    except Exception as exc:
+    except BaseException as exc:
         raise BadImage(f"the DICOM file is malformed: {_library_failure(exc)}") from exc
 
 
@@ -406,9 +410,11 @@ def _dicom_to_image(ds, stream_length: int, limits: IngestLimits) -> DecodedImag
 
     try:
         stored, decoded_meta = decoder.as_array(ds, index=0)
+    except _CONTROL_FLOW:
+        raise
     except MemoryError as exc:
         raise TooLarge("the DICOM pixel data could not be decoded within memory") from exc
-    except Exception as exc:
+    except BaseException as exc:
         raise BadImage(
             f"the DICOM pixel data ({transfer_syntax.name}) could not be decoded: {_library_failure(exc)}"
         ) from exc

@@ -66,6 +66,15 @@ def test_corpus_file_has_its_expected_outcome(entry):
         assert caught.value.detail and "Traceback" not in caught.value.detail
 
 
+def test_corpus_is_what_its_generator_writes(tmp_path):
+    from tests.service.data.make_ingest_corpus import write_corpus
+
+    write_corpus(tmp_path)
+    for entry in MANIFEST:
+        assert (tmp_path / entry["file"]).read_bytes() == (CORPUS_DIR / entry["file"]).read_bytes(), entry["file"]
+    assert (tmp_path / "manifest.json").read_text() == (CORPUS_DIR / "manifest.json").read_text()
+
+
 def test_corpus_is_small_and_every_file_is_listed():
     files = {p.name for p in CORPUS_DIR.iterdir() if p.name != "manifest.json"}
     assert files == {e["file"] for e in MANIFEST}

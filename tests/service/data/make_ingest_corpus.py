@@ -274,6 +274,11 @@ def _corpus() -> list[tuple[str, bytes, str | None, dict, dict | None, str]]:
     no_pixels = dicom_dataset(gray12, bits_stored=12)
     del no_pixels.PixelData
     add("no_pixel_data.dcm", dicom_bytes(no_pixels), "application/dicom", err("bad_image"), "no Pixel Data")
+    float_pixels = dicom_dataset(None, rows=4, columns=4, bits_allocated=32, pixel_bytes=b"\0" * 64)
+    del float_pixels.PixelData
+    float_pixels.FloatPixelData = np.linspace(0, 1, 16, dtype="<f4").tobytes()
+    add("float_pixel_data.dcm", dicom_bytes(float_pixels), "application/dicom", err("unsupported_media_type"),
+        "Float Pixel Data (7FE0,0008) instead of Pixel Data")
     add("bits_stored_zero.dcm", dicom_bytes(dicom_dataset(gray12, bits_stored=0)), "application/dicom",
         err("bad_image"), "Bits Stored 0")
     add("rescale_slope_nan.dcm", dicom_bytes(dicom_dataset(gray12, bits_stored=12, RescaleSlope="NaN",
@@ -344,7 +349,8 @@ def _corpus() -> list[tuple[str, bytes, str | None, dict, dict | None, str]]:
 
 
 def _compressed(ds: Dataset, syntax: str) -> Dataset:
-    ds.compress(syntax, encoding_plugin="pylibjpeg" if syntax != uid.RLELossless else "")
+    ds.compress(syntax, encoding_plugin="pylibjpeg" if syntax != uid.RLELossless else "",
+                generate_instance_uid=False)
     return ds
 
 
