@@ -115,7 +115,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     lx1 = cx - lung_w / 2 + rng.normal(0.0, 0.01) * W
     lung_box = (lx1, top, lx1 + lung_w, top + lung_h)
     lung = _warped_lungs(lung_mask, lung_box, W, H, rng)
-    lung = _blur(lung, 0.0025 * W)
+    lung = _blur(lung, 0.15 * ppc)
     bottom = top + lung_h
 
     hc, wc = (H + COARSE - 1) // COARSE, (W + COARSE - 1) // COARSE
@@ -174,12 +174,20 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     near_hilum = np.exp(-(((X - cx) / (0.28 * lung_w)) ** 2 + ((Y - hilum_y) / (0.25 * lung_h)) ** 2))
     # Apices sit under the shoulder girdle's soft tissue: less air in the beam there.
     apex = np.exp(-np.clip(Y - top, 0, None) / (0.12 * lung_h))
-    air_depth = (1.0 - 0.2 * near_hilum - 0.25 * apex) * rng.uniform(0.62, 0.75)
+    air_depth = (1.0 - 0.2 * near_hilum - 0.25 * apex) * rng.uniform(0.74, 0.86)
+    lung_c = cv2.resize(lung, (wc, hc), interpolation=cv2.INTER_AREA)
+    # The heart lies in front of the lungs' medial bases; where the mask already carves its outline, most of
+    # its density must sit outside the lung fields or it shows as a mass inside them.
+    heart = heart * (1.0 - 0.75 * lung_c)
     coarse = (body_c + 0.3 * heart * rng.uniform(0.8, 1.2) + 0.2 * medi + 0.12 * knob + breast).astype(np.float32)
     density = _up(coarse, W, H)
     body = _up(np.clip(chord * 4.0, 0, 1).astype(np.float32), W, H)
-    density -= lung * _up(air_depth.astype(np.float32), W, H) * _up(
-        body_c.astype(np.float32), W, H)
+    # The beam crosses more lung in the middle of each field than at its edges: a heavily blurred copy of
+    # the mask stands in for lung thickness, so fields darken gradually away from the chest wall.
+    depth = _blur(lung_c, 1.5 * ppc / COARSE)
+    depth = depth / max(float(depth.max()), 1e-6)
+    air_depth = air_depth * (0.25 + 0.75 * np.sqrt(depth))
+    density -= lung * _up((air_depth * body_c).astype(np.float32), W, H)
 
     # Low-frequency lung texture (overlapping vessels and interstitium seen en face).
     tex = cv2.resize(rng.normal(0, 1, (max(2, H // 24), max(2, W // 24))).astype(np.float32), (W, H),
@@ -218,7 +226,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         cv2.ellipse(spine, (int(cx * 4), int((y + 0.6 * vh) * 4)), (int(0.3 * ppc * 4), int(0.6 * ppc * 4)),
                     0, 0, 360, 1.2, -1, cv2.LINE_8, 2)  # spinous process en face
         y += vh + gap
-    fine += rng.uniform(0.14, 0.22) * _blur(spine, 0.25 * ppc)
+    fine += rng.uniform(0.08, 0.13) * _blur(spine, 0.3 * ppc)
 
     # Ribs: posterior arcs from the spine, rising then falling to the lateral chest wall; fainter anterior
     # ribs returning medially and downwards. Spacing grows with depth.
@@ -233,20 +241,22 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         y0 = first
         for k in range(n_ribs):
             spacing = spacing0 * (0.8 + 0.45 * k / n_ribs)
-            drop = lung_h * rng.uniform(0.10, 0.16) * (0.7 + 0.5 * k / n_ribs)
+            drop = lung_h * rng.uniform(0.18, 0.26) * (0.7 + 0.5 * k / n_ribs)
             span = rib_half_span * (0.65 + 0.35 * min(1.0, k / 3.0))  # upper ribs are shorter
             px = cx + side * (0.45 * vert_w + t * span)
-            py = y0 - 0.25 * drop * t + 1.25 * drop * t ** 2.2
+            py = y0 - 0.35 * drop * t + 1.35 * drop * t ** 2.0
             thick = (1.0 + 0.5 * k / n_ribs) * ppc * rng.uniform(0.9, 1.1)
             _bone_polyline(ribs, np.stack([px, py], 1), thick)
             # Anterior rib: from the lateral end, medially and downwards, thinner, ending where cartilage begins.
             a = np.linspace(0.0, 1.0, 16)
             ax = px[-1] - side * a * span * rng.uniform(0.55, 0.7)
-            ay = py[-1] + a * lung_h * 0.22 - 0.06 * lung_h * np.sin(a * np.pi)
-            _bone_polyline(ribs_front, np.stack([ax, ay], 1), thick * 0.8)
+            ay = py[-1] + a * lung_h * rng.uniform(0.22, 0.3) - 0.05 * lung_h * np.sin(a * np.pi)
+            _bone_polyline(ribs_front, np.stack([ax, ay], 1), thick * 0.85)
             y0 += spacing
-    rib_density = rng.uniform(0.16, 0.24)
-    fine += rib_density * _blur(ribs, 0.18 * ppc) + 0.55 * rib_density * _blur(ribs_front, 0.25 * ppc)
+    rib_density = rng.uniform(0.11, 0.17)
+    # Ribs stand out against lung air and fade over soft tissue (scatter, film latitude).
+    rib_contrast = 0.55 + 0.45 * _up(_blur(lung_c, 1.0 * ppc / COARSE), W, H)
+    fine += rib_density * rib_contrast * (_blur(ribs, 0.18 * ppc) + 0.7 * _blur(ribs_front, 0.25 * ppc))
 
     # Clavicles: S-shaped, from the sternal notch out and up over the apices to the shoulders.
     clav = np.zeros((H, W), np.float32)
@@ -280,7 +290,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     vessels = np.zeros((H, W), np.float32)
     for side in (-1, 1):
         hx = cx + side * rng.uniform(0.14, 0.2) * lung_w
-        for _ in range(int(rng.integers(14, 22))):
+        for _ in range(int(rng.integers(22, 34))):
             ang = np.deg2rad(rng.uniform(-80, 80)) if side > 0 else np.pi - np.deg2rad(rng.uniform(-80, 80))
             x0, y0_, w = hx, hilum_y + rng.normal(0, 0.05) * lung_h, 0.45 * ppc
             length = rng.uniform(0.15, 0.4) * lung_w
@@ -291,7 +301,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
                 cv2.line(vessels, (int(x0 * 4), int(y0_ * 4)), (int(x1_ * 4), int(y1_ * 4)), 1.0,
                          max(1, int(round(w))), cv2.LINE_8, 2)
                 x0, y0_, w = x1_, y1_, w * 0.7
-    fine += 0.07 * _blur(vessels, 0.15 * ppc) * lung
+    fine += rng.uniform(0.07, 0.11) * _blur(vessels, 0.2 * ppc) * lung
 
     # Gastric bubble under the left hemidiaphragm (image right).
     if rng.random() < 0.5:

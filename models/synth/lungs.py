@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 V7_ZIP_NAME = "semantic_masks_v7labs_lungs.zip"
 CANON_HEIGHT = 192  # masks are kept cropped to the lungs' bounding box at this height (shape detail suffices)
@@ -39,7 +40,7 @@ def find_v7_zip() -> Path | None:
 
 def _canonical_lungs(gray: np.ndarray) -> np.ndarray | None:
     """Crop a decoded mask to its two lungs; None when it is not a clean two-lung frontal mask."""
-    binary = (gray > 127).astype(np.uint8)
+    binary = (gray > 160).astype(np.uint8)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if count < 3:  # background + at least two components
         return None
@@ -52,9 +53,21 @@ def _canonical_lungs(gray: np.ndarray) -> np.ndarray | None:
     dx, dy = np.abs(centroids[a] - centroids[b])
     if dx < 2.0 * dy:
         return None
-    keep = ((labels == a) | (labels == b)).astype(np.uint8)
-    ys, xs = np.nonzero(keep)
-    crop = keep[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    x0 = min(stats[a, cv2.CC_STAT_LEFT], stats[b, cv2.CC_STAT_LEFT])
+    y0 = min(stats[a, cv2.CC_STAT_TOP], stats[b, cv2.CC_STAT_TOP])
+    x1 = max(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH] for i in (a, b))
+    y1 = max(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] for i in (a, b))
+    window = labels[y0:y1, x0:x1]
+    crop = ((window == a) | (window == b)).astype(np.uint8)
+    # Some masks carry the source figure's arrows, bars or lesion outlines in mid-grey (~124). Where one
+    # touches a lung it has cut a bite out of it: such a mask is not a clean lung outline, so skip it.
+    mid = ((gray[y0:y1, x0:x1] >= 90) & (gray[y0:y1, x0:x1] <= 160)).astype(np.uint8)
+    mid = cv2.erode(mid, np.ones((3, 3), np.uint8))  # drops the thin anti-aliased rim of every edge
+    near = cv2.dilate(crop, np.ones((7, 7), np.uint8))
+    if int((mid & near).sum()) > 0.0005 * crop.size:
+        return None
+    # Some masks leave out a lesion or device inside a lung (a hole): lungs are filled shapes here.
+    crop = ndimage.binary_fill_holes(crop).astype(np.uint8)
     h, w = crop.shape
     if not 0.75 <= w / h <= 1.9:
         return None

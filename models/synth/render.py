@@ -129,12 +129,12 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
     chest.body = cv2.warpAffine(chest.body, rot, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
     # Exposure: attenuation coefficient, window and gamma per image, from the object-free anatomy.
-    mu = rng.uniform(0.9, 1.5)
+    mu = rng.uniform(0.8, 1.3)
     bright = 1.0 - np.exp(-mu * density)
     sub = bright[::4, ::4]
     lo = float(np.percentile(sub, rng.uniform(0.2, 2.0)))
     hi = float(np.percentile(sub, 99.7)) * rng.uniform(1.0, 1.06)
-    gamma = rng.uniform(0.8, 1.25)
+    gamma = rng.uniform(1.0, 1.6)
     noise_rng = np.random.default_rng(noise_seq)
     noise = noise_rng.standard_normal((H, W), dtype=np.float32)
     grain = rng.uniform(0.006, 0.02)

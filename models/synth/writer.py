@@ -29,9 +29,9 @@ def encode_image(unit: np.ndarray, fmt: str) -> bytes:
     """float [0, 1] → file bytes: 8-bit PNG, 16-bit PNG or JPEG (quality 95)."""
     buf = io.BytesIO()
     if fmt == "png":
-        Image.fromarray(np.round(unit * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG", compress_level=6)
+        Image.fromarray(np.round(unit * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG", compress_level=1)
     elif fmt == "png16":
-        Image.fromarray(np.round(unit * 65535.0).astype(np.uint16)).save(buf, format="PNG", compress_level=6)
+        Image.fromarray(np.round(unit * 65535.0).astype(np.uint16)).save(buf, format="PNG", compress_level=1)
     elif fmt == "jpg":
         Image.fromarray(np.round(unit * 255.0).astype(np.uint8), mode="L").save(buf, format="JPEG", quality=95)
     else:
