@@ -36,7 +36,7 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "normgate_queue_depth", "Requests waiting in a model's batching queue.", ["model"], registry=r)
         self.rejected = Counter(
-            "normgate_rejected_total", "Requests to /assess answered with an error, by error code.",
+            "normgate_rejected_total", "Submitted work (POST /assess, …) answered with an error, by error code.",
             ["reason"], registry=r)
         self.decisions = Counter(
             "normgate_decisions_total", "Assessments answered, by decision.", ["model", "decision"], registry=r)
