@@ -239,49 +239,68 @@ def _explain_many_function() -> Callable | None:
     return getattr(saliency, "explain_many", None)
 
 
+def _normgrad_kind_and_setting(method_id: str) -> tuple[str, str] | None:
+    parts = method_id.split("-")
+    if len(parts) == 3 and parts[0] == "normgrad" and parts[2] in ("single", "combined"):
+        return parts[1], parts[2]
+    return None
+
+
+def shared_normgrad_maps(model: nn.Module, images: torch.Tensor, method_ids: Sequence[str], target: int,
+                         layers: Sequence[str], combine: str) -> dict[str, torch.Tensor]:
+    """Every requested NormGrad variant from ONE forward+backward through the combined layers.
+
+    The single-layer variants use the last of those layers, whose activation and gradient do not depend on
+    which other layers are recorded; the maps are exactly what ``explain`` gives method by method (tested).
+    Used when the saliency engine has no ``explain_many``.
+    """
+    from models.saliency import normgrad
+    from models.saliency.hooks import frozen_for_explanation
+    from models.saliency.layer_gradients import layer_activations_and_gradients
+
+    with frozen_for_explanation(model):
+        recorded = layer_activations_and_gradients(model, images, list(layers), target)
+    size = images.shape[-2:]
+    out: dict[str, torch.Tensor] = {}
+    for method_id in method_ids:
+        kind, setting = _normgrad_kind_and_setting(method_id)
+        acts, grads = recorded.activations, recorded.gradients
+        if setting == "single":
+            acts, grads = acts[-1:], grads[-1:]
+        out[method_id] = normgrad.normgrad_maps(kind, acts, grads, size, combine).detach().float()
+    return out
+
+
 def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str],
                   config: EvaluationConfig) -> dict[str, torch.Tensor]:
     """Unsmoothed maps [B, h, w] per method for a normalised batch, target = the positive class.
 
-    NormGrad variants and Grad-CAM share one forward+backward through ``explain_many`` when the saliency
-    engine offers it; other methods run one ``explain`` each.
+    All NormGrad variants share one forward+backward (``explain_many`` of the saliency engine when it offers
+    one, else :func:`shared_normgrad_maps`); every other method runs one ``explain`` each.
     """
     from models.saliency import explain, get_method
 
     target = entry.meta.positive_index
-    layers = list(entry.meta.normgrad_layers)
+    layers = list(entry.meta.normgrad_layers) or default_normgrad_layers(entry.meta.arch)
     custom_layers = layers != default_normgrad_layers(entry.meta.arch)
     maps: dict[str, torch.Tensor] = {}
     wanted = [m for m in methods if m not in CONTROL_METHODS]
-
-    def options_for(method_id: str) -> dict:
-        spec = get_method(method_id)
-        opts = {}
-        if "combine" in spec.options:
-            opts["combine"] = config.combine
-        return opts
-
-    def layers_for(method_id: str):
-        return layers if custom_layers and method_id.startswith("normgrad-") else None
+    normgrad_ids = [m for m in wanted if _normgrad_kind_and_setting(m)]
 
     explain_many = _explain_many_function()
-    if explain_many is not None and len(wanted) > 1:
-        params = inspect.signature(explain_many).parameters
-        shared = [m for m in wanted if m.startswith("normgrad-") or m == "gradcam"]
-        if len(shared) > 1 and not (custom_layers and any(m == "gradcam" for m in shared)):
-            kwargs = {"target": target}
-            if "layers" in params and custom_layers:
-                kwargs["layers"] = layers
-            if "combine" in params:
-                kwargs["combine"] = config.combine
-            elif config.combine != "geometric-mean":
-                shared = []  # cannot pass the combine mode: fall back to one explain() per method
-            if shared:
-                maps.update(explain_many(entry.model, images, shared, **kwargs))
+    if len(normgrad_ids) > 1:
+        params = inspect.signature(explain_many).parameters if explain_many is not None else {}
+        if explain_many is not None and "combine" in params and "layers" in params:
+            maps.update(explain_many(entry.model, images, normgrad_ids, target=target, layers=layers,
+                                     combine=config.combine))
+        else:
+            maps.update(shared_normgrad_maps(entry.model, images, normgrad_ids, target, layers, config.combine))
     for method_id in wanted:
-        if method_id not in maps:
-            maps[method_id] = explain(entry.model, images, method_id, target=target,
-                                      layers=layers_for(method_id), **options_for(method_id))
+        if method_id in maps:
+            continue
+        options = {"combine": config.combine} if "combine" in get_method(method_id).options else {}
+        method_layers = layers if (custom_layers and method_id in normgrad_ids) else None
+        maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers, **options)
     if RANDOM_CONTROL in methods:
         maps[RANDOM_CONTROL] = random_control_maps(keys, entry.key, images.shape[-2:], config.seed)
     return {m: maps[m].detach().to("cpu", torch.float32) for m in methods}

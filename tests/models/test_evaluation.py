@@ -1,0 +1,95 @@
+"""The evaluation engine's pieces: smoothing, init modes, shared NormGrad pass, aggregation.
+
+Expected values come from independent computations: scipy's Gaussian filter, the public ``explain`` call,
+hand-made rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.architectures import build_model
+from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from models.evaluation import initialise_model, shared_normgrad_maps, smooth_maps, summarise_rows
+from models.saliency import explain, list_methods
+
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 2.0])
+def test_gaussian_smoothing_matches_scipy_with_mirror_padding(sigma):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 40, 33)).astype(np.float32)
+    radius = max(5, math.ceil(4 * sigma))
+    expected = np.stack([gaussian_filter(m.astype(np.float64), sigma, mode="mirror", truncate=radius / sigma)
+                         for m in maps])
+    got = smooth_maps(torch.from_numpy(maps), sigma).numpy()
+    assert got.shape == maps.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_array_equal(smooth_maps(torch.from_numpy(maps), 0.0).numpy(), maps)
+
+
+def test_init_modes_keep_or_reinitialise_exactly_the_right_weights(tmp_path):
+    torch.manual_seed(5)
+    model = build_model("resnet18")
+    save_checkpoint(model, CheckpointMeta(name="m", version="1", arch="resnet18", input_size=[32, 32]), tmp_path)
+    checkpoint = load_checkpoint(tmp_path)
+    before = {k: v.clone() for k, v in checkpoint.model.state_dict().items()}
+    rng_state = torch.random.get_rng_state()
+
+    semi = initialise_model(checkpoint, "semi-random", seed=1)
+    semi_again = initialise_model(checkpoint, "semi-random", seed=1)
+    full = initialise_model(checkpoint, "full-random", seed=1)
+    full_other = initialise_model(checkpoint, "full-random", seed=2)
+
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # the global RNG is untouched
+    for k, v in checkpoint.model.state_dict().items():
+        assert torch.equal(v, before[k])  # the checkpoint's own model is never modified
+    semi_state, full_state = semi.state_dict(), full.state_dict()
+    for k, v in before.items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(semi_state[k], v), k
+    assert not torch.equal(semi_state["fc.weight"], before["fc.weight"])
+    assert torch.equal(semi_state["fc.weight"], semi_again.state_dict()["fc.weight"])
+    # He init of the head: std sqrt(2 / fan_in), zero bias.
+    assert semi_state["fc.weight"].std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.1)
+    assert torch.count_nonzero(semi_state["fc.bias"]) == 0
+    assert not torch.equal(full_state["conv1.weight"], before["conv1.weight"])
+    assert not torch.equal(full_state["conv1.weight"], full_other.state_dict()["conv1.weight"])
+    assert all(not p.requires_grad for p in full.parameters()) and not full.training
+
+
+def test_summary_gives_mean_std_over_repeats_and_difference_of_means():
+    def rows(model, hits):
+        return [{"image": f"i{k}", "model": model, "method": "gradcam", "label": 1, "probability": 0.9,
+                 "hit": h, "n_boxes": 1, "energy_pg": 0.5, "objects_hit": h} for k, h in enumerate(hits)]
+
+    all_rows = rows("r1", [1, 1, 0, 0]) + rows("r2", [1, 1, 1, 0]) + rows("e1", [1, 0, 0, 0])
+    summary = summarise_rows(all_rows, {"r1": "resnet34", "r2": "resnet34", "e1": "efficientnet_b0"},
+                             {"r1": 0.5, "r2": 0.5, "e1": 0.5})
+    assert summary["methods"]["gradcam"]["r1"]["pointing_game"] == 0.5
+    group = summary["repeated"]["gradcam"]["resnet34"]
+    assert group["mean"] == pytest.approx(0.625)
+    assert group["std"] == pytest.approx(np.std([0.5, 0.75], ddof=1), abs=1e-6)
+    assert summary["methods"]["gradcam"]["r2"]["mean"] == pytest.approx(0.625)
+    assert summary["dom"]["gradcam"] == pytest.approx(abs(0.625 - 0.25))
+
+
+@pytest.mark.parametrize("combine", ["geometric-mean", "minmax-product"])
+def test_one_shared_pass_gives_exactly_the_maps_of_explain(combine):
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval()
+    images = torch.randn(2, 3, 64, 64)
+    ids = [m for m in list_methods() if m.startswith("normgrad-")]
+    assert len(ids) == 8
+    layers = ["layer2.0", "layer3.0", "layer4.0", "layer4.1"]
+    shared = shared_normgrad_maps(model, images, ids, target=1, layers=layers, combine=combine)
+    for method_id in ids:
+        expected = explain(model, images, method_id, target=1, combine=combine)
+        torch.testing.assert_close(shared[method_id], expected, rtol=1e-5, atol=1e-6, msg=method_id)
