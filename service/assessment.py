@@ -18,7 +18,7 @@ from service.batching import DeadlineExceeded, QueueClosed, QueueFull
 from service.config import Settings
 from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
 from service.inference import ClientGone, DecodePool, ModelInput, ModelOutput, ModelRegistry, ModelWorker, await_output
-from service.ingest import IngestLimits, decode_image
+from service.ingest import DecodedImage, IngestLimits, decode_image
 from service.metrics import ServiceMetrics
 from service.schemas import AssessResponse, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
 from service.upload import Upload
@@ -70,6 +70,14 @@ class Assessor:
 
     async def assess(self, upload: Upload, params: AssessParams, worker: ModelWorker, request_id: str,
                      arrived: float, disconnected: asyncio.Future | None) -> AssessResponse:
+        _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
+        return response
+
+    async def assess_keeping_image(self, upload: Upload, params: AssessParams, worker: ModelWorker,
+                                   request_id: str, arrived: float, disconnected: asyncio.Future | None,
+                                   ) -> tuple[DecodedImage, AssessResponse]:
+        """``assess`` that also hands back the decoded image, for callers that derive images from it
+        (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
         deadline = self.deadline_from(arrived)
         method = params.method if params.heatmap == "png" else None
         decoded, model_input = await self.decode_pool.run(self._decode_and_prepare, upload, worker, method)
@@ -94,7 +102,7 @@ class Assessor:
         except Exception as exc:  # the batch failed; every request of it gets this
             raise InternalError(f"model computation failed ({type(exc).__name__}); quote the request_id "
                                 "when reporting it") from exc
-        return self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
+        return decoded, self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
 
     def _response(self, output: ModelOutput, worker: ModelWorker, params: AssessParams, width: int,
                   height: int, request_id: str, arrived: float) -> AssessResponse:
