@@ -321,6 +321,23 @@ def test_our_pixel_limit_replaces_pillows():
                      IngestLimits(max_pixels=1999))
 
 
+def test_pillows_bomb_check_does_not_override_a_higher_limit_of_ours(monkeypatch):
+    """20000 × 10000 = 200 M pixels is past Pillow's own error threshold (2 × MAX_IMAGE_PIXELS ≈ 179 M); with
+    our limit at 300 M the header passes and decoding proceeds to load() (stopped here by a sentinel)."""
+    import warnings
+
+    def sentinel_load(self):
+        raise RuntimeError("reached load")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", sentinel_load)
+    assert 20_000 * 10_000 > 2 * Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(BadImage) as caught:
+            decode_image(png_declaring(20_000, 10_000), "image/png", IngestLimits(max_pixels=300_000_000))
+    assert "reached load" in caught.value.detail
+
+
 def test_dicom_rows_columns_over_the_limit_are_refused_before_decoding(monkeypatch):
     from pydicom.pixels.decoders.base import Decoder
 
