@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
-    decode_pool = DecodePool(settings.decode_workers)
+    decode_pool = DecodePool(settings.decode_workers, max_waiting=settings.max_queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,7 +17,15 @@ from models.preprocess import preprocess_batch
 from service.batching import DeadlineExceeded, QueueClosed, QueueFull
 from service.config import Settings
 from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
-from service.inference import ClientGone, DecodePool, ModelInput, ModelOutput, ModelRegistry, ModelWorker, await_output
+from service.inference import (
+    ClientGone,
+    DecodePool,
+    ModelInput,
+    ModelOutput,
+    ModelRegistry,
+    ModelWorker,
+    await_output,
+)
 from service.ingest import DecodedImage, IngestLimits, decode_image
 from service.metrics import ServiceMetrics
 from service.schemas import AssessResponse, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings

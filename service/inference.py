@@ -45,6 +45,7 @@ from service.batching import (
     serve_forever,
 )
 from service.config import Settings
+from service.errors import Overloaded
 from service.metrics import ServiceMetrics
 from service.schemas import DEFAULT_METHOD
 
@@ -383,20 +384,41 @@ async def await_output(worker: ModelWorker, pending: PendingRequest[ModelInput],
         raise
 
 
-class DecodePool:
-    """A bounded pool of threads for decoding and resizing uploads, off the event loop."""
+class DecodeBacklogFull(Overloaded):
+    """More uploads are waiting to be decoded than the pool may hold: 503 overloaded, like a full queue."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
+class DecodePool:
+    """A bounded pool of threads for decoding and resizing uploads, off the event loop.
+
+    The executor's own queue is unbounded, so admission is counted here: at most ``workers + max_waiting``
+    uploads are decoding or waiting to; one more is refused at once (the caller answers 503) instead of
+    holding another body in memory behind a backlog.
+    """
+
+    def __init__(self, workers: int, max_waiting: int) -> None:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normgate-decode")
+        self.capacity = workers + max_waiting
+        self.in_flight = 0  # only touched on the event loop thread
 
     async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        if self.in_flight >= self.capacity:
+            raise DecodeBacklogFull(f"{self.in_flight} uploads are already being decoded or waiting to be; "
+                                    "try again shortly")
+        self.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.in_flight -= 1
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = [
-    "ClientGone", "DecodePool", "ModelInput", "ModelOutput", "ModelRegistry", "ModelRunner", "ModelWorker",
+    "ClientGone", "DecodeBacklogFull", "DecodePool", "ModelInput", "ModelOutput", "ModelRegistry", "ModelRunner", "ModelWorker",
     "QueueClosed", "QueueFull", "argmax_point", "await_output", "heatmap_to_png", "resolve_device",
 ]
