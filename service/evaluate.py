@@ -4,6 +4,7 @@
         [--tau 15] [--smooth-sigma 1.0] [--init trained|semi-random|full-random] [--repeat N] \\
         [--combine geometric-mean|minmax-product] [--batch-size 8] [--shard i/n] [--job-db FILE] --out DIR
     python -m service.evaluate merge --out DIR SHARD_DIR [SHARD_DIR …]
+    python -m service.evaluate compare --out FILE.html [LABEL=]RUN_DIR …    # runs side by side
     python -m service.evaluate run-job --job-db FILE --job-id ID      # what the server's runner starts
 
 Every run is a job in a SQLite file (``--job-db``, default ``DIR/job.sqlite3``). Per-image rows are stored
@@ -350,7 +351,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m service.evaluate",
         description="Pointing Game of saliency methods on a data set in Object-CXR layout (SPEC §6). "
-                    "Subcommands: 'merge --out DIR SHARD_DIR…' and 'run-job --job-db FILE --job-id ID'.")
+                    "Subcommands: 'merge --out DIR SHARD_DIR…', 'compare --out FILE [LABEL=]RUN_DIR…' and "
+                    "'run-job --job-db FILE --job-id ID'.")
     p.add_argument("--data", required=True, help="data set root (ROOT/<split>.csv, images under ROOT/<split>/)")
     p.add_argument("--split", default="test", help="split name (default: test)")
     p.add_argument("--model", required=True, help="checkpoint folder(s), comma-separated")
@@ -386,6 +388,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"merged {len(args.shards)} shard(s) into {args.out}")
+        return 0
+    if argv and argv[0] == "compare":
+        p = argparse.ArgumentParser(
+            prog="python -m service.evaluate compare",
+            description="Put finished runs side by side (rows = methods; columns = runs, e.g. trained / "
+                        "semi-random / full-random, σ 0 / 1), like the papers' Tables 2 and 4.")
+        p.add_argument("--out", required=True, help="HTML file to write")
+        p.add_argument("--metric", default="pointing_game", choices=("pointing_game", "energy_pg", "froc"))
+        p.add_argument("runs", nargs="+", help="run folders, each optionally LABEL=FOLDER")
+        args = p.parse_args(argv[1:])
+        from service.report import render_comparison
+
+        runs = []
+        for item in args.runs:
+            label, _, folder = item.rpartition("=")
+            folder_path = Path(folder)
+            results_path = folder_path / "results.json"
+            if not results_path.is_file():
+                print(f"error: {folder}: no results.json (not a finished run)", file=sys.stderr)
+                return 2
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            if not label:
+                prm = results.get("params", {})
+                label = f"{prm.get('init', '?')} σ={prm.get('smooth_sigma', 0):g}"
+            runs.append((label, results))
+        Path(args.out).write_text(render_comparison(runs, args.metric), encoding="utf-8")
+        print(f"wrote {args.out}")
         return 0
     if argv and argv[0] == "run-job":
         p = argparse.ArgumentParser(prog="python -m service.evaluate run-job")

@@ -254,7 +254,7 @@ def render_comparison(runs: Sequence[tuple[str, dict]], metric: str = "pointing_
                 columns.append((f"{label} · {arch}", res, arch))
         else:
             for model in sorted({k for per in res["methods"].values() for k in per}):
-                columns.append((f"{label} · {model}", res, None) if len(runs) else ("", res, None))
+                columns.append((f"{label} · {model}", res, None))
     head = "".join(f"<th>{_esc(c[0])}</th>" for c in columns)
     body = []
     for m in methods:
@@ -265,7 +265,10 @@ def render_comparison(runs: Sequence[tuple[str, dict]], metric: str = "pointing_
                 cells.append(f"<td>{_fmt(g['mean'])} ± {_fmt(g['std'])}</td>" if g else "<td>–</td>")
             else:
                 model = label.split(" · ", 1)[1]
-                cells.append(f"<td>{_fmt(res['methods'].get(m, {}).get(model, {}).get(metric))}</td>")
+                entry = res["methods"].get(m, {}).get(model, {})
+                counts = f" <span class='meta'>({entry['hits']}/{entry['n']})</span>" if (
+                    metric == "pointing_game" and entry.get("n")) else ""
+                cells.append(f"<td>{_fmt(entry.get(metric))}{counts}</td>")
         body.append(f"<tr><td>{_esc(m + (' (control)' if m in CONTROL_METHODS else ''))}</td>{''.join(cells)}</tr>")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>NormGate comparison</title>"
             f"<style>{_CSS}</style></head><body><h1>Comparison: {_esc(metric)}</h1>"

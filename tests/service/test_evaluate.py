@@ -254,6 +254,13 @@ def test_two_shards_merged_equal_the_single_run(workspace, tmp_path):
     _assert_results_equal(result, single)
     assert result["counts"] == single["counts"]
     assert (merged / "report.html").stat().st_size > 1000
+    # Runs side by side (the papers' column layout): both labels, the same counts in both columns.
+    page = tmp_path / "compare.html"
+    assert evaluate_main(["compare", "--out", str(page), f"single={workspace.single}", f"merged={merged}"]) == 0
+    text = page.read_text()
+    normgrad = single["methods"]["normgrad-conv1x1-combined"]["tiny"]
+    assert "single · tiny" in text and "merged · tiny" in text
+    assert text.count(f"({normgrad['hits']}/{normgrad['n']})") >= 2
     # Shards of different jobs are refused.
     assert evaluate_main(["merge", "--out", str(tmp_path / "bad"), str(shard_dirs[0]), str(workspace.single)]) == 2
 
@@ -351,3 +358,19 @@ def test_the_service_app_serves_evaluate_with_spec_errors(workspace, tmp_path):
         assert response.status_code == 422 and response.json()["error"] == "bad_parameter"
         missing = client.get("/evaluate/0123")
         assert missing.status_code == 404 and set(missing.json()) >= {"error", "detail"}
+
+
+def test_a_running_job_stops_between_batches_when_cancelled(workspace, tmp_path):
+    from service.evaluate import build_params, run_job
+    from service.jobs import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    params = build_params(data=workspace.data, split="test", models=[str(workspace.checkpoint)],
+                          methods="normgrad-conv1x1-combined", tau=TAU, smooth_sigma=0.0, init="trained",
+                          combine="geometric-mean", batch_size=4, shard=(0, 1), out=tmp_path / "out")
+    job = store.create(params, out_dir=tmp_path / "out", status="running")
+    store.request_cancel(job.id)  # flagged while running: honoured after the batch in flight
+    final = run_job(store, job.id, show_progress=False)
+    assert final.status == "cancelled"
+    assert final.done == 4 and len(store.rows(job.id)) == 4  # exactly one batch was stored
+    assert not (tmp_path / "out" / "results.json").exists()
