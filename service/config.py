@@ -15,6 +15,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+# The checkout this package lives in: the shipped checkpoints are found from any working directory.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
@@ -22,7 +24,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
-    models_dir: Path = Field(Path("models/checkpoints"),
+    models_dir: Path = Field(REPO_ROOT / "models" / "checkpoints",
                              description="Folder whose sub-folders are checkpoints; every one is loaded.")
     default_model: str = Field("default", description="Model used when /assess is called without ?model=.")
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
