@@ -100,18 +100,20 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
                 mask_name: str) -> Chest:
     """Draw one chest. ``lung_mask`` is a uint8 mask cropped to the two lungs (see :mod:`lungs`)."""
     H, W = height, width
-    fov_cm = rng.uniform(36.0, 43.0)  # detector width covered by the image
-    ppc = W / fov_cm
+    # A 35×43 cm portrait detector, collimated a little differently each time: the image height covers
+    # 36–43 cm of patient, so the lungs (~25 cm apex to costophrenic angle) fill 55–70 % of it.
+    fov_cm = rng.uniform(36.0, 43.0)
+    ppc = H / fov_cm
     cx = W / 2.0 + rng.normal(0.0, 0.02) * W
 
     # --- lung fields: where they sit fixes the rest of the anatomy ---------------------------------------
-    thorax_half = rng.uniform(15.0, 18.0) * ppc  # half of a 30–36 cm wide thorax
+    thorax_half = rng.uniform(14.0, 17.0) * ppc  # half of a 28–34 cm wide thorax
     lung_w = 2 * thorax_half * rng.uniform(0.80, 0.90)
     lung_w = min(lung_w, 0.94 * W)
     aspect = lung_mask.shape[0] / lung_mask.shape[1]
-    lung_h = lung_w * aspect * rng.uniform(0.92, 1.12)
+    lung_h = max(lung_w * aspect, 22.0 * ppc) * rng.uniform(0.95, 1.12)
     top = H * rng.uniform(0.06, 0.14)
-    lung_h = min(lung_h, 0.80 * H - top)
+    lung_h = min(lung_h, 0.78 * H - top)
     lx1 = cx - lung_w / 2 + rng.normal(0.0, 0.01) * W
     lung_box = (lx1, top, lx1 + lung_w, top + lung_h)
     lung = _warped_lungs(lung_mask, lung_box, W, H, rng)
@@ -153,6 +155,8 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
                         (heart_w / COARSE, heart_w * rng.uniform(0.62, 0.78) / COARSE),
                         rng.uniform(-25.0, -10.0)), 1.0, -1)
     heart = _blur(heart, 0.5 * ppc / COARSE)
+    # Its inferior border sits on the diaphragm and merges with the abdomen: no edge below the lungs.
+    heart *= 1.0 - _smoothstep((Y - heart_cy) / (0.35 * heart_w))
     medi = np.exp(-((X - cx) / (2.6 * ppc)) ** 4) * _smoothstep((heart_cy - Y) / (4 * ppc))
     knob = np.exp(-(((X - cx - 2.5 * ppc) / (1.8 * ppc)) ** 2 + ((Y - top - 0.22 * lung_h) / (1.8 * ppc)) ** 2))
 
@@ -248,14 +252,15 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             thick = (1.0 + 0.5 * k / n_ribs) * ppc * rng.uniform(0.9, 1.1)
             _bone_polyline(ribs, np.stack([px, py], 1), thick)
             # Anterior rib: from the lateral end, medially and downwards, thinner, ending where cartilage begins.
-            a = np.linspace(0.0, 1.0, 16)
+            # Only the upper six or so project over the lungs; lower ones end in cartilage under the heart.
+            a = np.linspace(0.0, 1.0, 16) * (1.0 if k < 6 else 0.35)
             ax = px[-1] - side * a * span * rng.uniform(0.55, 0.7)
             ay = py[-1] + a * lung_h * rng.uniform(0.22, 0.3) - 0.05 * lung_h * np.sin(a * np.pi)
             _bone_polyline(ribs_front, np.stack([ax, ay], 1), thick * 0.85)
             y0 += spacing
     rib_density = rng.uniform(0.11, 0.17)
     # Ribs stand out against lung air and fade over soft tissue (scatter, film latitude).
-    rib_contrast = 0.55 + 0.45 * _up(_blur(lung_c, 1.0 * ppc / COARSE), W, H)
+    rib_contrast = 0.7 + 0.3 * _up(_blur(lung_c, 1.0 * ppc / COARSE), W, H)
     fine += rib_density * rib_contrast * (_blur(ribs, 0.18 * ppc) + 0.7 * _blur(ribs_front, 0.25 * ppc))
 
     # Clavicles: S-shaped, from the sternal notch out and up over the apices to the shoulders.

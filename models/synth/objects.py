@@ -174,7 +174,7 @@ def button(rng, c, ppc, width, height) -> Patch:
             a = angle + 2 * np.pi * k / holes
             cv.circle((c[0] + 0.33 * r * np.cos(a), c[1] + 0.33 * ry * np.sin(a)), max(0.6, 0.14 * r), 0.0)
 
-    dens = rng.uniform(1.4, 2.2) if metal else rng.uniform(0.45, 0.9)
+    dens = rng.uniform(1.4, 2.2) if metal else rng.uniform(0.3, 0.75)
     return _round_object("button", c, draw, r, ry, dens, 0.6, width, height, rng)
 
 
@@ -350,7 +350,7 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
     """A chain hanging from the neck in a catenary-like U, beads or links along it, often with a pendant."""
     half = rng.uniform(4.0, 9.0) * ppc
     depth = rng.uniform(6.0, 16.0) * ppc
-    y_top = max(neck_top, 2.0 + PAD)
+    y_top = max(neck_top, 1.2 * ppc + PAD)  # below the edge margin, or the path would be cut at its start
     t = np.linspace(-1.0, 1.0, 80)
     path = np.stack([neck_x + half * t + rng.normal(0, 0.3) * ppc * t ** 2,
                      y_top + depth * (1 - np.cosh(1.3 * t) / np.cosh(1.3)) / (1 - 1 / np.cosh(1.3))], 1)
@@ -362,6 +362,8 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
     s = np.concatenate([[0.0], np.cumsum(seg)])
     at = np.arange(0.0, s[-1], spacing)
     centres = np.stack([np.interp(at, s, path[:, 0]), np.interp(at, s, path[:, 1])], 1)
+    tangent = np.gradient(path, axis=0)
+    link_angles = np.degrees(np.arctan2(np.interp(at, s, tangent[:, 1]), np.interp(at, s, tangent[:, 0])))
     extent = 2 * link + 1
     cv = _Canvas(path[:, 0].min() - extent, path[:, 1].min() - extent, path[:, 0].max() + extent,
                  path[:, 1].max() + extent)
@@ -369,8 +371,8 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
         if beads:
             cv.circle(p, link * 1.1, 1.0)
         else:  # alternating links seen face-on and edge-on
-            cv.ellipse(p, (link * 1.3, link * (0.8 if k % 2 else 0.35)), np.degrees(np.arctan2(*np.gradient(
-                centres, axis=0)[k][::-1])), 1.0, thickness=max(0.6, 0.35 * link))
+            cv.ellipse(p, (link * 1.3, link * (0.8 if k % 2 else 0.35)), link_angles[k], 1.0,
+                       thickness=max(0.6, 0.35 * link))
     d = cv.finish(rng.uniform(1.6, 2.6), 0.5)
     poly = _buffer_polygon(path, 1.3 * link + PAD + 1.0, width, height)
     patches = [Patch(d, cv.x0, cv.y0, "necklace", (Annotation(POLYGON, poly),))]
