@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -45,6 +45,23 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated API keys; when set, /assess needs 'Authorization: Bearer <key>'.")
     data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
+    # DICOMweb (POST /dicomweb/studies, docs/integration.md).
+    dicomweb_max_instances: int = Field(
+        32, ge=1, le=1024, description="Most instances (multipart parts) one STOW-RS request may carry (413 beyond).")
+    dicomweb_push_url: str | None = Field(
+        None, description="DICOMweb root (e.g. http://pacs:8042/dicom-web) the Secondary Capture and SR of every "
+                          "STOW-RS assessment are stored to (STOW-RS); unset: no push.")
+    dicomweb_push_authorization: SecretStr | None = Field(
+        None, description="Authorization header value for the push server, e.g. 'Basic …' or 'Bearer …'.")
+    dicomweb_push_queue_size: int = Field(
+        64, ge=1, description="Result sets waiting to be pushed; beyond it new ones are dropped (and counted).")
+    dicomweb_push_max_attempts: int = Field(5, ge=1, le=20, description="Tries per push before giving up.")
+    dicomweb_push_backoff_s: float = Field(
+        0.5, ge=0, description="Wait before the second try; doubles after each failure (capped at 30 s).")
+    dicomweb_push_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one push request.")
+    dicomweb_result_cache_mb: float = Field(
+        256.0, ge=0, description="Memory for recent result instances served by WADO-RS GET /dicomweb/…/instances/"
+                                 "{uid}; oldest dropped first; 0 disables.")
 
     @field_validator("api_keys", mode="before")
     @classmethod
