@@ -10,7 +10,8 @@ SmoothGrad and Integrated Gradients. All batched over images; all with frozen we
 - Guided Grad-CAM (eq. 13): Grad-CAM ⊙ Guided Backpropagation.
 - SmoothGrad (Smilkov et al. 2017): mean gradient over n noisy copies, noise σ = level·(max − min) per image.
 - Integrated Gradients (Sundararajan et al. 2017): (x − x̄) ⊙ ∫₀¹ ∂y_c/∂x(x̄ + α(x − x̄)) dα with the
-  trapezoid rule on ``steps`` equally spaced α (SPEC §9 defaults: zero baseline, 32 steps).
+  trapezoid rule on ``steps`` equally spaced α (SPEC §9 defaults: zero baseline, 32 steps). The weights
+  sum to 1 (completeness); captum's ``riemann_trapezoid`` uses 1/n steps, i.e. (n−1)/n of this map.
 
 The IG path and SmoothGrad samples are evaluated ``max_batch`` inputs at a time.
 """
@@ -100,15 +101,16 @@ def smoothgrad_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, s
     batch = images.shape[0]
     spread = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).float()
     sigma = (noise_level * spread).view(batch, 1, 1, 1)
-    # A fixed CPU generator: same input ⇒ same map on every device.
+    # A fixed CPU generator: same input ⇒ same map on every device. Every image of the batch gets the same
+    # unit-noise draws (scaled by its own σ), so an image's map does not depend on its batch neighbours.
     generator = torch.Generator().manual_seed(int(seed))
     total = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
     per_chunk = max(1, max_batch // batch)
     done = 0
     while done < samples:
         k = min(per_chunk, samples - done)
-        noise = torch.randn((k,) + tuple(images.shape), generator=generator).to(images.device)
-        noisy = (images.float()[None] + noise * sigma[None]).to(images.dtype).flatten(0, 1)
+        unit_noise = torch.randn((k, 1) + tuple(images.shape[1:]), generator=generator).to(images.device)
+        noisy = (images.float()[None] + unit_noise * sigma[None]).to(images.dtype).flatten(0, 1)
         grads = input_gradients(model, noisy, targets.repeat(k))
         total += grads.float().view((k,) + tuple(images.shape)).sum(0)
         done += k

@@ -80,9 +80,9 @@ class LayerRecorder:
     """Records the output of named modules and makes the backward graph start at the earliest of them.
 
     A recorded output that is not yet part of the autograd graph (the first hooked layer, with frozen weights
-    and an input that needs no gradient) is replaced by a detached leaf that requires grad: autograd then
-    stops there, so nothing below the earliest hooked layer is differentiated. Outputs of later layers are
-    already in that graph and are passed through unchanged.
+    and an input that needs no gradient) becomes a detached leaf that requires grad: autograd then stops
+    there, so nothing below the earliest hooked layer is differentiated. Outputs of later layers are already
+    in that graph. Either way the network continues on a copy of the recorded tensor.
 
     The hooks act only on forward passes run by the thread that entered the context.
     """
@@ -108,13 +108,13 @@ class LayerRecorder:
                     f"layer {name!r} must output a [B, C, H, W] tensor to be explained, "
                     f"got {type(output).__name__}{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}"
                 )
-            replaced = None
-            if not output.requires_grad:
-                output = output.detach().requires_grad_(True)
-                replaced = output
-            self.outputs[name] = output
-            self._versions[name] = output._version
-            return replaced
+            recorded = output if output.requires_grad else output.detach().requires_grad_(True)
+            self.outputs[name] = recorded
+            self._versions[name] = recorded._version
+            # The network continues on a copy: a later in-place op (a ReLU(inplace=True) after a batch norm)
+            # then changes the copy, not the recorded activation, and autograd still delivers the gradient
+            # at exactly this point. One activation copy per hooked layer is cheap next to the convolutions.
+            return recorded.clone()
 
         return hook
 
