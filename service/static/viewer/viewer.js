@@ -374,8 +374,8 @@ function clearImage() {
   state.gray = null;
   el.viewport.setAttribute("aria-label", "No image shown. Press O to open one.");
   for (const dd of Object.values(el.d)) dd.textContent = "—";
-  el.zoomReadout.textContent = "Zoom —";
-  el.wlReadout.textContent = "W/L —";
+  el.zoomReadout.textContent = "";
+  el.wlReadout.textContent = "";
   el.pixelReadout.textContent = "";
   el.cornerFile.textContent = "";
 }
