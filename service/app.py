@@ -25,6 +25,7 @@ from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
 from service.inference import BatchHook, DecodePool, ModelRegistry
 from service.metrics import ServiceMetrics
 from service.routes import assess, health, models, viewer
+from service.routes import dicomweb as dicomweb_routes
 from service.routes import evaluate as evaluate_routes
 
 log = logging.getLogger("normgate.app")
@@ -103,8 +104,10 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
         try:
             registry.start()
             evaluate_routes.start_evaluation_runner(app, settings)
+            await dicomweb_routes.start_dicomweb(app, settings)
             yield
         finally:
+            await dicomweb_routes.stop_dicomweb(app)
             evaluate_routes.stop_evaluation_runner(app)
             registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
             decode_pool.shutdown()
@@ -120,5 +123,6 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(health.router)
     app.include_router(viewer.router)
     app.include_router(evaluate_routes.router)
+    app.include_router(dicomweb_routes.router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
