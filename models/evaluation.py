@@ -102,12 +102,8 @@ def initialise_model(checkpoint: Checkpoint, init: str, seed: int) -> nn.Module:
         return checkpoint.model
     device = next(checkpoint.model.parameters()).device
     if init == "semi-random":
-        model = copy.deepcopy(checkpoint.model)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        head_device_ok = device.type == "cpu"
-        if not head_device_ok:
-            model.to("cpu")
-        reset_classifier_head(model, generator=generator)
+        model = copy.deepcopy(checkpoint.model).to("cpu")  # the seeded CPU generator fills the head on CPU
+        reset_classifier_head(model, generator=torch.Generator(device="cpu").manual_seed(seed))
         return _freeze(model.to(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -295,8 +291,14 @@ def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence
                                      combine=config.combine))
         else:
             maps.update(shared_normgrad_maps(entry.model, images, normgrad_ids, target, layers, config.combine))
+    # Guided Grad-CAM is Grad-CAM ⊙ guided backprop of the same target (SPEC §7): reuse both when requested.
+    if "guided-gradcam" in wanted and "gradcam" in wanted and "guided-backprop" in wanted:
+        wanted = [m for m in wanted if m != "guided-gradcam"] + ["guided-gradcam"]
     for method_id in wanted:
         if method_id in maps:
+            continue
+        if method_id == "guided-gradcam" and "gradcam" in maps and "guided-backprop" in maps:
+            maps[method_id] = maps["gradcam"] * maps["guided-backprop"]
             continue
         options = {"combine": config.combine} if "combine" in get_method(method_id).options else {}
         method_layers = layers if (custom_layers and method_id in normgrad_ids) else None

@@ -421,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--job-db", required=True)
         p.add_argument("--job-id", required=True)
         args = p.parse_args(argv[1:])
+        # The server's runner asks for a lower CPU priority; the child applies it to itself (no preexec_fn,
+        # which is unsafe in the threaded server).
+        nice = int(os.environ.get("NORMGATE_EVAL_NICE", "0") or 0)
+        if nice > 0 and hasattr(os, "nice"):
+            os.nice(nice)
         job = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
         return 0 if job.status in ("done", "cancelled") else 1
 

@@ -328,7 +328,8 @@ class EvaluationRunner:
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         threads = str(self.torch_threads)
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, NORMGATE_EVAL_TORCH_THREADS=threads)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, NORMGATE_EVAL_TORCH_THREADS=threads,
+                   NORMGATE_EVAL_NICE=str(self.nice))
         # The child imports the service package from wherever this process found it.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -348,8 +349,6 @@ class EvaluationRunner:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        nice = self.nice
-        preexec = (lambda: os.nice(nice)) if hasattr(os, "nice") and nice else None
         out_dir = Path(job.out_dir) if job.out_dir else self.jobs_dir / job.id
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +356,7 @@ class EvaluationRunner:
             # A file, not a pipe: the child's progress output must never block on a full pipe.
             with open(log_path, "ab") as log_file:
                 self._child = subprocess.Popen(self._child_command(job.id), env=self._child_env(),
-                                               preexec_fn=preexec, stdout=log_file, stderr=subprocess.STDOUT)
+                                               stdout=log_file, stderr=subprocess.STDOUT)
         except OSError as exc:
             self.store.finish(job.id, "failed", f"could not start the evaluation process: {exc}")
             return

@@ -93,3 +93,24 @@ def test_one_shared_pass_gives_exactly_the_maps_of_explain(combine):
     for method_id in ids:
         expected = explain(model, images, method_id, target=1, combine=combine)
         torch.testing.assert_close(shared[method_id], expected, rtol=1e-5, atol=1e-6, msg=method_id)
+
+
+def test_guided_gradcam_from_its_two_parts_equals_explain(tmp_path):
+    from models.evaluation import EvaluatedModel, EvaluationConfig, saliency_maps
+
+    torch.manual_seed(1)
+    model = build_model("resnet18").eval()
+    meta = CheckpointMeta(name="m", version="1", arch="resnet18", input_size=[64, 64])
+    meta.validate()
+    entry = EvaluatedModel(key="m", model=model, meta=meta)
+    images = torch.randn(2, 3, 64, 64)
+    methods = ("gradcam", "guided-backprop", "guided-gradcam", "normgrad-conv1x1-combined",
+               "normgrad-bias-single", "random")
+    maps = saliency_maps(entry, images, methods, ["a", "b"], EvaluationConfig(methods=methods))
+    for method_id in methods[:-1]:
+        expected = explain(model, images, method_id, target=meta.positive_index)
+        torch.testing.assert_close(maps[method_id], expected, rtol=1e-5, atol=1e-7, msg=method_id)
+    # The control is seeded per (model, image): the same image gives the same noise in another batch.
+    again = saliency_maps(entry, images[1:], ("random",), ["b"], EvaluationConfig(methods=("random",)))
+    torch.testing.assert_close(again["random"][0], maps["random"][1])
+    assert not torch.equal(maps["random"][0], maps["random"][1])
