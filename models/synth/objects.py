@@ -95,10 +95,10 @@ def _support_box(d: np.ndarray, x0: int, y0: int, margin: float) -> tuple[float,
 
 
 def _clip_box(box, width: int, height: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Corners rounded outwards to whole pixels. Not clamped to the image yet: the caller may still shift
+    the object inside (``render._fit_inside``) and clamps afterwards."""
     x1, y1, x2, y2 = box
-    x1, y1 = max(0.0, np.floor(x1)), max(0.0, np.floor(y1))
-    x2, y2 = min(width - 1.0, np.ceil(x2)), min(height - 1.0, np.ceil(y2))
-    return (float(x1), float(y1)), (float(x2), float(y2))
+    return (float(np.floor(x1)), float(np.floor(y1))), (float(np.ceil(x2)), float(np.ceil(y2)))
 
 
 def _buffer_polygon(line: np.ndarray, radius: float, width: int, height: int, max_vertices: int = 40):
@@ -120,13 +120,7 @@ def _buffer_polygon(line: np.ndarray, radius: float, width: int, height: int, ma
     right[0] += radius * tangent_start
     left[-1] += radius * tangent_end
     right[-1] += radius * tangent_end
-    ring = np.vstack([left, right[::-1]])
-    ring[:, 0] = np.clip(np.round(ring[:, 0]), 0, width - 1)
-    ring[:, 1] = np.clip(np.round(ring[:, 1]), 0, height - 1)
-    # Drop consecutive duplicates that clipping can create.
-    keep = np.ones(len(ring), bool)
-    keep[1:] = np.any(np.diff(ring, axis=0) != 0, axis=1)
-    ring = ring[keep]
+    ring = np.round(np.vstack([left, right[::-1]]))  # clamped to the image by the caller, after any shift
     return tuple((float(x), float(y)) for x, y in ring)
 
 

@@ -72,17 +72,23 @@ def _place(rng, chest, inside_lung: float) -> tuple[float, float]:
 
 
 def _fit_inside(patch: obj.Patch, H: int, W: int) -> obj.Patch | None:
-    """Shift an object back inside the image if its patch pokes out (annotations move with it)."""
+    """Shift an object back inside the image if its patch pokes out, then clamp its annotation points to the
+    image (the object's pixels are then all inside, so clamping never cuts the annotation off them)."""
     h, w = patch.density.shape
-    if h > H - 2 or w > W - 2:
+    if h > H or w > W:
         return None
     dx = min(0, W - 1 - (patch.x0 + w - 1)) + max(0, -patch.x0)
     dy = min(0, H - 1 - (patch.y0 + h - 1)) + max(0, -patch.y0)
-    if dx == 0 and dy == 0:
-        return patch
-    moved = tuple(Annotation(a.kind, tuple((min(max(x + dx, 0.0), W - 1.0), min(max(y + dy, 0.0), H - 1.0))
-                                           for x, y in a.points)) for a in patch.annotations)
-    return obj.Patch(patch.density, patch.x0 + dx, patch.y0 + dy, patch.kind_name, moved)
+    moved = []
+    for a in patch.annotations:
+        pts = [(min(max(x + dx, 0.0), W - 1.0), min(max(y + dy, 0.0), H - 1.0)) for x, y in a.points]
+        pts = [p for k, p in enumerate(pts) if k == 0 or p != pts[k - 1]]  # clamping can repeat a vertex
+        if a.kind == obj.POLYGON and len(pts) > 3 and pts[-1] == pts[0]:
+            pts.pop()
+        if len(pts) < (3 if a.kind == obj.POLYGON else 2):
+            return None
+        moved.append(Annotation(a.kind, tuple(pts)))
+    return obj.Patch(patch.density, patch.x0 + dx, patch.y0 + dy, patch.kind_name, tuple(moved))
 
 
 def _foreign_objects(rng, chest) -> list[obj.Patch]:
