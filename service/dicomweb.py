@@ -235,14 +235,18 @@ def read_instance_ids(body: bytes) -> InstanceIds:
 
     try:
         ds = pydicom.dcmread(io.BytesIO(body), force=True, specific_tags=_IDENTIFYING_TAGS, defer_size=1024)
-        return InstanceIds(
-            sop_class_uid=_uid(ds, "SOPClassUID") or _uid(ds.get("file_meta") or {}, "MediaStorageSOPClassUID"),
-            sop_instance_uid=(_uid(ds, "SOPInstanceUID")
-                              or _uid(ds.get("file_meta") or {}, "MediaStorageSOPInstanceUID")),
+        file_meta = ds.get("file_meta") or {}
+        uids = dict(
+            sop_class_uid=_uid(ds, "SOPClassUID") or _uid(file_meta, "MediaStorageSOPClassUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID") or _uid(file_meta, "MediaStorageSOPInstanceUID"),
             study_instance_uid=_uid(ds, "StudyInstanceUID"),
             series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+        )
+        # force=True turns any bytes into *some* dataset; only a valid UID shows it is really DICOM.
+        return InstanceIds(
+            **uids,
             has_pixel_data=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
-            readable=len(ds) > 0,
+            readable=any(uids.values()),
         )
     except _CONTROL_FLOW:
         raise
