@@ -2,7 +2,8 @@
 
 Each tile is one image of the generator (seed, split ``test``) with its annotations drawn: rectangles in
 yellow, ellipses in cyan, polygons in magenta; the caption says POSITIVE (and the object kinds) or
-NEGATIVE (and the look-alikes it contains).
+NEGATIVE (and the look-alikes it contains). Below the grid, a strip of close-ups shows one object of each
+kind (from the ``dev`` split of the same seed), unannotated.
 """
 
 from __future__ import annotations
@@ -54,6 +55,36 @@ def contact_sheet(seed: int = 0, rows: int = 4, cols: int = 4, size: int = 512, 
     return sheet
 
 
+def object_gallery(seed: int = 0, size: int = 512, crop: int = 96, split: str = "dev",
+                   max_images: int = 400) -> Image.Image:
+    """One zoomed crop per foreign-object kind (the first of each found in ``split``), captioned, no boxes."""
+    from models.synth.objects import FOREIGN_OBJECTS
+
+    wanted = list(FOREIGN_OBJECTS) + ["ecg_lead", "pendant"]
+    found: dict[str, Image.Image] = {}
+    for index in range(max_images):
+        if len(found) == len(wanted):
+            break
+        r = render_sample(seed, split, index, size)
+        for a, kind in zip(r.annotations, r.object_kinds):
+            if kind in found or kind not in wanted:
+                continue
+            x1, y1, x2, y2 = a.box
+            half = max(x2 - x1, y2 - y1) / 2 + 6
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            h, w = r.image.shape
+            box = (int(max(0, cx - half)), int(max(0, cy - half)), int(min(w, cx + half)), int(min(h, cy + half)))
+            im = Image.fromarray(np.round(r.image * 255).astype(np.uint8)).crop(box)
+            found[kind] = im.resize((crop, crop), Image.LANCZOS)
+    kinds = [k for k in wanted if k in found]
+    strip = Image.new("RGB", (len(kinds) * crop, crop + 16), (24, 24, 24))
+    draw = ImageDraw.Draw(strip)
+    for i, kind in enumerate(kinds):
+        strip.paste(found[kind].convert("RGB"), (i * crop, 0))
+        draw.text((i * crop + 3, crop + 2), kind, fill=(255, 120, 90))
+    return strip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.synth.contact_sheet", description=__doc__)
     ap.add_argument("--out", required=True)
@@ -64,9 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=300)
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--no-boxes", action="store_true")
+    ap.add_argument("--no-gallery", action="store_true", help="leave out the strip of object close-ups")
     args = ap.parse_args(argv)
-    contact_sheet(args.seed, args.rows, args.cols, args.size, args.tile, first=args.first,
-                  boxes=not args.no_boxes).save(args.out, optimize=True)
+    sheet = contact_sheet(args.seed, args.rows, args.cols, args.size, args.tile, first=args.first,
+                          boxes=not args.no_boxes)
+    if not args.no_gallery:
+        strip = object_gallery(args.seed, args.size, crop=sheet.width // 12)
+        combined = Image.new("RGB", (sheet.width, sheet.height + strip.height + 8), (24, 24, 24))
+        combined.paste(sheet, (0, 0))
+        combined.paste(strip, (0, sheet.height + 8))
+        sheet = combined
+    sheet.save(args.out, optimize=True)
     return 0
 
 
