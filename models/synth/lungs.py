@@ -14,6 +14,7 @@ image-right (patient-left) lung.
 from __future__ import annotations
 
 import importlib.util
+import os
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -85,10 +86,12 @@ class LungMaskBank:
         if source not in ("auto", "v7", "procedural"):
             raise ValueError(f"lung mask source must be auto, v7 or procedural, got {source!r}")
         self._zip: zipfile.ZipFile | None = None
+        self._zip_path: Path | None = None
+        self._zip_pid = os.getpid()
         self._names: list[str] = []
         path = find_v7_zip() if source in ("auto", "v7") else None
         if path is not None:
-            self._zip = zipfile.ZipFile(path)
+            self._zip, self._zip_path = zipfile.ZipFile(path), path
             self._names = sorted(n for n in self._zip.namelist()
                                  if n.lower().endswith((".png", ".jpg", ".jpeg")))
         elif source == "v7":
@@ -98,7 +101,11 @@ class LungMaskBank:
 
     def _decode(self, index: int) -> np.ndarray | None:
         if index not in self._cache:
-            assert self._zip is not None
+            assert self._zip is not None and self._zip_path is not None
+            if os.getpid() != self._zip_pid:
+                # A forked worker shares the parent's file offset: concurrent reads would interleave, so each
+                # process opens the archive for itself.
+                self._zip, self._zip_pid = zipfile.ZipFile(self._zip_path), os.getpid()
             data = np.frombuffer(self._zip.read(self._names[index]), np.uint8)
             # Reduced decoding: JPEG decodes at 1/4 scale directly, far cheaper than full size.
             gray = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_2)
