@@ -75,6 +75,14 @@ def test_boundary_parameter_with_quotes_and_semicolon():
     assert stow_boundary('Multipart/Related; boundary="a;b c"; type="application/dicom"') == "a;b c"
 
 
+def test_orthancs_73_character_boundary_is_accepted():
+    # Orthanc's DICOMweb plugin joins two UUIDs: longer than RFC 2046's 70 characters.
+    boundary = "a45db3af-24d7-49c6-81b1-69eb8b16d03c-a45db3af-24d7-49c6-81b1-69eb8b16d03c"
+    assert stow_boundary(f'multipart/related; type="application/dicom"; boundary={boundary}') == boundary
+    with pytest.raises(ApiError):
+        stow_boundary(f'multipart/related; type="application/dicom"; boundary={"x" * 201}')
+
+
 @pytest.mark.parametrize("body, sentence", [
     (b"no delimiter here", "does not contain the boundary"),
     (b"--x\r\nContent-Type: application/dicom\r\n\r\nDATA", "not closed by a boundary"),
