@@ -393,6 +393,25 @@ def test_history_flips_with_j_and_k(page, server, images):
     assert page.locator("#history button[aria-current='true']").inner_text().count("chest_b.png") == 1
 
 
+def test_drag_and_drop_opens_a_file(page, server, images):
+    image = images["chest_b.png"]
+    expected = assess_directly(server, image["path"], "image/png")
+    data_transfer = page.evaluate_handle("""(b64) => {
+        const bin = atob(b64), bytes = new Uint8Array(bin.length);
+        for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        return dt;
+    }""", base64.b64encode(image["path"].read_bytes()).decode())
+    page.dispatch_event("#viewport", "dragenter", {"dataTransfer": data_transfer})
+    assert page.locator("#drop-hint").is_visible()
+    page.dispatch_event("#viewport", "drop", {"dataTransfer": data_transfer})
+    sync_api.expect(page.locator("#viewport")).to_have_attribute("data-settled", "1", timeout=60_000)
+    assert page.locator("#drop-hint").is_hidden()
+    assert page.locator("#d-file").inner_text() == "dropped.png"
+    assert_marker_on(page, expected["point"], image)
+
+
 def test_bad_uploads_show_clear_errors(page, server, images, tmp_path):
     upload(page, images["chest_a.png"]["path"])
     broken = tmp_path / "broken.png"

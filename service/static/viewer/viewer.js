@@ -48,6 +48,7 @@ const ERROR_TEXT = {
 };
 
 const $ = (id) => document.getElementById(id);
+const DEFAULT_CAPTION = $("heatmap-caption").textContent.replace(/\s+/g, " ").trim();
 const el = {
   openButton: $("open-button"), fileInput: $("file-input"),
   apiKeyForm: $("api-key-form"), apiKeyInput: $("api-key-input"), serverStatus: $("server-status"),
@@ -65,7 +66,7 @@ const el = {
   windowSlider: $("window-slider"), windowValue: $("window-value"),
   levelSlider: $("level-slider"), levelValue: $("level-value"),
   wlReset: $("wl-reset"), wlInvert: $("wl-invert"),
-  history: $("history"), historyEmpty: $("history-empty"),
+  heatmapCaption: $("heatmap-caption"), history: $("history"), historyEmpty: $("history-empty"),
   d: {
     file: $("d-file"), label: $("d-label"), prob: $("d-prob"), point: $("d-point"), size: $("d-size"),
     model: $("d-model"), method: $("d-method"), time: $("d-time"), request: $("d-request"),
@@ -87,6 +88,7 @@ const state = {
   busy: false,
   nextId: 1,
   settled: 0,
+  positiveClass: {},    // model name → its positive class, from GET /models
 };
 
 // ---------------------------------------------------------------------------------------------- util
@@ -378,6 +380,7 @@ function clearImage() {
   el.wlReadout.textContent = "";
   el.pixelReadout.textContent = "";
   el.cornerFile.textContent = "";
+  el.heatmapCaption.textContent = DEFAULT_CAPTION;
 }
 
 function setBanner(kind, decision, line, meta) {
@@ -416,6 +419,13 @@ function showResultText(entry) {
   el.d.time.textContent = tm.total != null ? `${Math.round(tm.total)} ms` : "—";
   el.d.request.textContent = r.request_id || "—";
 
+  const positive = reacquire ? humanLabel(r.label)
+    : humanLabel(state.positiveClass[model.name] || "the quality problem");
+  el.heatmapCaption.textContent = !r.heatmap
+    ? "No heatmap was requested for this result."
+    : reacquire
+      ? `Evidence of ${positive}; the ring marks the strongest point.`
+      : `Where the model looked for ${positive}; nothing reached the threshold.`;
   el.cornerFile.textContent = `${entry.fileName}\n${r.image.width} × ${r.image.height} px`;
   const where = r.point ? ` Heatmap peak marked at x ${r.point.x}, y ${r.point.y}.` : "";
   el.viewport.setAttribute("aria-label",
@@ -657,6 +667,15 @@ function hideError() {
   el.error.hidden = true;
 }
 
+async function loadModels() {
+  try {
+    const response = await fetch("/models", { headers: authHeaders() });
+    if (!response.ok) return;
+    const body = await response.json();
+    for (const m of body.models || []) state.positiveClass[m.name] = m.positive_class;
+  } catch { /* only used for wording */ }
+}
+
 async function checkServer() {
   try {
     const ready = await fetch("/readyz", { headers: authHeaders() });
@@ -831,6 +850,7 @@ function showPixel(event) {
 bindEvents();
 applyOverlaySettings();
 checkServer();
+loadModels();
 
 // For tests and power users: read-only view of what is on screen.
 window.normgateViewer = Object.freeze({
