@@ -120,10 +120,26 @@ class ModelRunner:
         target = torch.full((images.shape[0],), self.positive_index, dtype=torch.long, device=images.device)
         # The checkpoint's NormGrad layers (model.json) only apply to NormGrad methods; others use their own.
         layers = self.meta.normgrad_layers if method.startswith("normgrad-") else None
-        # TODO(helper-1): switch to saliency.explain_with_logits (one pass) once the engine offers it.
+        # One pass: the logits are read off the forward that the explanation runs on these very images
+        # (NormGrad, Grad-CAM: one forward + one cut backward) instead of a second, separate forward, which
+        # cost about a third of the worker's time under load (docs/benchmarks.md, "Profile and hot spots").
+        # Methods that never run the model on the images themselves (IG family) fall back to that forward.
+        captured: list[torch.Tensor] = []
+
+        def keep_logits(module, inputs, output) -> None:
+            if not captured and inputs and isinstance(inputs[0], torch.Tensor) \
+                    and inputs[0].shape == images.shape and torch.equal(inputs[0].detach(), images):
+                captured.append(output.detach())
+
+        handle = self.model.register_forward_hook(keep_logits)
+        try:
+            maps = saliency.explain(self.model, images, method, target=target, layers=layers)
+        finally:
+            handle.remove()
+        if captured:
+            return maps, captured[0]
         with torch.inference_mode():
             logits = self.model(images)
-        maps = saliency.explain(self.model, images, method, target=target, layers=layers)
         return maps, logits
 
     def run(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
