@@ -180,7 +180,7 @@ def snap(rng, c, ppc, width, height) -> Patch:
         cv.circle(c, 0.62 * r, 0.45)
         cv.circle(c, 0.28 * r, 1.2)
 
-    return _round_object("snap", c, draw, r, r, rng.uniform(1.6, 2.6), 0.6, width, height, rng)
+    return _round_object("snap", c, draw, r, r, rng.uniform(1.0, 1.8), 0.6, width, height, rng)
 
 
 def coin(rng, c, ppc, width, height) -> Patch:

@@ -160,7 +160,13 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
             kinds.append(p.kind_name)
         if with_objects:
             bright = 1.0 - np.exp(-mu * density)
-    unit = np.clip((bright - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** gamma
+    unit = np.clip((bright - lo) / max(hi - lo, 1e-6), 0.0, None)
+    # Soft shoulder instead of a hard clip (detector latitude): metal above the window keeps its holes, rims
+    # and wire loops instead of flattening into white; smooth and monotone, so objects never darken.
+    knee = 0.85
+    over = np.maximum(unit - knee, 0.0)
+    unit = np.minimum(unit, knee) + (1.0 - knee) * (1.0 - np.exp(-over / (1.0 - knee)))
+    unit = unit ** gamma
     # Quantum noise grows with brightness; monotone in brightness for |noise| < 1/(0.8·grain) so adding an
     # object never darkens a pixel.
     unit = unit + grain * (0.6 + 0.8 * unit) * noise + pattern
