@@ -35,6 +35,7 @@ from service.dicomweb import (
 )
 from service.dicomweb_client import DicomwebPusher
 from service.errors import ApiError
+from service.phi_logging import install_dicom_log_redaction
 from service.schemas import DEFAULT_METHOD, ErrorResponse
 from service.stow import ResultStore, StowService
 from service.upload import read_limited_body, wait_for_disconnect
@@ -57,6 +58,7 @@ class ResultNotFound(ApiError):
 
 async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
     """The result store, the push client (when NORMGATE_DICOMWEB_PUSH_URL is set) and the STOW service."""
+    install_dicom_log_redaction()  # pydicom quotes element values (birth dates, names) in its warnings
     pusher = None
     if settings.dicomweb_push_url:
         authorization = settings.dicomweb_push_authorization
