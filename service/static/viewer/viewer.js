@@ -333,12 +333,10 @@ function showEntry(id, { refit = false } = {}) {
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(entry.bitmap, 0, 0, cw, ch);
+  // The display PNG is 8-bit grayscale, so any one channel is the value.
   const rgba = ctx.getImageData(0, 0, cw, ch).data;
   const gray = new Uint8Array(cw * ch);
-  for (let i = 0, j = 0; j < gray.length; i += 4, j++) {
-    // ITU-R 601 luma, as a grayscale conversion of an RGB upload (identity for gray pixels).
-    gray[j] = (rgba[i] * 299 + rgba[i + 1] * 587 + rgba[i + 2] * 114 + 500) / 1000;
-  }
+  for (let i = 0, j = 0; j < gray.length; i += 4, j++) gray[j] = rgba[i];
   state.gray = gray;
 
   el.stage.style.width = `${w}px`;
@@ -496,21 +494,21 @@ function applyWindowLevel() {
   if (!entry || !state.gray) return;
   const { window: w, level: c, invert } = entry.wl;
   // DICOM PS3.3 C.11.2.1.2 linear VOI function; window 256 / level 128 is the identity on 8-bit input.
-  const lut = new Uint8ClampedArray(256);
+  // One 32-bit RGBA word per gray value, so each pixel is a single table look-up and store.
+  const lut = new Uint32Array(256);
+  const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
   const lo = c - 0.5 - (w - 1) / 2, hi = c - 0.5 + (w - 1) / 2;
   for (let g = 0; g < 256; g++) {
     let v = g <= lo ? 0 : g > hi ? 255 : ((g - (c - 0.5)) / (w - 1) + 0.5) * 255;
     if (invert) v = 255 - v;
-    lut[g] = Math.round(v);
+    v = Math.round(v);
+    lut[g] = littleEndian ? ((255 << 24) | (v << 16) | (v << 8) | v) >>> 0 : ((v << 24) | (v << 16) | (v << 8) | 255) >>> 0;
   }
   const canvas = el.imageCanvas;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   const img = ctx.createImageData(canvas.width, canvas.height);
-  const out = img.data, gray = state.gray;
-  for (let j = 0, i = 0; j < gray.length; j++, i += 4) {
-    const v = lut[gray[j]];
-    out[i] = v; out[i + 1] = v; out[i + 2] = v; out[i + 3] = 255;
-  }
+  const out = new Uint32Array(img.data.buffer), gray = state.gray;
+  for (let j = 0; j < gray.length; j++) out[j] = lut[gray[j]];
   ctx.putImageData(img, 0, 0);
   syncWlControls(entry.wl);
 }
