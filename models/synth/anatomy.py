@@ -8,7 +8,7 @@ whose spacing grows downwards, clavicles over the apices, vertebral bodies ~4–
 
 Smooth, large structures (body, heart, mediastinum, breast shadows) are drawn on a grid four times coarser
 and upsampled; edges that matter (lung borders, ribs, clavicles, spine, vessels) are drawn at full size.
-Everything is vectorised numpy or OpenCV drawing: ~10 ms for a 512-pixel image.
+Everything is vectorised numpy or OpenCV drawing: ~20 ms for a 512-pixel image.
 """
 
 from __future__ import annotations

@@ -94,14 +94,14 @@ def _support_box(d: np.ndarray, x0: int, y0: int, margin: float) -> tuple[float,
     return (x0 + xs.min() - margin, y0 + ys.min() - margin, x0 + xs.max() + margin, y0 + ys.max() + margin)
 
 
-def _clip_box(box, width: int, height: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def _outward_box(box) -> tuple[tuple[float, float], tuple[float, float]]:
     """Corners rounded outwards to whole pixels. Not clamped to the image yet: the caller may still shift
     the object inside (``render._fit_inside``) and clamps afterwards."""
     x1, y1, x2, y2 = box
     return (float(np.floor(x1)), float(np.floor(y1))), (float(np.ceil(x2)), float(np.ceil(y2)))
 
 
-def _buffer_polygon(line: np.ndarray, radius: float, width: int, height: int, max_vertices: int = 40):
+def _buffer_polygon(line: np.ndarray, radius: float, max_vertices: int = 40):
     """An outline around a polyline (both sides offset by ``radius``), as an annotator would draw it."""
     line = np.asarray(line, np.float64)
     step = max(1, int(np.ceil(len(line) / (max_vertices / 2))))
@@ -151,7 +151,7 @@ def _round_object(kind_name: str, c, draw, radius_x: float, radius_y: float, den
     draw(cv)
     d = cv.finish(density, blur)
     box = _support_box(d, cv.x0, cv.y0, rng.uniform(0.0, 1.5))
-    return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(ELLIPSE, _clip_box(box, width, height)),))
+    return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(ELLIPSE, _outward_box(box)),))
 
 
 def button(rng, c, ppc, width, height) -> Patch:
@@ -222,7 +222,7 @@ def wire_along(rng, path: np.ndarray, ppc: float, width: int, height: int, kind_
                  path[:, 1].max() + extent)
     cv.polyline(path, 0.25, max(sheath, 1.0))
     cv.polyline(path, 1.0, max(core, 0.8))
-    d_conn_radius = 0.0
+    connector_half_width = 0.0
     if connector_at_start:
         # The clip connector that grips the electrode stud: a dense block along the wire's first centimetre.
         direction = path[min(6, len(path) - 1)] - path[0]
@@ -232,10 +232,10 @@ def wire_along(rng, path: np.ndarray, ppc: float, width: int, height: int, kind_
         corners = np.array([path[0] - half_w * normal, path[0] + half_w * normal,
                             path[0] + half_w * normal + length * direction, path[0] - half_w * normal + length * direction])
         cv.polygon(corners, 0.8)
-        d_conn_radius = np.hypot(half_w, 0.0)
+        connector_half_width = half_w
     d = cv.finish(rng.uniform(1.3, 2.2), 0.6)
-    radius = max(sheath / 2, d_conn_radius) + PAD + 1.0
-    poly = _buffer_polygon(path, radius, width, height)
+    radius = max(sheath / 2, connector_half_width) + PAD + 1.0
+    poly = _buffer_polygon(path, radius)
     return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(POLYGON, poly),))
 
 
@@ -280,7 +280,7 @@ def _rect_object(kind_name: str, outline: list[tuple[np.ndarray, float, float, b
         cv.polyline(pts, value, thick, closed)
     d = cv.finish(density, 0.5)
     box = _support_box(d, cv.x0, cv.y0, rng.uniform(0.0, 1.5))
-    return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(RECTANGLE, _clip_box(box, width, height)),))
+    return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(RECTANGLE, _outward_box(box)),))
 
 
 def _arc(cx, cy, r, a0, a1, n=12):
@@ -368,7 +368,7 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
             cv.ellipse(p, (link * 1.3, link * (0.8 if k % 2 else 0.35)), link_angles[k], 1.0,
                        thickness=max(0.6, 0.35 * link))
     d = cv.finish(rng.uniform(1.6, 2.6), 0.5)
-    poly = _buffer_polygon(path, 1.3 * link + PAD + 1.0, width, height)
+    poly = _buffer_polygon(path, 1.3 * link + PAD + 1.0)
     patches = [Patch(d, cv.x0, cv.y0, "necklace", (Annotation(POLYGON, poly),))]
     if rng.random() < 0.6 and len(path) > 10:
         low = path[int(np.argmax(path[:, 1]))]

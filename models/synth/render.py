@@ -125,6 +125,8 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
     mask, mask_name = bank.draw(rng)
     chest = build_chest(H, W, rng, mask, mask_name)
     looks, look_names = obj.distractors(rng, H, W, chest.px_per_cm, chest.lung, chest.lung_box, chest.centre_x)
+    if chest.notes.get("breast_shadows"):
+        look_names.insert(0, "breast_shadows")
     density = chest.density + looks
 
     # Slight patient rotation (applied to the anatomy; objects lie on the rotated patient anyway).
