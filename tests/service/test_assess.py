@@ -172,6 +172,17 @@ def test_dicom_raw_and_multipart_equal_the_png_of_the_same_pixels(client):
         assert answer["point"] == from_png["point"]
 
 
+def test_monochrome1_equals_monochrome2_of_the_inverted_pixels(client):
+    # MONOCHROME1 stores "bright = low value"; after inversion the model must see the same image.
+    gray16 = radiograph(90, 70, seed=13, spot=(30, 40)).astype(np.uint16) * 250
+    gray16[0, 0], gray16[-1, -1] = 0, 63750
+    normal = post_image(client, dicom_bytes(gray16), "application/dicom").json()
+    inverted = post_image(client, dicom_bytes(63750 - gray16, photometric="MONOCHROME1"), "application/dicom").json()
+    assert inverted["probability"] == pytest.approx(normal["probability"], abs=1e-6)
+    assert inverted["point"] == normal["point"]
+    assert inverted["heatmap"]["png_base64"] == normal["heatmap"]["png_base64"]
+
+
 def test_sixteen_bit_dicom(client, reference):
     gray16 = (radiograph(64, 80, seed=9).astype(np.uint16) * 200)
     gray16[0, 0] = 0
