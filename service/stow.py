@@ -131,6 +131,11 @@ class StowService:
             outcome.detail = exc.detail
             self._log_failure(request_id, outcome)
             return outcome
+        except Exception as exc:  # noqa: BLE001 - a bug on one instance must not turn the others into a 500
+            outcome.failure_reason, outcome.error = FailureReason.PROCESSING_FAILURE, "internal"
+            outcome.detail = f"assessing the instance failed ({type(exc).__name__}); quote the request id"
+            self._log_failure(request_id, outcome)
+            return outcome
         if not ids.readable:  # the decoder took bytes whose identifiers could not be read: nothing to name
             outcome.failure_reason, outcome.error = FailureReason.DATA_SET_MISMATCH, "bad_image"
             outcome.detail = "the instance's SOP Class, SOP Instance, Study and Series UIDs could not be read"

@@ -22,6 +22,8 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.uid import generate_uid
 
@@ -93,6 +95,26 @@ def test_malformed_bodies_are_400(body, sentence):
     with pytest.raises(ApiError) as refused:
         parse_multipart_related(body, "x", max_parts=4)
     assert refused.value.status == 400 and sentence in refused.value.detail
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=40), max_size=4), st.binary(max_size=60), st.integers(0, 200))
+def test_parser_never_raises_anything_but_api_errors(payloads, noise, cut):
+    """Random parts round-trip; random damage (noise spliced in, truncation) is a 400/413, never a crash."""
+    payloads = [p for p in payloads if b"--fz" not in p]
+    if payloads:
+        body, _ = build_multipart_related(payloads, "fz")
+        assert [p.body for p in parse_multipart_related(body, "fz", max_parts=8)] == payloads
+    else:
+        body = b"--fz--"
+    damaged = body[:cut] + noise + body[cut:]
+    for candidate in (damaged, body[:cut], noise):
+        try:
+            parts = parse_multipart_related(candidate, "fz", max_parts=8)
+        except ApiError as refused:
+            assert refused.status in (400, 413)
+        else:
+            assert 1 <= len(parts) <= 8 and sum(len(p.body) for p in parts) <= len(candidate)
 
 
 def test_part_count_limit_is_413():
