@@ -248,6 +248,55 @@ def test_page_and_assets_are_served(server):
     assert httpx.get(server + "/viewer/..%2Fapp.py").status_code == 404
 
 
+def test_render_answers_the_pixels_the_model_reads(server, images):
+    """POST /render: the 8-bit display PNG of exactly what ingest decoded, with /assess's errors."""
+    eight_bit = images["chest_a.png"]["path"].read_bytes()
+    response = httpx.post(f"{server}/render", content=eight_bit, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert (response.headers["x-image-width"], response.headers["x-image-height"]) == ("600", "720")
+    shown = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert np.array_equal(shown, np.asarray(Image.open(io.BytesIO(eight_bit))))  # 8-bit gray: unchanged
+
+    # 16-bit PNG: scaled by the full 16-bit range, as models.preprocess.to_unit_float reads it.
+    values = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    response = httpx.post(f"{server}/render", files={"file": ("sixteen.png", buf.getvalue(), "image/png")})
+    assert response.status_code == 200
+    shown = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+    assert np.abs(shown - np.rint(values / 65535 * 255)).max() <= 1
+
+    bad = httpx.post(f"{server}/render", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 10,
+                     headers={"Content-Type": "image/png"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_image" and bad.json()["detail"]
+    text = httpx.post(f"{server}/render", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert text.status_code == 415 and text.json()["error"] == "unsupported_media_type"
+
+
+def test_render_needs_the_api_key_when_keys_are_set(models_dir, images):
+    import asyncio
+
+    from service.app import create_app
+    from service.config import Settings
+
+    # /render needs no model, so the app's lifespan (model loading) is not started here.
+    app = create_app(Settings(models_dir=models_dir, device="cpu", api_keys=["s3cret"]))
+    body = images["chest_a.png"]["path"].read_bytes()
+
+    async def calls():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://normgate") as client:
+            page = await client.get("/")  # the page itself stays public: it has to ask for the key
+            refused = await client.post("/render", content=body, headers={"Content-Type": "image/png"})
+            allowed = await client.post("/render", content=body,
+                                        headers={"Content-Type": "image/png", "Authorization": "Bearer s3cret"})
+            return page, refused, allowed
+
+    page, refused, allowed = asyncio.run(calls())
+    assert page.status_code == 200
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    assert allowed.status_code == 200 and allowed.headers["content-type"] == "image/png"
+
+
 def test_upload_shows_banner_marker_and_overlay(page, server, images):
     image = images["chest_a.png"]
     expected = assess_directly(server, image["path"], "image/png")
