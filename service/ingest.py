@@ -659,6 +659,9 @@ def _jpeg2000_size(stream: bytes) -> tuple[int, int] | None:
 
 def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
     padding = _padding_mask(stored, ds)
+    if padding is None and stored.dtype.itemsize <= 2 and stored.size > _TABLE_MIN_PIXELS \
+            and not ds.get("ModalityLUTSequence"):
+        return _monochrome_by_table(stored, ds, photometric)
     values = _modality_lut(stored, ds)
     display, window = _voi(values, ds, padding)
     if photometric == "MONOCHROME1":
@@ -666,6 +669,37 @@ def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np
     if padding is not None:
         display[padding] = 0.0
     return display.astype(np.float32, copy=False), window
+
+
+# Below this many pixels the per-pixel pipeline is as fast as building a table.
+_TABLE_MIN_PIXELS = 1 << 18
+
+
+def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The same pipeline as ``_monochrome_to_display``, run once per stored value instead of once per pixel.
+
+    For 8/16-bit stored values without padding or a Modality LUT Sequence, every stage (rescale, VOI LUT,
+    window, min–max, MONOCHROME1 inversion) is a function of the stored value alone, so it is computed on
+    ``arange(min, max + 1)`` of the stored values (≤ 65 536 entries, the same float64 operations element by
+    element, so the same numbers bit for bit) and the image becomes one table look-up. The min–max VOI sees
+    the same extremes: the table's range ends are the image's own min and max and rescale is monotonic.
+    A 2500 × 3000 16-bit radiograph: ~25 ms instead of ~210 ms (docs/benchmarks.md, "Profile and hot spots").
+    """
+    low, high = int(stored.min()), int(stored.max())
+    levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+    values = _modality_lut(levels, ds)
+    display, window = _voi(values, ds, None)
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    table = np.asarray(display, dtype=np.float32)
+    unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+    if stored.dtype == unsigned:
+        full = np.zeros(1 << (8 * stored.dtype.itemsize), dtype=np.float32)
+        full[low: high + 1] = table
+    else:  # signed: index by the same bits read as unsigned
+        full = np.zeros(1 << (8 * stored.dtype.itemsize), dtype=np.float32)
+        full[levels.view(unsigned)] = table
+    return full[stored.view(unsigned)], window
 
 
 def _padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
