@@ -20,7 +20,6 @@ This file must not import torch: Locust monkey-patches the standard library with
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -29,71 +28,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 from locust import FastHttpUser, between, events, task
-from PIL import Image
+
+try:  # run by Locust: this folder is on sys.path
+    from images import dicom_bytes, jpeg_bytes, png_bytes, radiograph
+except ImportError:  # imported as load_tests.locustfile
+    from load_tests.images import dicom_bytes, jpeg_bytes, png_bytes, radiograph
 
 ASSESS = "/assess"
 DEFAULT_METHOD = "normgrad-conv1x1-combined"
-
-
-def _size(env: str, default: str) -> tuple[int, int]:
-    """``ROWSxCOLS`` from an environment variable."""
-    rows, cols = (int(v) for v in os.environ.get(env, default).lower().split("x"))
-    return rows, cols
-
-
-def radiograph(rows: int, cols: int, seed: int, bits: int = 16) -> np.ndarray:
-    """A chest-radiograph-like image (bright mediastinum, darker lungs, noise, one very bright 'object')."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
-    x = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
-    body = np.exp(-(y ** 2 * 1.2 + x ** 2 * 2.0))
-    lungs = np.exp(-(((np.abs(x) - 0.45) / 0.25) ** 2 + (y / 0.6) ** 2))
-    top = (1 << bits) - 1
-    image = top * (0.15 + 0.55 * body - 0.25 * lungs) + rng.normal(0, top * 0.01, (rows, cols)).astype(np.float32)
-    oy, ox = int(rows * (0.3 + 0.3 * rng.random())), int(cols * (0.25 + 0.5 * rng.random()))
-    image[oy: oy + rows // 60, ox: ox + cols // 60] = top
-    return image.clip(0, top).astype(np.uint16 if bits == 16 else np.uint8)
-
-
-def dicom_bytes(pixels: np.ndarray, seed: int) -> bytes:
-    """A DX-like Explicit VR Little Endian DICOM file of a 16-bit (12 bits stored) MONOCHROME2 image."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"normgate-load-{seed}"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientID = f"LOAD{seed:04d}"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels >> 4).astype("<u2").tobytes()  # 12 bits stored
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def jpeg_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((pixels >> 8).astype(np.uint8) if pixels.dtype == np.uint16 else pixels).save(
-        buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -106,6 +49,12 @@ class Payload:
     file_type: str = "application/octet-stream"  # the part's type in a multipart body
     params: tuple[tuple[str, str], ...] = ()
     expect: int = 200
+
+
+def _size(env: str, default: str) -> tuple[int, int]:
+    """``ROWSxCOLS`` from an environment variable."""
+    rows, cols = (int(v) for v in os.environ.get(env, default).lower().split("x"))
+    return rows, cols
 
 
 @lru_cache(maxsize=None)

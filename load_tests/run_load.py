@@ -310,11 +310,18 @@ def run(args: argparse.Namespace) -> dict:
                 "max_queue_size": args.max_queue_size, "request_timeout_ms": args.request_timeout_ms,
                 "decode_workers": args.decode_workers}
     env = server_env(args.models_dir, port, args.host, device=args.device, **settings)
-    server = locust = None
+    server = locust = profiler = None
     try:
         server = start_server(env, out / "server.log")
         wait_ready(url, server)
         before = scrape(url)
+        if args.profile:
+            # Sample the server while Locust runs: collapsed stacks per thread (see load_tests/profile_report.py).
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-r", "50",
+                 "--threads", "--nonblocking", "-f", "raw", "-o", str(out / "profile.raw"),
+                 "-d", str(int(args.seconds) + 5)],
+                stdout=open(out / "py-spy.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         status_path = out / "statuses.json"
         locust_env = dict(os.environ, NORMGATE_LOAD_STATUS_OUT=str(status_path),
                           NORMGATE_BURST_SECONDS=str(args.seconds), NORMGATE_BURST_PEAK=str(args.peak),
@@ -331,9 +338,15 @@ def run(args: argparse.Namespace) -> dict:
                 stop_process(locust, grace_s=10)
         wall = time.monotonic() - started
         after = scrape(url)
+        if profiler is not None:
+            try:
+                profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                stop_process(profiler, grace_s=10)
         statuses = json.loads(status_path.read_text()) if status_path.exists() else {}
         stats_csv = (out / "locust_stats.csv").read_text()
     finally:
+        stop_process(profiler, grace_s=10)
         stop_process(locust, grace_s=10)
         stop_process(server)
     scenario = {"name": args.scenario, "users": None if args.scenario == "burst" else args.users,
@@ -368,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-size", type=int)
     p.add_argument("--request-timeout-ms", type=float)
     p.add_argument("--decode-workers", type=int)
+    p.add_argument("--profile", action="store_true", help="sample the server with py-spy during the run")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "load" / "latest")
     return p
 
