@@ -57,7 +57,8 @@ def start_server(args, max_batch_size: int, port: int) -> subprocess.Popen:
                NORMGATE_HOST=args.host, NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(args.models_dir),
                NORMGATE_DEFAULT_MODEL=args.model, NORMGATE_DEVICE=args.device,
                NORMGATE_MAX_BATCH_SIZE=str(max_batch_size), NORMGATE_MAX_BATCH_WAIT_MS=str(args.max_wait_ms),
-               NORMGATE_MAX_QUEUE_SIZE="256", NORMGATE_REQUEST_TIMEOUT_MS="120000")
+               NORMGATE_MAX_QUEUE_SIZE="256", NORMGATE_REQUEST_TIMEOUT_MS="120000",
+               NORMGATE_TORCH_THREADS=str(args.torch_threads))
     env.pop("NORMGATE_API_KEYS", None)
     log = open(args.out.with_suffix(f".server-batch{max_batch_size}.log"), "w")
     return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
@@ -124,6 +125,23 @@ async def drive(base_url: str, body: bytes, concurrency: int, max_requests: int,
             "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None}
 
 
+def server_breakdown(base_url: str) -> dict:
+    """Mean seconds per stage, mean batch size and mean queue wait, from the server's own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                base, kind = sample.name.rsplit("_", 1)
+                key = base + (f"[{sample.labels['stage']}]" if "stage" in sample.labels else "")
+                (sums if kind == "sum" else counts)[key] = (sums if kind == "sum" else counts).get(key, 0.0) \
+                    + sample.value
+    return {key: round(sums[key] / counts[key], 4) for key in sums
+            if counts.get(key) and not key.startswith("normgate_request_duration")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=REPO / "models" / "checkpoints")
@@ -133,6 +151,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--batch-sizes", default="8,1", help="max batch sizes to compare (1 = batching off)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--torch-threads", type=int, default=0, help="NORMGATE_TORCH_THREADS (0: torch default)")
     parser.add_argument("--requests", type=int, default=64, help="at most this many requests per level")
     parser.add_argument("--seconds", type=float, default=60.0, help="at most this long per level")
     parser.add_argument("--warmup", type=int, default=4, help="unmeasured requests before each mode")
@@ -152,7 +171,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
                "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(), "image_bytes": len(body), "heatmap": args.heatmap,
-               "max_wait_ms": args.max_wait_ms, "modes": []}
+               "max_wait_ms": args.max_wait_ms, "torch_threads": args.torch_threads, "modes": []}
     for max_batch in (int(b) for b in args.batch_sizes.split(",")):
         port = free_port(args.host)
         base_url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{port}"
@@ -169,6 +188,9 @@ def main() -> None:
                       f"{level['throughput_rps']:>7.2f} req/s  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
                       f"p99 {level['p99_ms']} ms  ({level['completed']} ok, statuses {level['statuses']})",
                       flush=True)
+            # Cumulative over the warm-up and every level of this mode.
+            mode["server_means"] = server_breakdown(base_url)
+            print(f"max_batch={max_batch:>2} server means: {mode['server_means']}", flush=True)
             results["modes"].append(mode)
         finally:
             stop_server(server)

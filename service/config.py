@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_dicom_element_mb: float = Field(
         64.0, gt=0, description="Largest declared DICOM element length (413 beyond it).")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
+    torch_threads: int = Field(
+        0, ge=0, le=256,
+        description="Intra-op threads for model compute; 0 keeps torch's default (one per core). On a CPU shared "
+                    "with other busy processes 1 is much faster (no spinning threads fighting for cores).")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, /assess needs 'Authorization: Bearer <key>'.")

@@ -340,6 +340,8 @@ class ModelRegistry:
         the server refuses to start with a sentence instead of staying unready forever.
         """
         device = resolve_device(self.settings.device)
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)  # process-wide, shared by every worker
         for name, folder in self.discover():
             worker = ModelWorker(name, folder, device, self.settings, self.metrics, self.batch_hook)
             self.workers[name] = worker
