@@ -40,6 +40,8 @@ ARTIFACTS = REPO / "artifacts" / "viewer"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MARKER_TOLERANCE_PX = 3.0
+# The whole suite shares two cores; give the page's own work (decode, draw) room before failing.
+sync_api.expect.set_options(timeout=20_000)
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (.ci/run installs it)"),
