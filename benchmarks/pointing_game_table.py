@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--time-budget-s", type=float, default=0.0, help="stop after this many seconds (0 = none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep NCHW weights (channels-last is ~15-20%% faster for CPU convolutions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = load_checkpoint(args.model)
     models = [EvaluatedModel(key=init, model=initialise_model(checkpoint, init, args.seed), meta=checkpoint.meta,
                              init=init, seed=args.seed, source=args.model) for init in inits]
+    if not args.no_channels_last:
+        for m in models:
+            m.model.to(memory_format=torch.channels_last)
     config = EvaluationConfig(methods=methods, tau=args.tau, smooth_sigmas=sigmas, batch_size=args.batch_size,
                               seed=args.seed)
     samples = read_split(args.data, args.split)
