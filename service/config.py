@@ -14,13 +14,18 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.keys import digests_of, normalise_entry
+
 MIB = 1024 * 1024
+# Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
+PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
 # The checkout this package lives in: the shipped checkpoints are found from any working directory.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NORMGATE_", extra="ignore")
+    # hide_input_in_errors: a mistyped NORMGATE_API_KEYS entry must not be echoed into a log.
+    model_config = SettingsConfigDict(env_prefix="NORMGATE_", extra="ignore", hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
@@ -47,7 +52,22 @@ class Settings(BaseSettings):
                     "with other busy processes 1 is much faster (no spinning threads fighting for cores).")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API keys; when set, /assess needs 'Authorization: Bearer <key>'.")
+        description="Comma-separated API key entries, each 'sha256:<hex digest>' (python -m service.keys hash KEY) "
+                    "or a plain key (hashed at load, with a warning). When set, /assess, /render, /evaluate… and "
+                    "/dicomweb… need 'Authorization: Bearer <key>'.")
+    public_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["healthz", "readyz", "metrics", "models"],
+        description="Comma-separated endpoints that stay open when API keys are set: any of healthz, readyz, "
+                    "metrics, models (GET /models and /methods); the viewer page and the OpenAPI schema are "
+                    "always open, every endpoint that takes an image or a job never is.")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time to receive a request body; a client that trickles it gets 408.")
+    max_connections: int = Field(
+        0, ge=0, description="Concurrent connections uvicorn serves before answering 503 at once; 0: no limit.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish.")
+    worker_restart_delay_s: float = Field(
+        1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again.")
     data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
     # DICOMweb (POST /dicomweb/studies, docs/integration.md).
     dicomweb_max_instances: int = Field(
@@ -74,6 +94,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _hash_keys(cls, value: list[str]) -> list[str]:
+        # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key.
+        return [normalise_entry(entry) for entry in value if entry.strip()]
+
+    @field_validator("public_endpoints", mode="before")
+    @classmethod
+    def _split_public(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [e.strip() for e in value.split(",") if e.strip()]
+        unknown = sorted(set(value) - PUBLIC_ENDPOINT_NAMES) if isinstance(value, (list, tuple, set)) else []
+        if unknown:
+            raise ValueError(f"unknown endpoint name(s) {unknown}; choose from {sorted(PUBLIC_ENDPOINT_NAMES)}")
+        return value
+
+    @property
+    def api_key_digests(self) -> list[bytes]:
+        return digests_of(self.api_keys)
 
     @property
     def max_body_bytes(self) -> int:

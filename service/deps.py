@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,6 +11,7 @@ from service.assessment import Assessor
 from service.config import Settings
 from service.errors import Unauthorized
 from service.inference import ModelRegistry
+from service.keys import key_matches
 from service.metrics import ServiceMetrics
 
 
@@ -39,33 +38,29 @@ AssessorDep = Annotated[Assessor, Depends(get_assessor)]
 
 # auto_error=False: a missing header must give our 401 JSON, not FastAPI's 403 {"detail": ...}.
 _bearer = HTTPBearer(auto_error=False, description="API key, when NORMGATE_API_KEYS is set.")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8")).digest()
-
-
-def key_matches(given: str, keys: list[str]) -> bool:
-    """Constant-time check of ``given`` against every configured key.
-
-    Equal-length digests make ``compare_digest`` independent of the keys' lengths, and every key is
-    compared (no early exit) so timing does not reveal which key, if any, nearly matched.
-    """
-    given_digest = _digest(given)
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_digest, _digest(key))
-    return matched
-
-
-def require_api_key(settings: SettingsDep,
-                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    if not settings.api_keys:
+def require_api_key(settings: SettingsDep, credentials: BearerDep) -> None:
+    """401 ``unauthorized`` unless no keys are configured or the bearer token is one of them."""
+    digests = settings.api_key_digests
+    if not digests:
         return
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("this endpoint needs 'Authorization: Bearer <API key>'")
-    if not key_matches(credentials.credentials, settings.api_keys):
+    if not key_matches(credentials.credentials, digests):
         raise Unauthorized("the API key is not valid")
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
+
+
+def api_key_unless_public(endpoint: str):
+    """The API-key check for an endpoint NORMGATE_PUBLIC_ENDPOINTS may open (probes, metrics, /models)."""
+
+    def check(settings: SettingsDep, credentials: BearerDep) -> None:
+        if endpoint not in settings.public_endpoints:
+            require_api_key(settings, credentials)
+
+    check.__name__ = f"api_key_unless_{endpoint}_public"
+    return Annotated[None, Depends(check)]
