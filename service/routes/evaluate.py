@@ -26,10 +26,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.deps import ApiKeyDep
 from service.evaluate import EvaluateUsageError, build_params, parse_shard
 from service.jobs import EvaluationRunner, JobNotFound
+from service.upload import read_limited_body
 
+# Every evaluation endpoint takes ApiKeyDep (when keys are configured): jobs read data sets and models.
 router = APIRouter(tags=["evaluation"])
+
+# A job request is a handful of flags; anything bigger is not one.
+MAX_JOB_REQUEST_BYTES = 64 * 1024
 
 
 class EvaluateRequest(BaseModel):
@@ -134,12 +140,13 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
 @router.post("/evaluate", status_code=202, openapi_extra={"requestBody": {
     "required": True, "content": {"application/json": {"schema": EvaluateRequest.model_json_schema()}}}},
     responses={422: {"description": "bad_parameter: unknown method/init, path outside the data folder …"}})
-async def submit_evaluation(request: Request) -> JSONResponse:
+async def submit_evaluation(request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
+    raw = await read_limited_body(request, MAX_JOB_REQUEST_BYTES)
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _error(422, "bad_parameter", "the body must be a JSON object mirroring the CLI flags")
     if not isinstance(body, dict):
@@ -177,7 +184,7 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/evaluate/{job_id}")
-async def evaluation_status(job_id: str, request: Request) -> JSONResponse:
+async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
@@ -188,7 +195,7 @@ async def evaluation_status(job_id: str, request: Request) -> JSONResponse:
 
 
 @router.get("/evaluate/{job_id}/report", response_model=None)
-async def evaluation_report(job_id: str, request: Request) -> HTMLResponse | JSONResponse:
+async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> HTMLResponse | JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
@@ -203,7 +210,7 @@ async def evaluation_report(job_id: str, request: Request) -> HTMLResponse | JSO
 
 
 @router.delete("/evaluate/{job_id}")
-async def cancel_evaluation(job_id: str, request: Request) -> JSONResponse:
+async def cancel_evaluation(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")

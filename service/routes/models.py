@@ -5,14 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from models import saliency
-from service.deps import RegistryDep
-from service.schemas import DEFAULT_METHOD, MethodsResponse, ModelInfo, ModelsResponse
+from service.deps import RegistryDep, api_key_unless_public
+from service.schemas import DEFAULT_METHOD, ErrorResponse, MethodsResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
 
+ModelsAuth = api_key_unless_public("models")  # one switch for both: what /assess can be asked
+_UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}}
 
-@router.get("/models", response_model=ModelsResponse, summary="Loaded models and their metadata")
-def list_models(registry: RegistryDep) -> ModelsResponse:
+
+@router.get("/models", response_model=ModelsResponse, summary="Loaded models and their metadata",
+            responses=_UNAUTHORIZED)
+def list_models(registry: RegistryDep, _auth: ModelsAuth) -> ModelsResponse:
     infos = []
     for name, worker in registry.workers.items():
         meta = worker.meta
@@ -26,6 +30,6 @@ def list_models(registry: RegistryDep) -> ModelsResponse:
     return ModelsResponse(default=registry.default_name, models=infos)
 
 
-@router.get("/methods", response_model=MethodsResponse, summary="Saliency method ids")
-def list_methods() -> MethodsResponse:
+@router.get("/methods", response_model=MethodsResponse, summary="Saliency method ids", responses=_UNAUTHORIZED)
+def list_methods(_auth: ModelsAuth) -> MethodsResponse:
     return MethodsResponse(default=DEFAULT_METHOD, methods=saliency.list_methods())

@@ -285,7 +285,9 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
 
     from service.routes.evaluate import router, start_evaluation_runner, stop_evaluation_runner
 
-    settings = SimpleNamespace(data_dir=workspace.base / "data", models_dir=workspace.models_dir)
+    from service.config import Settings
+
+    settings = Settings(data_dir=workspace.base / "data", models_dir=workspace.models_dir, device="cpu")
 
     @asynccontextmanager
     async def lifespan(app):
@@ -296,6 +298,7 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
             stop_evaluation_runner(app)
 
     app = FastAPI(lifespan=lifespan)
+    app.state.settings = settings  # the routes' API-key check reads it (no keys configured here)
     app.include_router(router)
     body = {"data": "synthetic", "split": "test", "model": "tiny",
             "methods": ["normgrad-conv1x1-combined", "random"], "tau": TAU, "batch_size": 8}
