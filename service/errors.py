@@ -43,6 +43,16 @@ class TooLarge(ApiError):
     status, code = 413, "too_large"
 
 
+class BodyReadTimeout(ApiError):
+    """The body did not arrive within NORMGATE_BODY_READ_TIMEOUT_S (a slow or stalled client, or slowloris)."""
+
+    status, code = 408, "request_timeout"
+
+    def __init__(self, detail: str) -> None:
+        # The rest of the body may still be on its way: the connection cannot carry another request.
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 

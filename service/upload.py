@@ -2,7 +2,8 @@
 
 The body is read by this module, not by Starlette's ``request.body()``, so the size limit holds while
 streaming: a declared ``Content-Length`` over the limit is refused before a byte is read, and a chunked body
-is cut off as soon as it passes the limit. Multipart bodies are parsed from the bytes already read (the same
+is cut off as soon as it passes the limit, and the whole body has to arrive within
+NORMGATE_BODY_READ_TIMEOUT_S (408 ``request_timeout`` otherwise). Multipart bodies are parsed from the bytes already read (the same
 limit covers them).
 """
 
@@ -15,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from service.errors import BadImageRequest, TooLarge
+from service.errors import BadImageRequest, BodyReadTimeout, TooLarge
 
 MULTIPART = "multipart/form-data"
 FILE_FIELD = "file"
@@ -33,7 +34,28 @@ def media_type(header_value: str | None) -> str | None:
     return header_value.split(";", 1)[0].strip().lower() or None
 
 
-async def read_limited_body(request: Request, max_bytes: int) -> bytes:
+# Used when the app carries no settings (a bare router in a test); the service always has its own value.
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+
+
+def body_read_timeout_of(request: Request) -> float:
+    settings = getattr(request.app.state, "settings", None)
+    return float(getattr(settings, "body_read_timeout_s", DEFAULT_BODY_READ_TIMEOUT_S))
+
+
+async def read_limited_body(request: Request, max_bytes: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, refused early when over ``max_bytes`` and cut off when it takes longer than
+    ``timeout_s`` in all (default NORMGATE_BODY_READ_TIMEOUT_S): a per-chunk timeout would let a client that
+    sends one byte every few seconds hold a connection and a decode slot forever."""
+    timeout_s = body_read_timeout_of(request) if timeout_s is None else timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_limited_body(request, max_bytes)
+    except TimeoutError:
+        raise BodyReadTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_limited_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
