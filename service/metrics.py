@@ -40,6 +40,12 @@ class ServiceMetrics:
             ["reason"], registry=r)
         self.decisions = Counter(
             "normgate_decisions_total", "Assessments answered, by decision.", ["model", "decision"], registry=r)
+        self.worker_restarts = Counter(
+            "normgate_worker_restarts_total", "Model worker threads that died and were started again.",
+            ["model"], registry=r)
+        self.out_of_memory = Counter(
+            "normgate_out_of_memory_total", "Batches that ran out of memory (each is split and retried; a "
+            "single image out of memory is answered 503).", ["model"], registry=r)
         self.model_info = Gauge(
             "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r)
 
