@@ -93,7 +93,9 @@ def heatmap_to_png(saliency_map: np.ndarray) -> bytes:
     else:
         scaled = np.rint((saliency_map - low) * (255.0 / span)).clip(0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(scaled, mode="L").save(buffer, format="PNG")
+    # zlib level 1: ~3x faster than Pillow's default 6 on a 320 × 320 map (it runs on the model's worker
+    # thread, once per image) for ~10 % more bytes; the pixels are the same.
+    Image.fromarray(scaled, mode="L").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
