@@ -3,6 +3,7 @@
     from models.saliency import explain, list_methods
     maps = explain(model, images)                       # normgrad-conv1x1-combined, predicted class
     maps = explain(model, images, "gradcam", target=1)
+    maps, logits = explain_with_logits(model, images)  # one forward for decision and heatmap
 
 See ``registry.explain`` for the arguments, ``normgrad`` for the method, ``hooks`` for the safety rules
 (hooks removed and flags restored in ``finally``; one thread per model at a time).
@@ -13,6 +14,7 @@ from models.saliency.registry import (
     SaliencyMethod,
     default_layers,
     explain,
+    explain_with_logits,
     get_method,
     list_methods,
     register_method,
@@ -23,6 +25,7 @@ __all__ = [
     "SaliencyMethod",
     "default_layers",
     "explain",
+    "explain_with_logits",
     "get_method",
     "list_methods",
     "register_method",

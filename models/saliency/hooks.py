@@ -214,6 +214,40 @@ class GuidedActivations:
         self._remove()
 
 
+class ModelOutputRecorder:
+    """Keeps the model's logits for the caller's own images, from whichever forward a method runs on them.
+
+    Methods evaluate the model at the images themselves (NormGrad, Grad-CAM, the gradient family) or at
+    least once to pick the predicted class (path and noise methods). Recognising that call by the input's
+    storage lets the service take probabilities and heatmap from one forward pass.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor):
+        self.model = model
+        self._pointer = images.data_ptr()
+        self._shape = images.shape
+        self.logits: torch.Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._owner: int | None = None
+
+    def _hook(self, module: nn.Module, inputs, output):
+        if (self.logits is None and threading.get_ident() == self._owner and inputs
+                and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor)
+                and inputs[0].data_ptr() == self._pointer and inputs[0].shape == self._shape):
+            self.logits = output.detach().float()
+        return None
+
+    def __enter__(self) -> "ModelOutputRecorder":
+        self._owner = threading.get_ident()
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
 def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """[B, h, w] → [B, H, W] float32 by bilinear interpolation (SPEC §8, §9)."""
     maps = maps.float()

@@ -16,7 +16,7 @@ from torch import nn
 
 from models.architectures import default_gradcam_layer, default_normgrad_layers, infer_arch
 from models.saliency import gradients, normgrad, path_methods
-from models.saliency.hooks import frozen_for_explanation, resolve_modules
+from models.saliency.hooks import ModelOutputRecorder, frozen_for_explanation, resolve_modules
 from models.saliency.layer_gradients import layer_activations_and_gradients
 from models.saliency.targets import TargetSpec, check_images
 
@@ -102,6 +102,15 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD
     The forward runs in the caller's autocast context, if any. The model is left exactly as it was
     (weights, ``requires_grad``, ``training``, hooks); one thread at a time per model.
     """
+    maps, _ = explain_with_logits(model, images, method, target, layers, **options)
+    return maps
+
+
+def explain_with_logits(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD,
+                        target: TargetSpec = None, layers: Sequence[str] | str | None = None,
+                        **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """``explain`` plus the model's logits for ``images`` [B, classes] (float32), from the same forward pass
+    where the method runs one at the images (all built-in methods do), so callers need no second forward."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     spec = get_method(method)
@@ -118,8 +127,13 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD
         resolve_modules(model, chosen)  # unknown names fail here, before any work
         call_args = {"layer": chosen[0]} if spec.layer_use == LAYERS_GRADCAM else {"layers": chosen}
     with frozen_for_explanation(model):
-        maps = spec.compute(model, images, target, **call_args, **options)
-    return _checked_maps(maps, images, method)
+        with ModelOutputRecorder(model, images) as output_recorder:
+            maps = spec.compute(model, images, target, **call_args, **options)
+        logits = output_recorder.logits
+        if logits is None:  # a registered method that never evaluated the images themselves
+            with torch.no_grad():
+                logits = model(images).detach().float()
+    return _checked_maps(maps, images, method), logits
 
 
 def _checked_maps(maps: torch.Tensor, images: torch.Tensor, method: str) -> torch.Tensor:

@@ -269,3 +269,20 @@ def test_register_method_extends_the_registry(resnet18, small_images):
         from models.saliency import registry
 
         registry._REGISTRY.pop("test-constant")
+
+
+@pytest.mark.parametrize("method", ["normgrad-conv1x1-combined", "gradcam", "input-x-grad", "integrated-gradients"])
+def test_explain_with_logits_reuses_the_forward_pass(resnet18, small_images, method):
+    from models.saliency import explain_with_logits
+
+    calls = []
+    handle = resnet18.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    try:
+        maps, logits = explain_with_logits(resnet18, small_images, method, **FAST_OPTIONS.get(method, {}))
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, resnet18(small_images), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(maps, explain(resnet18, small_images, method, **FAST_OPTIONS.get(method, {})))
+    if method != "integrated-gradients":
+        assert calls == [2]  # one forward, no extra pass for the probabilities
