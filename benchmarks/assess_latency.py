@@ -125,21 +125,30 @@ async def drive(base_url: str, body: bytes, concurrency: int, max_requests: int,
             "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None}
 
 
-def server_breakdown(base_url: str) -> dict:
-    """Mean seconds per stage, mean batch size and mean queue wait, from the server's own /metrics."""
+def scrape_histograms(base_url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of every server-side histogram in /metrics, stages kept apart."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+    totals: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        if family.type != "histogram" or family.name == "normgate_request_duration_seconds":
+            continue
         for sample in family.samples:
             if sample.name.endswith(("_sum", "_count")):
-                base, kind = sample.name.rsplit("_", 1)
-                key = base + (f"[{sample.labels['stage']}]" if "stage" in sample.labels else "")
-                (sums if kind == "sum" else counts)[key] = (sums if kind == "sum" else counts).get(key, 0.0) \
-                    + sample.value
-    return {key: round(sums[key] / counts[key], 4) for key in sums
-            if counts.get(key) and not key.startswith("normgate_request_duration")}
+                key = family.name + (f"[{sample.labels['stage']}]" if "stage" in sample.labels else "")
+                slot = 0 if sample.name.endswith("_sum") else 1
+                totals.setdefault(key, [0.0, 0.0])[slot] += sample.value
+    return {key: (v[0], v[1]) for key, v in totals.items()}
+
+
+def server_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean per observation between two scrapes: seconds per stage, batch size, queue wait."""
+    means = {}
+    for key, (total, count) in after.items():
+        total0, count0 = before.get(key, (0.0, 0.0))
+        if count > count0:
+            means[key.removeprefix("normgate_")] = round((total - total0) / (count - count0), 4)
+    return means
 
 
 def main() -> None:
@@ -182,15 +191,15 @@ def main() -> None:
             asyncio.run(drive(base_url, body, 1, args.warmup, 600, args.heatmap))
             mode = {"max_batch_size": max_batch, "model": model, "levels": []}
             for concurrency in levels:
+                before = scrape_histograms(base_url)
                 level = asyncio.run(drive(base_url, body, concurrency, args.requests, args.seconds, args.heatmap))
+                level["server_means"] = server_means(before, scrape_histograms(base_url))
                 mode["levels"].append(level)
                 print(f"max_batch={max_batch:>2} concurrency={concurrency:>2} "
                       f"{level['throughput_rps']:>7.2f} req/s  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
                       f"p99 {level['p99_ms']} ms  ({level['completed']} ok, statuses {level['statuses']})",
                       flush=True)
-            # Cumulative over the warm-up and every level of this mode.
-            mode["server_means"] = server_breakdown(base_url)
-            print(f"max_batch={max_batch:>2} server means: {mode['server_means']}", flush=True)
+                print(f"    server means: {level['server_means']}", flush=True)
             results["modes"].append(mode)
         finally:
             stop_server(server)
