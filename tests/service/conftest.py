@@ -137,3 +137,24 @@ def dicom_bytes(array: np.ndarray, frames: int = 1, photometric: str = "MONOCHRO
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# -- the fault table of docs/security.md (tests/service/fault_table.py) ---------------------------------------
+
+@pytest.fixture
+def fault_row(request):
+    """``fault_row(area, case, expected, observed)`` records one tried fault for docs/fault-table.md."""
+    from tests.service.fault_table import ROWS, FaultRow
+
+    def record(area: str, case: str, expected: str, observed: str) -> None:
+        module = request.node.module.__name__.rsplit(".", 1)[-1]
+        ROWS.append(FaultRow(area, case, expected, observed, f"{module}::{request.node.originalname}"))
+
+    return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.service.fault_table import write_if_requested
+
+    if exitstatus == 0:  # a table from a failing run would show outcomes the suite did not accept
+        write_if_requested()

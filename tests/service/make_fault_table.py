@@ -1,0 +1,28 @@
+"""Run the tests that record faults and bad inputs and write docs/fault-table.md.
+
+    .venv/bin/python tests/service/make_fault_table.py [OUT]
+
+The table is written only from a full, passing run of these tests (pytest's exit status is passed on).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDING_TESTS = ["tests/service/test_security.py", "tests/service/test_faults.py",
+                   "tests/service/test_overload.py", "tests/service/test_schema_fuzz.py"]
+
+
+def main() -> int:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "fault-table.md"
+    env = dict(os.environ, NORMGATE_FAULT_TABLE=str(out.resolve()))
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *RECORDING_TESTS],
+                           cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
