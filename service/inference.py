@@ -42,7 +42,6 @@ from service.batching import (
     QueueClosed,
     QueueFull,
     run_batch,
-    serve_forever,
 )
 from service.config import Settings
 from service.errors import Overloaded
@@ -52,6 +51,27 @@ from service.schemas import DEFAULT_METHOD
 log = logging.getLogger("normgate.inference")
 
 BatchHook = Callable[[str, Sequence[PendingRequest]], None]
+
+# What running out of memory looks like: CUDA's allocator raises torch.OutOfMemoryError (an alias of
+# torch.cuda.OutOfMemoryError), the CPU allocator a RuntimeError subclass of the same or MemoryError.
+OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+
+
+class WorkerDied(RuntimeError):
+    """The worker thread ended while this request's batch was in flight (answered 500 internal)."""
+
+
+class ImageTooLargeForMemory(Overloaded):
+    """One image alone ran out of memory: nothing smaller to split into, so 503 (it may fit when idle)."""
+
+
+def release_memory(device: torch.device) -> None:
+    """Give back what a failed attempt left: unreachable tensors, and the CUDA allocator's cached blocks."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,6 +241,10 @@ class ModelWorker:
         self.seconds_per_batch = 1.0
         self._batch_hook = batch_hook
         self._thread = threading.Thread(target=self._run, name=f"normgate-model-{name}", daemon=True)
+        self.stopping = False  # set before the queue closes: a thread ending now is not a death
+        self.restarts = 0
+        self.died_at: float | None = None  # time.monotonic() of the last death, until restarted
+        self._in_flight: Sequence[PendingRequest[ModelInput]] | None = None
 
     # -- lifecycle (called from the event loop thread) --------------------------------------------------------
     def start(self) -> None:
@@ -228,6 +252,7 @@ class ModelWorker:
 
     def stop(self, timeout_s: float) -> None:
         """Stop accepting, let the worker finish what is queued, wait for it up to ``timeout_s``."""
+        self.stopping = True
         self.queue.close()
         self._thread.join(timeout_s)
         if self.state != ModelState.FAILED:
@@ -236,6 +261,25 @@ class ModelWorker:
     @property
     def ready(self) -> bool:
         return self.state == ModelState.READY and self._thread.is_alive()
+
+    @property
+    def dead(self) -> bool:
+        """Loaded and serving once, but its thread has ended without being asked to stop."""
+        return self.state == ModelState.READY and not self.stopping and not self._thread.is_alive()
+
+    def restart(self) -> None:
+        """Start a new serving thread on the already loaded model; what is queued is served by it.
+
+        Called by the registry's supervisor only (one caller, so no two threads ever share the model).
+        """
+        self._fail_in_flight(WorkerDied("the model worker stopped while this request was being computed"))
+        self.restarts += 1
+        self.metrics.worker_restarts.labels(self.name).inc()
+        self._thread = threading.Thread(target=self._serve_guarded, name=f"normgate-model-{self.name}-"
+                                        f"{self.restarts}", daemon=True)
+        self.died_at = None
+        self._thread.start()
+        log.warning("model %s: worker thread restarted (restart %d)", self.name, self.restarts)
 
     def describe_state(self) -> str:
         if self.state == ModelState.READY and not self._thread.is_alive():
@@ -268,18 +312,61 @@ class ModelWorker:
             self.queue.close()
             self._fail_queued(RuntimeError(self.error))
             return
-        serve_forever(self.queue, self._handle_batch, self._before_batch)
+        self._serve_guarded()
+
+    def _serve_guarded(self) -> None:
+        """Serve batches until the queue is closed and empty. Whatever escapes (``run_batch`` only catches
+        ``Exception``; a bug in the queue, a ``BaseException`` from a library) ends this thread, but first its
+        batch in flight is answered, and the registry's supervisor starts a new thread."""
+        try:
+            while (batch := self.queue.next_batch()) is not None:
+                self._in_flight = batch
+                run_batch(batch, self._handle_batch, self._before_batch)
+                self._in_flight = None
+        except BaseException as exc:  # noqa: BLE001 - a dying thread must not leave requests unanswered
+            log.critical("model %s: worker thread died (%s); the supervisor restarts it", self.name,
+                         type(exc).__name__, exc_info=True)
+            self.died_at = time.monotonic()
+            self._fail_in_flight(WorkerDied(f"the model worker died ({type(exc).__name__})"))
+
+    def _fail_in_flight(self, exc: Exception) -> None:
+        batch, self._in_flight = self._in_flight, None
+        for pending in batch or ():
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
     def _before_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> None:
         if self._batch_hook is not None:
             self._batch_hook(self.name, batch)
 
-    def _handle_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
-        assert self.runner is not None
+    def _handle_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput | Exception]:
         started = time.perf_counter()
-        outputs = self.runner.run(batch)
+        outputs = self._run_splitting_on_oom(batch)
         self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.perf_counter() - started)
         return outputs
+
+    def _run_splitting_on_oom(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput | Exception]:
+        """Run a batch; when it runs out of memory, free what the attempt held and run each half on its own.
+
+        Every image's answer is independent of its batch (eval mode), so the halves give the same answers.
+        A single image that still does not fit is answered 503 ``overloaded`` (memory may be free later),
+        the others of its batch are still computed.
+        """
+        assert self.runner is not None
+        try:
+            return list(self.runner.run(batch))
+        except OUT_OF_MEMORY:
+            pass  # leave the except block first: its traceback pins the tensors of the failed attempt
+        self.metrics.out_of_memory.labels(self.name).inc()
+        release_memory(self.device)
+        if len(batch) == 1:
+            log.warning("model %s: out of memory on a single image; answered 503", self.name)
+            return [ImageTooLargeForMemory("the model ran out of memory on this image; try again shortly",
+                                           headers={"Retry-After": str(self.retry_after_seconds())})]
+        half = len(batch) // 2
+        log.warning("model %s: out of memory on a batch of %d; retrying as %d + %d", self.name, len(batch),
+                    half, len(batch) - half)
+        return self._run_splitting_on_oom(batch[:half]) + self._run_splitting_on_oom(batch[half:])
 
     def _warm_up(self) -> None:
         """Run one heatmap request and one forward-only request through the batch path, one batch each.
@@ -321,6 +408,8 @@ class ModelRegistry:
         self.batch_hook = batch_hook
         self.workers: dict[str, ModelWorker] = {}
         self.default_name = settings.default_model
+        self._stop_supervising = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="normgate-supervisor", daemon=True)
 
     def discover(self) -> list[tuple[str, Path]]:
         root = Path(self.settings.models_dir)
@@ -348,10 +437,34 @@ class ModelRegistry:
             worker = ModelWorker(name, folder, device, self.settings, self.metrics, self.batch_hook)
             self.workers[name] = worker
             worker.start()
+        self._supervisor.start()
+
+    # Seconds between the supervisor's looks at the workers (a death is noticed within this).
+    SUPERVISE_INTERVAL_S = 0.05
+
+    def _supervise(self) -> None:
+        """Restart worker threads that died, NORMGATE_WORKER_RESTART_DELAY_S after their death.
+
+        Until then the model is not ready (/readyz 503, new requests 503 not_ready) and what is queued waits;
+        the delay keeps a worker that dies on every batch from spinning.
+        """
+        while not self._stop_supervising.wait(self.SUPERVISE_INTERVAL_S):
+            for worker in self.workers.values():
+                if not worker.dead:
+                    continue
+                if worker.died_at is None:  # died without passing the guard (it always sets this)
+                    worker.died_at = time.monotonic()
+                if time.monotonic() - worker.died_at >= self.settings.worker_restart_delay_s:
+                    try:
+                        worker.restart()
+                    except Exception:  # noqa: BLE001 - keep supervising the others; try again next round
+                        log.exception("model %s: restarting the worker failed", worker.name)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
+        self._stop_supervising.set()
         for worker in self.workers.values():
+            worker.stopping = True
             worker.queue.close()
         for worker in self.workers.values():
             worker.stop(max(0.0, deadline - time.monotonic()))
@@ -439,6 +552,7 @@ class DecodePool:
 
 
 __all__ = [
-    "ClientGone", "DecodeBacklogFull", "DecodePool", "ModelInput", "ModelOutput", "ModelRegistry", "ModelRunner", "ModelWorker",
-    "QueueClosed", "QueueFull", "argmax_point", "await_output", "heatmap_to_png", "resolve_device",
+    "ClientGone", "DecodeBacklogFull", "DecodePool", "ImageTooLargeForMemory", "ModelInput", "ModelOutput",
+    "ModelRegistry", "ModelRunner", "ModelWorker", "OUT_OF_MEMORY", "QueueClosed", "QueueFull", "WorkerDied",
+    "argmax_point", "await_output", "heatmap_to_png", "release_memory", "resolve_device",
 ]
