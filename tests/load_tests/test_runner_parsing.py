@@ -1,0 +1,126 @@
+"""The load-test runner's summary: canned Locust CSV + status file + two /metrics scrapes → numbers and tables.
+
+Also the py-spy report and the batching study's grid and table, on canned inputs. Fast, no server, no Locust.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from load_tests.profile_report import report
+from load_tests.run_load import markdown, metrics_delta, parse_locust_stats, percentile, summarise
+
+STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+POST,/assess [dicom],8,1,2400,2704.3,676.0,4073.2,38491.3,0.4,0.05,2400,3500,4000,4000,4000,4100,4100,4100,4100,4100,4100
+POST,/assess [png multipart],2,0,1400,1184.5,675.8,1617.1,38645.6,0.1,0.0,1400,1500,1500,1500,1600,1600,1600,1600,1600,1600,1600
+POST,/assess [bad: text/plain],1,0,3,3.0,3.0,3.0,120.0,0.05,0.0,3,3,3,3,3,3,3,3,3,3,3
+,Aggregated,11,1,1600,1893.4,3.0,4073.2,33784.8,0.55,0.05,1600,2100,2400,3400,4000,4000,4100,4100,4100,4100,4100
+"""
+
+STATUSES = {
+    "counts": {"/assess [dicom]": {"200": 7, "503": 1}, "/assess [png multipart]": {"200": 2},
+               "/assess [bad: text/plain]": {"415": 1}},
+    "samples": {"/assess [dicom]": [["200", float(ms)] for ms in (100, 200, 300, 400, 500, 600, 700)]
+                + [["503", 5.0]],
+                "/assess [png multipart]": [["200", 800.0], ["200", 900.0]],
+                "/assess [bad: text/plain]": [["415", 3.0]]},
+}
+
+
+def scrape_text(batches: list[int], queue_s: float, decode_s: float, rejected: int) -> str:
+    """A /metrics text in the service's shape (SPEC §4 names) after the given batches."""
+    n = len(batches)
+    return f"""# HELP normgate_batch_size Requests per batch handed to a model.
+# TYPE normgate_batch_size histogram
+normgate_batch_size_bucket{{le="1.0",model="default"}} {sum(1 for b in batches if b <= 1)}.0
+normgate_batch_size_bucket{{le="+Inf",model="default"}} {n}.0
+normgate_batch_size_count{{model="default"}} {n}.0
+normgate_batch_size_sum{{model="default"}} {sum(batches)}.0
+# HELP normgate_queue_wait_seconds Time a request waited in its model's batching queue.
+# TYPE normgate_queue_wait_seconds histogram
+normgate_queue_wait_seconds_bucket{{le="+Inf",model="default"}} {sum(batches)}.0
+normgate_queue_wait_seconds_count{{model="default"}} {sum(batches)}.0
+normgate_queue_wait_seconds_sum{{model="default"}} {queue_s}
+# HELP normgate_compute_duration_seconds Time spent per stage.
+# TYPE normgate_compute_duration_seconds histogram
+normgate_compute_duration_seconds_bucket{{le="+Inf",model="default",stage="decode"}} {sum(batches)}.0
+normgate_compute_duration_seconds_count{{model="default",stage="decode"}} {sum(batches)}.0
+normgate_compute_duration_seconds_sum{{model="default",stage="decode"}} {decode_s}
+# HELP normgate_rejected_total Submitted work answered with an error, by error code.
+# TYPE normgate_rejected_total counter
+normgate_rejected_total{{reason="overloaded"}} {rejected}.0
+normgate_rejected_total{{reason="unsupported_media_type"}} 0.0
+"""
+
+
+BEFORE = scrape_text([1, 1], queue_s=0.0, decode_s=0.2, rejected=0)  # the two warm-up batches
+AFTER = scrape_text([1, 1, 4, 3, 2], queue_s=0.9, decode_s=1.1, rejected=1)
+
+
+def test_metrics_delta_counts_only_the_run():
+    delta = metrics_delta(BEFORE, AFTER)
+    assert delta["batches"] == 3
+    assert delta["mean_batch_size"] == 3.0  # (4 + 3 + 2) / 3, warm-up batches left out
+    assert delta["mean_queue_wait_ms"] == pytest.approx(100.0)  # 0.9 s over 9 requests
+    assert delta["stage_mean_ms"]["decode"] == pytest.approx(100.0)
+    assert delta["stage_mean_ms"]["forward_backward"] is None  # not in the scrape
+    assert delta["rejected"] == {"overloaded": 1}
+
+
+def test_parse_locust_stats_rows():
+    rows = parse_locust_stats(STATS_CSV)
+    assert [r["name"] for r in rows] == ["/assess [dicom]", "/assess [png multipart]", "/assess [bad: text/plain]",
+                                         "Aggregated"]
+    dicom = rows[0]
+    assert (dicom["count"], dicom["failures"], dicom["p50_ms"], dicom["p95_ms"], dicom["p99_ms"]) == (8, 1, 2400, 4100, 4100)
+    assert rows[-1]["rps"] == 0.55
+
+
+def test_summary_valid_traffic_errors_and_batches():
+    summary = summarise(STATS_CSV, STATUSES, BEFORE, AFTER, {"max_batch_size": 8}, {"name": "steady"})
+    assert summary["duration_s"] == 20.0  # 11 requests at 0.55/s
+    valid = summary["valid"]
+    assert valid["ok"] == 9  # 7 DICOM + 2 PNG answered 200; the 415 is a correct answer but not valid traffic
+    assert valid["throughput_rps"] == pytest.approx(0.45)
+    assert valid["p50_ms"] == 500.0  # nearest rank over the nine 200 answers: 100…700, 800, 900
+    assert valid["p99_ms"] == 900.0
+    assert summary["statuses"] == {"200": 9, "415": 1, "503": 1}
+    assert summary["unexpected_statuses"] == {"503": 1}  # the bad input's 415 is expected
+    assert summary["server"]["mean_batch_size"] == 3.0
+    table = markdown(summary)
+    assert "| 0.45 | 500 | 900 | 900 | 11 |" in table
+    assert "| /assess [dicom] | 8 | 1 | 2400 | 4100 | 4100 | 200: 7, 503: 1 |" in table
+
+
+def test_percentile_nearest_rank():
+    assert percentile([], 0.5) is None
+    assert percentile([5.0], 0.99) == 5.0
+    assert percentile([float(v) for v in range(1, 101)], 0.95) == 95.0
+    assert percentile([float(v) for v in range(1, 101)], 0.99) == 99.0
+
+
+def test_profile_report_groups_threads_by_role():
+    raw = "\n".join([
+        "thread (1): normgate-decode_0;_worker (concurrent/futures/thread.py:83);"
+        "Assessor._decode_and_prepare (service/assessment.py:70);_min_max (service/ingest.py:790) 30",
+        "thread (2): normgate-model-default;serve_forever (service/batching.py:183);"
+        "ModelRunner.run (service/inference.py:141) 60",
+        "thread (3): MainThread;BaseEventLoop.run_forever (asyncio/base_events.py:607) 10",
+    ])
+    text = report(raw)
+    assert text.startswith("100 samples")
+    assert "## model worker: 60 samples (60.0 % of all)" in text
+    assert "## decode pool: 30 samples (30.0 % of all)" in text
+    assert "100.0 %  _min_max (service/ingest.py)" in text
+    assert "## event loop: 10 samples" in text
+
+
+def test_batching_study_grid_and_table():
+    from benchmarks.batching_study import cells, markdown as study_markdown
+
+    grid = cells([0, 2, 5], [1, 4, 8])
+    assert grid[0] == (1, 0) and len(grid) == 1 + 2 * 3  # max batch 1 ignores the wait
+    results = {"loads": [2.0], "image": "png 64x64", "seconds": 1,
+               "cells": [{"load_rps": 2.0, "max_batch": 4, "wait_ms": 5.0, "throughput_rps": 1.9, "p50_ms": 10.0,
+                          "p99_ms": 20.0, "mean_batch": 1.5, "statuses": {"200": 19, "504": 1}}]}
+    assert "| 4 | 5 | 1.9 | 10.0 | 20.0 | 1.5 | {'504': 1} |" in study_markdown(results)
