@@ -67,6 +67,10 @@ class BatchQueue(Generic[P]):
         self._closed = False
         self._on_depth_change = on_depth_change
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)

@@ -324,3 +324,32 @@ def test_misconfiguration_stops_startup_with_a_sentence(tmp_path, models_dir):
         asyncio.run(start(settings_for(models_dir, default_model="missing")))
     with pytest.raises(RuntimeError, match="no checkpoint folders"):
         asyncio.run(start(settings_for(tmp_path)))
+
+
+def test_shutdown_stops_accepting_and_answers_everything_already_queued(models_dir):
+    async def scenario():
+        gate = Gate()
+        app = create_app(settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0), batch_hook=gate)
+        async with running_app(app) as client:
+            registry = app.state.registry
+            n = len(gate.batch_sizes)
+            gate.opened.clear()
+            gate.entered.clear()
+            running = asyncio.ensure_future(post(client, body_of(1)))
+            assert await asyncio.to_thread(gate.entered.wait, 30)
+            queued = asyncio.ensure_future(post(client, body_of(2)))
+            await queue_depth_reaches(app, 1)
+            stopping = asyncio.ensure_future(asyncio.to_thread(registry.stop, 60))
+            while not registry.get("default").queue.closed:
+                await asyncio.sleep(0.01)
+            refused = await post(client, body_of(3))
+            gate.opened.set()
+            answered = await asyncio.gather(running, queued)
+            await stopping
+            return refused, answered, gate.batch_sizes[n:]
+
+    refused, answered, batch_sizes = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.json()["error"] == "not_ready"
+    assert "shutting down" in refused.json()["detail"]
+    assert [r.status_code for r in answered] == [200, 200]
+    assert batch_sizes == [1, 1]
