@@ -115,13 +115,14 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_used_folder(tiny, t
         main(_args(tiny, tmp_path / "fresh", "--epochs", "1", "--resume"))
 
 
-def test_pretrained_backbone_fp16_weights_and_clean_state(tiny, tmp_path):
+def test_pretrained_backbone_fp16_weights_clean_state_and_separate_test_data(tiny, tmp_path):
     imagenet = build_model("resnet18", num_classes=1000)
     pth = tmp_path / "imagenet.pth"
     torch.save(imagenet.state_dict(), pth)
+    heldout = write_tiny_dataset(tmp_path / "heldout", {"test": 6}, seed=3)  # another seed's test split
     out = tmp_path / "ck"
     main(_args(tiny, out, "--epochs", "1", "--lr", "1e-9", "--pretrained", str(pth), "--fp16-weights",
-               "--clean-state"))
+               "--clean-state", "--test-data", str(heldout)))
     raw = load_file(str(out / "model.safetensors"))
     assert raw["conv1.weight"].dtype == torch.float16
     # lr ≈ 0: the stored backbone is the user's weights (rounded to fp16); the head is new and 2-class.
@@ -130,6 +131,8 @@ def test_pretrained_backbone_fp16_weights_and_clean_state(tiny, tmp_path):
     assert raw["fc.weight"].shape == (2, 512)
     meta = json.loads((out / "model.json").read_text())
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["trained_on"]["pretrained"] == "imagenet.pth"
+    assert meta["trained_on"]["sizes"]["test"] == 6 and meta["metrics"]["test"]["n"] == 6
+    assert meta["trained_on"]["test_data"] == str(heldout.resolve())
     assert not (out / "state").exists()
     load_checkpoint(out)
 
