@@ -6,17 +6,22 @@ import logging
 
 import uvicorn
 
-from service.config import get_settings
+from service.config import Settings, get_settings
 
 
 def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # SIGTERM: uvicorn stops accepting at once, lets accepted requests finish for shutdown_grace_s, then runs
-    # the lifespan shutdown (queues closed and drained, workers joined). limit_concurrency answers 503 to
-    # connections beyond max_connections before any of them holds memory.
-    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                log_level="info", proxy_headers=False, limit_concurrency=settings.max_connections or None,
+    uvicorn.run("service.app:create_app", factory=True, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """uvicorn.run keywords for these settings (also used by the tests' server with fault injection).
+
+    SIGTERM: uvicorn stops accepting at once, lets accepted requests finish for shutdown_grace_s, then runs
+    the lifespan shutdown (queues closed and drained, workers joined).
+    """
+    return dict(host=settings.host, port=settings.port, log_level="info", proxy_headers=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 

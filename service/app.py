@@ -9,6 +9,7 @@ queued, and joins them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -46,15 +47,36 @@ class RequestContextMiddleware:
     disconnect signal /assess listens for.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    # Probes and scrapes are answered even when busy: an overloaded service is not a dead one.
+    UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_concurrent_requests: int = 0) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_concurrent_requests = max_concurrent_requests
+        self.in_progress = 0  # only touched on the event loop
+
+    async def _refuse_busy(self, send: Send, request_id: str) -> None:
+        body = json.dumps(error_body("overloaded", f"{self.in_progress} requests are in progress, the most this "
+                                     "server takes at once; try again shortly", request_id)).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", b"1"), (b"x-request-id", request_id.encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
+        limited = self.max_concurrent_requests > 0 and scope.get("path") not in self.UNLIMITED_PATHS
+        if limited and self.in_progress >= self.max_concurrent_requests:
+            self.metrics.rejected.labels("overloaded").inc()
+            self.metrics.request_duration.labels("unmatched", "503").observe(0.0)
+            await self._refuse_busy(send, request_id)
+            return
+        if limited:
+            self.in_progress += 1
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
@@ -71,6 +93,21 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when NORMGATE_SHUTDOWN_GRACE_S ends; it would answer a
+            # plain-text 500. Say what happened instead; the task ends here either way (not re-raised: nothing
+            # above this middleware but uvicorn's wrapper, which would only log it as an application error).
+            log.warning("request %s %s %s cancelled by shutdown", request_id, scope.get("method"), scope.get("path"))
+            state["error_code"] = "not_ready"
+            if not response_started:
+                status = 503
+                body = json.dumps(error_body("not_ready", "the service shut down before this request was "
+                                             "completed; send it again", request_id)).encode()
+                await send({"type": "http.response.start", "status": 503,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()), (b"retry-after", b"5"),
+                                        (b"connection", b"close"), (b"x-request-id", request_id.encode())]})
+                await send({"type": "http.response.body", "body": body})
         except Exception:  # noqa: BLE001 - the client gets a sentence, the log gets the traceback
             log.exception("unhandled error, request %s %s %s", request_id, scope.get("method"), scope.get("path"))
             state["error_code"] = "internal"
@@ -83,6 +120,8 @@ class RequestContextMiddleware:
                                         (b"x-request-id", request_id.encode())]})
                 await send({"type": "http.response.body", "body": body})
         finally:
+            if limited:
+                self.in_progress -= 1
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.request_duration.labels(endpoint, str(status)).observe(time.perf_counter() - started)
@@ -124,5 +163,6 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(viewer.router)
     app.include_router(evaluate_routes.router)
     app.include_router(dicomweb_routes.router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
+                       max_concurrent_requests=settings.max_concurrent_requests)
     return app

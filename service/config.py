@@ -62,8 +62,9 @@ class Settings(BaseSettings):
                     "always open, every endpoint that takes an image or a job never is.")
     body_read_timeout_s: float = Field(
         30.0, gt=0, description="Longest time to receive a request body; a client that trickles it gets 408.")
-    max_connections: int = Field(
-        0, ge=0, description="Concurrent connections uvicorn serves before answering 503 at once; 0: no limit.")
+    max_concurrent_requests: int = Field(
+        0, ge=0, description="HTTP requests in progress at once (probes not counted); one more is answered 503 "
+                             "overloaded before its body is read; 0: no limit.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish.")
     worker_restart_delay_s: float = Field(
