@@ -490,6 +490,8 @@ def test_bad_uploads_show_clear_errors(page, server, images, tmp_path):
     (504, {"error": "timeout", "detail": "deadline passed in queue"}, {}, "Assessment timed out"),
     (413, {"error": "too_large", "detail": "over 60000000 pixels"}, {}, "Image too large"),
     (422, {"error": "bad_parameter", "detail": "unknown model 'x'"}, {}, "Invalid setting"),
+    (408, {"error": "request_timeout", "detail": "the body took over 30 s"}, {}, "Upload too slow"),
+    (500, {"error": "internal", "detail": "internal error", "request_id": "abc123"}, {}, "Server error"),
 ])
 def test_server_side_errors_are_explained(page, images, status, body, headers, title):
     # Overload, warm-up and timeouts cannot be provoked on demand from a browser; answer them here instead.
@@ -501,8 +503,11 @@ def test_server_side_errors_are_explained(page, images, status, body, headers, t
     if "Retry-After" in headers:
         assert re.search(rf"Retry in {headers['Retry-After']} s", page.locator("#retry-button").inner_text())
         assert page.locator("#retry-button").is_disabled()
-    if status in (503, 504):
-        assert "Nothing is wrong with this image" in text or "starting" in text
+    if status in (503, 504, 408):
+        assert "Nothing is wrong with" in text or "starting" in text
+        assert page.locator("#retry-button").is_visible()
+    if "request_id" in body:
+        assert body["request_id"] in text
 
 
 def test_api_key_prompt_on_401(page, server, images):

@@ -42,6 +42,9 @@ const ERROR_TEXT = {
   not_ready: ["Model still loading", "The server is starting and warming up its model."],
   timeout: ["Assessment timed out",
     "The image waited too long in the server's queue. Nothing is wrong with this image; send it again."],
+  request_timeout: ["Upload too slow",
+    "The image did not reach the server in time (slow or interrupted network). Nothing is wrong with the image; send it again."],
+  internal: ["Server error", "The server failed while assessing this image. Quote the request id when reporting it."],
   unauthorized: ["API key needed",
     "This server only assesses images for callers with an API key. Enter the key above; the image is sent again."],
   forbidden: ["API key refused", "The server refused this API key. Check it with your administrator."],
@@ -298,7 +301,7 @@ function showUploadFailure(upload, err) {
   const detailParts = [];
   if (err.detail && err.detail !== message) detailParts.push(`Server said: ${err.detail}`);
   if (err.requestId) detailParts.push(`request ${err.requestId}`);
-  const retryable = ["overloaded", "not_ready", "timeout", "network", "unauthorized", "forbidden"]
+  const retryable = ["overloaded", "not_ready", "timeout", "request_timeout", "network", "unauthorized", "forbidden"]
     .includes(err.code) || err.status >= 500;
   showError({
     title, message, detail: detailParts.join(" · "),
