@@ -178,10 +178,11 @@ def main() -> None:
         results["model"] = httpx.get(f"{url}/models").json()
         asyncio.run(open_loop(url, bodies, 1.0, 3, args.seed, args.straggler_s))  # warm
         for load in loads:
-            for n, (b, w) in enumerate(cells(waits, batches)):
+            for b, w in cells(waits, batches):
                 httpx.post(f"{url}/_bench/batching", params={"max_batch": b, "wait_ms": w}).raise_for_status()
                 before = scrape(url)
-                cell = asyncio.run(open_loop(url, bodies, load, args.seconds, args.seed + n, args.straggler_s))
+                # The same seed for every cell of a load: every cell gets the very same arrival times.
+                cell = asyncio.run(open_loop(url, bodies, load, args.seconds, args.seed, args.straggler_s))
                 server_side = metrics_delta(before, scrape(url))
                 cell.update(load_rps=load, max_batch=b, wait_ms=w, mean_batch=server_side["mean_batch_size"],
                             stage_mean_ms=server_side["stage_mean_ms"])
