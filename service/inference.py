@@ -409,7 +409,6 @@ class ModelRegistry:
         self.workers: dict[str, ModelWorker] = {}
         self.default_name = settings.default_model
         self._stop_supervising = threading.Event()
-        self._supervisor = threading.Thread(target=self._supervise, name="normgate-supervisor", daemon=True)
 
     def discover(self) -> list[tuple[str, Path]]:
         root = Path(self.settings.models_dir)
@@ -437,18 +436,21 @@ class ModelRegistry:
             worker = ModelWorker(name, folder, device, self.settings, self.metrics, self.batch_hook)
             self.workers[name] = worker
             worker.start()
-        self._supervisor.start()
+        # Made here, not in __init__: an app's lifespan may run more than once (tests), a thread only once.
+        self._stop_supervising = threading.Event()
+        threading.Thread(target=self._supervise, args=(self._stop_supervising,), name="normgate-supervisor",
+                         daemon=True).start()
 
     # Seconds between the supervisor's looks at the workers (a death is noticed within this).
     SUPERVISE_INTERVAL_S = 0.05
 
-    def _supervise(self) -> None:
+    def _supervise(self, stop: threading.Event) -> None:
         """Restart worker threads that died, NORMGATE_WORKER_RESTART_DELAY_S after their death.
 
         Until then the model is not ready (/readyz 503, new requests 503 not_ready) and what is queued waits;
         the delay keeps a worker that dies on every batch from spinning.
         """
-        while not self._stop_supervising.wait(self.SUPERVISE_INTERVAL_S):
+        while not stop.wait(self.SUPERVISE_INTERVAL_S):
             for worker in self.workers.values():
                 if not worker.dead:
                     continue
