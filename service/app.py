@@ -25,6 +25,7 @@ from service.config import Settings, get_settings
 from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
 from service.inference import BatchHook, DecodePool, ModelRegistry
 from service.metrics import ServiceMetrics
+from service import openapi as service_openapi
 from service.routes import assess, health, models, viewer
 from service.routes import dicomweb as dicomweb_routes
 from service.routes import evaluate as evaluate_routes
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.state.registry = registry
     app.state.assessor = Assessor(settings, registry, metrics, decode_pool)
     install_error_handlers(app)
+    service_openapi.install(app)
     app.include_router(assess.router)
     app.include_router(models.router)
     app.include_router(health.router)

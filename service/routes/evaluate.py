@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.deps import ApiKeyDep
 from service.evaluate import EvaluateUsageError, build_params, parse_shard
 from service.jobs import EvaluationRunner, JobNotFound
+from service.schemas import ErrorResponse
 from service.upload import read_limited_body
 
 # Every evaluation endpoint takes ApiKeyDep (when keys are configured): jobs read data sets and models.
@@ -55,6 +56,14 @@ class EvaluateRequest(BaseModel):
     batch_size: int = 8
     shard: str | None = None
     seed: int = 0
+
+
+def _documented(**by_status: str) -> dict[int, dict[str, Any]]:
+    """OpenAPI responses: SPEC §3 error bodies with what each status means here (401 on every route)."""
+    statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid",
+                **by_status}
+    return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text}
+            for status, text in statuses.items()}
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -139,7 +148,9 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
 
 @router.post("/evaluate", status_code=202, openapi_extra={"requestBody": {
     "required": True, "content": {"application/json": {"schema": EvaluateRequest.model_json_schema()}}}},
-    responses={422: {"description": "bad_parameter: unknown method/init, path outside the data folder …"}})
+    responses={202: {"description": "accepted: {job_id, status, progress}"},
+               **_documented(_422="bad_parameter: unknown method/init, path outside the data folder …",
+                             _503="not_ready: the job runner is not running or its store is not writable")})
 async def submit_evaluation(request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -183,7 +194,8 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
     return body
 
 
-@router.get("/evaluate/{job_id}")
+@router.get("/evaluate/{job_id}", responses=_documented(_404="not_found: no such job",
+                                                         _503="not_ready: the job runner is not running"))
 async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -194,7 +206,9 @@ async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> 
         return _error(404, "not_found", f"no evaluation job {job_id!r}")
 
 
-@router.get("/evaluate/{job_id}/report", response_model=None)
+@router.get("/evaluate/{job_id}/report", response_model=None,
+            responses={200: {"description": "the HTML report", "content": {"text/html": {}}}, **_documented(_404="not_found: no such job", _409="not_done: the job has not finished",
+                                  _503="not_ready: the job runner is not running")})
 async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> HTMLResponse | JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -209,7 +223,11 @@ async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> 
     return HTMLResponse(report.read_text(encoding="utf-8"))
 
 
-@router.delete("/evaluate/{job_id}")
+@router.delete("/evaluate/{job_id}", status_code=202,
+               responses={202: {"description": "cancellation requested"},
+                          **_documented(_404="not_found: no such job",
+                                        _409="already_finished: the job is done or failed",
+                                        _503="not_ready: the job runner is not running")})
 async def cancel_evaluation(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
