@@ -30,7 +30,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from models.architectures import build_model, default_gradcam_layer
 from models.saliency import default_layers, explain

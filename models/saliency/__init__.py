@@ -4,6 +4,7 @@
     maps = explain(model, images)                       # normgrad-conv1x1-combined, predicted class
     maps = explain(model, images, "gradcam", target=1)
     maps, logits = explain_with_logits(model, images)  # one forward for decision and heatmap
+    by_method = explain_many(model, images, ["normgrad-conv1x1-combined", "normgrad-conv3x3-single"])  # one pass
 
 See ``registry.explain`` for the arguments, ``normgrad`` for the method, ``hooks`` for the safety rules
 (hooks removed and flags restored in ``finally``; one thread per model at a time).
@@ -14,6 +15,7 @@ from models.saliency.registry import (
     SaliencyMethod,
     default_layers,
     explain,
+    explain_many,
     explain_with_logits,
     get_method,
     list_methods,
@@ -25,6 +27,7 @@ __all__ = [
     "SaliencyMethod",
     "default_layers",
     "explain",
+    "explain_many",
     "explain_with_logits",
     "get_method",
     "list_methods",

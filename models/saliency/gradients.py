@@ -26,6 +26,7 @@ from models.saliency.layer_gradients import layer_activations_and_gradients
 from models.saliency.targets import (
     TargetSpec,
     check_logits,
+    check_positive_int,
     input_gradients,
     predicted_targets,
     reduce_channels_abs,
@@ -85,16 +86,10 @@ def guided_gradcam_map(model: nn.Module, images: torch.Tensor, target: TargetSpe
     return cam * guided
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def smoothgrad_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, samples: int = 25,
                    noise_level: float = 0.15, seed: int = 0, max_batch: int = 32) -> torch.Tensor:
-    samples = _check_positive_int("samples", samples)
-    max_batch = _check_positive_int("max_batch", max_batch)
+    samples = check_positive_int("samples", samples)
+    max_batch = check_positive_int("max_batch", max_batch)
     if not (isinstance(noise_level, (int, float)) and 0 <= noise_level):
         raise ValueError(f"noise_level must be a non-negative number, got {noise_level!r}")
     targets = predicted_targets(model, images, target)
@@ -119,7 +114,7 @@ def smoothgrad_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, s
 
 def trapezoid_alphas_and_weights(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points α_i = i/(n−1) and trapezoid weights (half weight at both ends) on [0, 1]."""
-    steps = _check_positive_int("steps", steps)
+    steps = check_positive_int("steps", steps)
     if steps < 2:
         raise ValueError("the trapezoid rule needs steps >= 2")
     alphas = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
@@ -132,7 +127,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.
                          baseline: torch.Tensor | float = 0.0, steps: int = 32,
                          max_batch: int = 32) -> torch.Tensor:
     """The IG attribution [B, C, H, W] (float32) for given targets."""
-    max_batch = _check_positive_int("max_batch", max_batch)
+    max_batch = check_positive_int("max_batch", max_batch)
     alphas, weights = trapezoid_alphas_and_weights(steps)
     x = images.float()
     base = torch.as_tensor(baseline, dtype=torch.float32, device=images.device).expand_as(x)

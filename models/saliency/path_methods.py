@@ -26,8 +26,14 @@ import torch
 from saliency import core as pair
 from torch import nn
 
-from models.saliency.gradients import _check_positive_int, integrated_gradients
-from models.saliency.targets import TargetSpec, input_gradients, predicted_targets, reduce_channels_abs
+from models.saliency.gradients import integrated_gradients
+from models.saliency.targets import (
+    TargetSpec,
+    check_positive_int,
+    input_gradients,
+    predicted_targets,
+    reduce_channels_abs,
+)
 
 
 def _gradient_callback(model: nn.Module, like: torch.Tensor, target: int):
@@ -94,8 +100,8 @@ def guided_ig_attribution(model: nn.Module, images: torch.Tensor, targets: torch
     path has covered (step+1)/steps of the L1 distance; no feature strays more than ``max_dist`` (as a
     fraction of the path) from the straight line. ``max_dist=0`` gives IG with the right Riemann sum.
     """
-    steps = _check_positive_int("steps", steps)
-    max_batch = _check_positive_int("max_batch", max_batch)
+    steps = check_positive_int("steps", steps)
+    max_batch = check_positive_int("max_batch", max_batch)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if not 0.0 <= max_dist <= 1.0:
@@ -127,8 +133,8 @@ def guided_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, st
 
 def blur_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32,
                 max_sigma: float = 50.0, max_batch: int = 32) -> torch.Tensor:
-    steps = _check_positive_int("steps", steps)
-    max_batch = _check_positive_int("max_batch", max_batch)
+    steps = check_positive_int("steps", steps)
+    max_batch = check_positive_int("max_batch", max_batch)
     targets = predicted_targets(model, images, target)
     method = pair.BlurIG()
     maps = []

@@ -136,6 +136,47 @@ def explain_with_logits(model: nn.Module, images: torch.Tensor, method: str = DE
     return _checked_maps(maps, images, method), logits
 
 
+def explain_many(model: nn.Module, images: torch.Tensor, methods: Sequence[str], target: TargetSpec = None,
+                 layers: Sequence[str] | str | None = None, combine: str = "geometric-mean") -> dict[str, torch.Tensor]:
+    """Several methods on one batch: {method id: maps}, each equal to what ``explain`` gives for it.
+
+    All NormGrad variants share ONE forward + backward through ``layers`` (default the architecture's; the
+    ``-single`` variants use the last of them) and take ``combine``; Guided Grad-CAM is the product of
+    Grad-CAM and guided backprop when both are requested; other methods run ``explain`` with their defaults.
+    """
+    methods = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
+    for method_id in methods:
+        get_method(method_id)
+    if combine not in normgrad.COMBINE_MODES:
+        raise ValueError(f"unknown combine mode {combine!r}; choose one of {normgrad.COMBINE_MODES}")
+    images = check_images(images)
+    out: dict[str, torch.Tensor] = {}
+    normgrad_ids = [m for m in methods if m in _NORMGRAD_VARIANTS]
+    if normgrad_ids:
+        # The combined layer list serves every variant; -single reads its last layer.
+        chosen = _layers_for(get_method("normgrad-conv1x1-combined"), model, layers)
+        resolve_modules(model, chosen)
+        with frozen_for_explanation(model):
+            recorded = layer_activations_and_gradients(model, images, chosen, target)
+        for method_id in normgrad_ids:
+            kind, layer_use = _NORMGRAD_VARIANTS[method_id]
+            acts, grads = recorded.activations, recorded.gradients
+            if layer_use == LAYERS_SINGLE:
+                acts, grads = acts[-1:], grads[-1:]
+            maps = normgrad.normgrad_maps(kind, acts, grads, images.shape[-2:], combine)
+            out[method_id] = _checked_maps(maps, images, method_id)
+    for method_id in methods:
+        if method_id in out or method_id == "guided-gradcam":
+            continue
+        out[method_id] = explain(model, images, method_id, target=target)
+    if "guided-gradcam" in methods:
+        if "gradcam" in out and "guided-backprop" in out:
+            out["guided-gradcam"] = out["gradcam"] * out["guided-backprop"]
+        else:
+            out["guided-gradcam"] = explain(model, images, "guided-gradcam", target=target)
+    return {m: out[m] for m in methods}
+
+
 def _checked_maps(maps: torch.Tensor, images: torch.Tensor, method: str) -> torch.Tensor:
     expected = (images.shape[0], images.shape[2], images.shape[3])
     if tuple(maps.shape) != expected:
@@ -161,12 +202,17 @@ def _normgrad_method(kind: str) -> Callable[..., torch.Tensor]:
     return compute
 
 
+# NormGrad method id → (virtual layer type, layer use); lets explain_many share one pass among them.
+_NORMGRAD_VARIANTS: dict[str, tuple[str, str]] = {}
+
 for _kind in normgrad.LAYER_KINDS:
     _compute = _normgrad_method(_kind)
     register_method(f"normgrad-{_kind}-single", _compute, LAYERS_SINGLE,
                     f"NormGrad, {_kind} virtual identity layer after the last hooked block")
     register_method(f"normgrad-{_kind}-combined", _compute, LAYERS_COMBINED,
                     f"NormGrad, {_kind} virtual identity layers, geometric mean over the hooked blocks")
+    _NORMGRAD_VARIANTS[f"normgrad-{_kind}-single"] = (_kind, LAYERS_SINGLE)
+    _NORMGRAD_VARIANTS[f"normgrad-{_kind}-combined"] = (_kind, LAYERS_COMBINED)
 
 register_method("gradcam", gradients.gradcam_map, LAYERS_GRADCAM, "Grad-CAM (Selvaraju et al. 2017)")
 register_method("guided-gradcam", gradients.guided_gradcam_map, LAYERS_GRADCAM, "Grad-CAM ⊙ guided backprop")

@@ -52,6 +52,13 @@ def resolve_targets(target: TargetSpec, logits: torch.Tensor) -> torch.Tensor:
     return targets
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """A method option that counts something (steps, samples, batch size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def check_logits(logits: object) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

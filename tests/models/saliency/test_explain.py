@@ -286,3 +286,34 @@ def test_explain_with_logits_reuses_the_forward_pass(resnet18, small_images, met
     torch.testing.assert_close(maps, explain(resnet18, small_images, method, **FAST_OPTIONS.get(method, {})))
     if method != "integrated-gradients":
         assert calls == [2]  # one forward, no extra pass for the probabilities
+
+
+def test_explain_many_equals_explain_and_shares_one_pass(resnet18, small_images):
+    from models.saliency import explain_many
+
+    normgrad_ids = [m for m in SPEC_METHODS if m.startswith("normgrad-")]
+    calls = []
+    handle = resnet18.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+    try:
+        shared = explain_many(resnet18, small_images, normgrad_ids, target=1)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # eight NormGrad variants, one forward (and one backward)
+    for method_id in normgrad_ids:
+        torch.testing.assert_close(shared[method_id], explain(resnet18, small_images, method_id, target=1))
+    layers = ["layer3.0", "layer4.1"]
+    mixed = explain_many(resnet18, small_images, ["normgrad-scaling-single", "normgrad-conv3x3-combined", "gradcam",
+                                                   "guided-backprop", "guided-gradcam", "gradient"],
+                         layers=layers, combine="minmax-product")
+    assert list(mixed) == ["normgrad-scaling-single", "normgrad-conv3x3-combined", "gradcam", "guided-backprop",
+                           "guided-gradcam", "gradient"]
+    torch.testing.assert_close(mixed["normgrad-scaling-single"],
+                               explain(resnet18, small_images, "normgrad-scaling-single", layers=layers,
+                                       combine="minmax-product"))
+    torch.testing.assert_close(mixed["normgrad-conv3x3-combined"],
+                               explain(resnet18, small_images, "normgrad-conv3x3-combined", layers=layers,
+                                       combine="minmax-product"))
+    for method_id in ("gradcam", "guided-gradcam", "gradient"):  # layers apply to NormGrad only
+        torch.testing.assert_close(mixed[method_id], explain(resnet18, small_images, method_id))
+    with pytest.raises(ValueError, match="unknown saliency method"):
+        explain_many(resnet18, small_images, ["gradcam", "nope"])
