@@ -16,12 +16,14 @@ from torch import nn
 from models.saliency.hooks import LayerRecorder
 from models.saliency.targets import TargetSpec, check_logits, resolve_targets, target_score
 
+FLOAT16_GRADIENT_SCALE = 1024.0
+
 
 @dataclass
 class LayerGradients:
     names: list[str]
     activations: list[torch.Tensor]  # detached, [B, K, h, w] each, in the model's dtype
-    gradients: list[torch.Tensor]  # d(target logit)/d(activation), same shapes
+    gradients: list[torch.Tensor]  # d(target logit)/d(activation), same shapes (float32 if float16 forward)
     logits: torch.Tensor  # [B, classes], detached
     targets: torch.Tensor  # [B] long
 
@@ -37,8 +39,13 @@ def layer_activations_and_gradients(model: nn.Module, images: torch.Tensor, laye
         score = target_score(logits, targets)
         if not score.requires_grad:
             raise RuntimeError(f"the model's output does not depend on layers {recorder.names}")
-        gradients = torch.autograd.grad(score, activations, allow_unused=True)
+        # float16 (autocast) gradients of deep layers fall into the subnormal range; a static loss scale keeps
+        # them representable, as torch.amp.GradScaler does for training. Undone in float32 below.
+        scale = FLOAT16_GRADIENT_SCALE if any(a.dtype == torch.float16 for a in activations) else 1.0
+        gradients = torch.autograd.grad(score * scale, activations, allow_unused=True)
     gradients = [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
+    if scale != 1.0:
+        gradients = [g.float() / scale for g in gradients]
     return LayerGradients(
         names=list(recorder.names),
         activations=[a.detach() for a in activations],

@@ -225,6 +225,16 @@ def test_cpu_autocast_bfloat16_stays_close_to_float32(resnet18, small_images):
         assert pearson(low[i], full[i]) > 0.95
 
 
+def test_float16_autocast_keeps_gradient_scale(resnet18, small_images):
+    """The float16 loss scale is undone: maps keep the float32 magnitude, not 1024 times it."""
+    full = explain(resnet18, small_images, "normgrad-conv1x1-combined")
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = explain(resnet18, small_images, "normgrad-conv1x1-combined")
+    for i in range(2):
+        assert pearson(half[i], full[i]) > 0.99
+    assert float(half.max() / full.max()) == pytest.approx(1.0, rel=0.05)
+
+
 def test_concurrent_threads_get_their_own_results(resnet18, small_images):
     expected = [explain(resnet18, small_images[i:i + 1], "normgrad-conv1x1-combined") for i in range(2)]
     results, errors = {}, []
