@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
     url = base_url(args.host, port)
     settings = {"max_batch_size": args.max_batch_size, "max_batch_wait_ms": args.max_batch_wait_ms,
                 "max_queue_size": args.max_queue_size, "request_timeout_ms": args.request_timeout_ms,
-                "decode_workers": args.decode_workers}
+                "decode_workers": args.decode_workers, "torch_threads": args.torch_threads}
     env = server_env(args.models_dir, port, args.host, device=args.device, **settings)
     server = locust = profiler = None
     try:
@@ -381,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-size", type=int)
     p.add_argument("--request-timeout-ms", type=float)
     p.add_argument("--decode-workers", type=int)
+    p.add_argument("--torch-threads", type=int, help="NORMGATE_TORCH_THREADS (1 suits a shared CPU)")
     p.add_argument("--profile", action="store_true", help="sample the server with py-spy during the run")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "load" / "latest")
     return p
