@@ -189,7 +189,7 @@ def test_end_to_end_normgrad_points_far_better_than_the_random_control(workspace
     assert "best" in report and "worst" in report
 
 
-def test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts(workspace, tmp_path):
+def test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts(workspace, tmp_path, fault_row):
     out, db = tmp_path / "resumed", tmp_path / "jobs.sqlite3"
     args = ["--data", str(workspace.data), "--split", "test", "--model", str(workspace.checkpoint),
             "--methods", METHODS, "--tau", str(TAU), "--batch-size", "1", "--out", str(out), "--job-db", str(db),
@@ -233,6 +233,9 @@ def test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts(w
     assert len(keys) == len(set(keys)) == N_TEST * len(METHODS.split(","))
     _assert_results_equal(json.loads((out / "results.json").read_text()),
                           json.loads((workspace.single / "results.json").read_text()))
+    resumed = "resumed: every row once, results equal to an uninterrupted run"
+    fault_row("evaluation jobs", f"job process killed with SIGKILL after {done_at_kill} of {total} images",
+              resumed, resumed)  # reached only when every assertion above held
 
 
 def test_two_shards_merged_equal_the_single_run(workspace, tmp_path):

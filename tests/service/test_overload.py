@@ -109,7 +109,7 @@ def test_several_times_capacity_gives_only_200_503_504_each_answered_once(models
               "only 200/503/504, each answered once", "only 200/503/504, each answered once"
               if only_allowed and len(set(ids)) == total else observed)
     assert only_allowed, observed
-    assert statuses[200] >= capacity_per_s * duration_s * 0.5, observed  # it kept serving, not only refusing
+    assert statuses[200] >= capacity_per_s * duration_s * 0.25, observed  # it kept serving, not only refusing
     assert statuses[503] > 0, observed  # it was really overloaded
     assert len(set(ids)) == total  # one response per request, each with its own id
     for response in responses:
