@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import torch
-from saliency import core as pair
 from torch import nn
 
 from models.saliency.gradients import integrated_gradients
@@ -36,8 +35,17 @@ from models.saliency.targets import (
 )
 
 
+def _pair():
+    # PAIR's package pulls in scikit-image (~1 s); import it only when Blur IG or XRAI is asked for.
+    from saliency import core
+
+    return core
+
+
 def _gradient_callback(model: nn.Module, like: torch.Tensor, target: int):
     """PAIR's call_model_function: NumPy [N, H, W, C] batch → input gradients of the target logit."""
+
+    pair = _pair()
 
     def call_model(x_value_batch, call_model_args=None, expected_keys=None):
         batch = torch.from_numpy(np.ascontiguousarray(x_value_batch, dtype=np.float32))
@@ -136,7 +144,7 @@ def blur_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, step
     steps = check_positive_int("steps", steps)
     max_batch = check_positive_int("max_batch", max_batch)
     targets = predicted_targets(model, images, target)
-    method = pair.BlurIG()
+    method = _pair().BlurIG()
     maps = []
     for image, t in zip(images, targets.tolist()):
         x = _to_hwc(image)
@@ -154,7 +162,7 @@ def xrai_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: 
     high = x.flatten(1).amax(1).view(-1, 1, 1, 1).expand_as(x)
     attribution = 0.5 * (integrated_gradients(model, images, targets, low, steps, max_batch)
                          + integrated_gradients(model, images, targets, high, steps, max_batch))
-    method = pair.XRAI()
+    method = _pair().XRAI()
     maps = []
     for image, attr in zip(images, attribution):
         region_scores = method.GetMask(_to_hwc(image), call_model_function=None, base_attribution=_to_hwc(attr))
