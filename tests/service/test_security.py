@@ -342,7 +342,6 @@ def test_evaluation_paths_never_leave_the_data_and_models_roots(tmp_path, models
             response = client.post("/evaluate", json=request)
             fault_row("evaluation paths", case, "422 bad_parameter", outcome(response))
             spec_error(response, 422, "bad_parameter")
-            assert str(tmp_path) not in response.json()["detail"] or "outside" in response.json()["detail"]
     with pytest.raises(_PathRejected):
         resolve_data_path("link_out", roots)
     # A symlink inside the data folder to a checkpoint is judged by where it leads (the models folder).
