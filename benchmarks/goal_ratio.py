@@ -1,0 +1,112 @@
+"""Issue 8's CPU goal, measured on its own: at concurrency 4, end-to-end /assess time against the model's own
+forward + cut backward for the same batch (a benchmark, not a test).
+
+One NormGate server per configuration (``--decode-workers 2,1``: how many threads decode uploads next to the
+model), all started at once; every round measures the floor for B = 1…4 in this process, then drives each
+server with 4 closed-loop clients on the same 16-bit DICOM images. Per cell it reports the server's mean batch
+size (from /metrics), wall time per batch ÷ floor(B), p50 latency ÷ floor(B) and p50 ÷ floor(4).
+
+    .venv/bin/python benchmarks/goal_ratio.py --models-dir artifacts/bench/models --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
+
+import torch  # noqa: E402
+
+from diy_comparison import drive, floor_pass, timed  # noqa: E402
+from images import dicom_bytes, radiograph  # noqa: E402
+from load_tests.run_load import (  # noqa: E402
+    base_url, free_port, metrics_delta, scrape, server_env, start_server, stop_process, wait_ready)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models-dir", type=Path, default=REPO / "models" / "checkpoints")
+    p.add_argument("--model", default="default")
+    p.add_argument("--decode-workers", default="2,1")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--dicom-size", default="2500x3000")
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "goal_ratio.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.torch_threads)
+
+    from models import load_checkpoint
+    from models.preprocess import preprocess_batch
+    from models.saliency.hooks import frozen_for_explanation
+    from service.ingest import IngestLimits, decode_image
+
+    rows, cols = (int(v) for v in args.dicom_size.split("x"))
+    bodies = [dicom_bytes(radiograph(rows, cols, seed=s), s) for s in range(4)]
+    checkpoint = load_checkpoint(args.models_dir / args.model)
+    model, meta = checkpoint.model, checkpoint.meta
+    grid = preprocess_batch([decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels
+                             for b in bodies], meta.input_size, meta.mean, meta.std)
+    configs = [int(v) for v in args.decode_workers.split(",")]
+    servers: dict[int, tuple] = {}
+    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
+               "cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+               "torch_threads": args.torch_threads, "image": f"16-bit DICOM {rows}x{cols}", "rounds": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for workers in configs:
+            port = free_port()
+            env = server_env(args.models_dir, port, default_model=args.model, max_queue_size=256,
+                             request_timeout_ms=300_000, torch_threads=args.torch_threads, decode_workers=workers)
+            proc = start_server(env, args.out.with_suffix(f".dw{workers}.log"))
+            servers[workers] = (proc, base_url("127.0.0.1", port))
+        for proc, url in servers.values():
+            wait_ready(url, proc)
+            asyncio.run(drive(url, bodies, 1, 2, 120, {}))
+        for r in range(args.rounds):
+            with frozen_for_explanation(model):
+                floor = {b: timed(lambda: floor_pass(model, grid[[i % 4 for i in range(b)]],
+                                                     meta.normgrad_layers, meta.positive_index), 3)
+                         for b in range(1, 5)}
+            rnd = {"floor_ms": {b: round(v, 1) for b, v in floor.items()}, "cells": {}}
+            for workers, (proc, url) in servers.items():
+                before = scrape(url)
+                cell = asyncio.run(drive(url, bodies, args.concurrency, args.requests, 300, {}))
+                server = metrics_delta(before, scrape(url))
+                batch = server["mean_batch_size"] or 1.0
+                b = min(4, max(1, round(batch)))
+                per_batch_ms = 1000 * cell["wall_s"] / max(1, server["batches"])
+                cell.update(mean_batch=batch, stage_mean_ms=server["stage_mean_ms"],
+                            wall_per_batch_over_floor=round(per_batch_ms / floor[b], 3),
+                            p50_over_floor_b=round(cell["p50_ms"] / floor[b], 3),
+                            p50_over_floor_4=round(cell["p50_ms"] / floor[4], 3))
+                rnd["cells"][f"decode_workers={workers}"] = cell
+                print(f"round {r} decode_workers={workers}: {cell['throughput_rps']} req/s, mean batch {batch}, "
+                      f"wall/batch÷floor {cell['wall_per_batch_over_floor']}, p50÷floor(B) "
+                      f"{cell['p50_over_floor_b']}, p50÷floor(4) {cell['p50_over_floor_4']}", flush=True)
+            results["rounds"].append(rnd)
+    finally:
+        for proc, _ in servers.values():
+            stop_process(proc)
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    results["median"] = {
+        name: {key: round(statistics.median(rr["cells"][name][key] for rr in results["rounds"]), 3)
+               for key in ("throughput_rps", "mean_batch", "wall_per_batch_over_floor", "p50_over_floor_b",
+                           "p50_over_floor_4")}
+        for name in results["rounds"][0]["cells"]}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["median"], indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
