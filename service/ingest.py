@@ -683,7 +683,8 @@ def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.n
     ``arange(min, max + 1)`` of the stored values (≤ 65 536 entries, the same float64 operations element by
     element, so the same numbers bit for bit) and the image becomes one table look-up. The min–max VOI sees
     the same extremes: the table's range ends are the image's own min and max and rescale is monotonic.
-    A 2500 × 3000 16-bit radiograph: ~35 ms instead of ~210 ms for this stage (docs/benchmarks.md, "Profile and hot spots").
+    A 2500 × 3000 16-bit radiograph: ~35 ms instead of ~210 ms for this stage (docs/benchmarks.md,
+    "Profile and hot spots").
     """
     low, high = int(stored.min()), int(stored.max())
     levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
