@@ -22,7 +22,6 @@ This module is a plain ML library: it never imports ``service`` or FastAPI.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -235,74 +234,30 @@ def _explain_many_function() -> Callable | None:
     return getattr(saliency, "explain_many", None)
 
 
-def _normgrad_kind_and_setting(method_id: str) -> tuple[str, str] | None:
-    parts = method_id.split("-")
-    if len(parts) == 3 and parts[0] == "normgrad" and parts[2] in ("single", "combined"):
-        return parts[1], parts[2]
-    return None
-
-
-def shared_normgrad_maps(model: nn.Module, images: torch.Tensor, method_ids: Sequence[str], target: int,
-                         layers: Sequence[str], combine: str) -> dict[str, torch.Tensor]:
-    """Every requested NormGrad variant from ONE forward+backward through the combined layers.
-
-    The single-layer variants use the last of those layers, whose activation and gradient do not depend on
-    which other layers are recorded; the maps are exactly what ``explain`` gives method by method (tested).
-    Used when the saliency engine has no ``explain_many``.
-    """
-    from models.saliency import normgrad
-    from models.saliency.hooks import frozen_for_explanation
-    from models.saliency.layer_gradients import layer_activations_and_gradients
-
-    with frozen_for_explanation(model):
-        recorded = layer_activations_and_gradients(model, images, list(layers), target)
-    size = images.shape[-2:]
-    out: dict[str, torch.Tensor] = {}
-    for method_id in method_ids:
-        kind, setting = _normgrad_kind_and_setting(method_id)
-        acts, grads = recorded.activations, recorded.gradients
-        if setting == "single":
-            acts, grads = acts[-1:], grads[-1:]
-        out[method_id] = normgrad.normgrad_maps(kind, acts, grads, size, combine).detach().float()
-    return out
-
-
 def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str],
                   config: EvaluationConfig) -> dict[str, torch.Tensor]:
     """Unsmoothed maps [B, h, w] per method for a normalised batch, target = the positive class.
 
-    All NormGrad variants share one forward+backward (``explain_many`` of the saliency engine when it offers
-    one, else :func:`shared_normgrad_maps`); every other method runs one ``explain`` each.
+    ``explain_many`` of the saliency engine shares one forward+backward among all NormGrad variants and
+    builds Guided Grad-CAM from Grad-CAM and guided backprop; each map equals ``explain``'s (tested).
     """
     from models.saliency import explain, get_method
 
     target = entry.meta.positive_index
     layers = list(entry.meta.normgrad_layers) or default_normgrad_layers(entry.meta.arch)
-    custom_layers = layers != default_normgrad_layers(entry.meta.arch)
-    maps: dict[str, torch.Tensor] = {}
     wanted = [m for m in methods if m not in CONTROL_METHODS]
-    normgrad_ids = [m for m in wanted if _normgrad_kind_and_setting(m)]
-
+    maps: dict[str, torch.Tensor] = {}
     explain_many = _explain_many_function()
-    if len(normgrad_ids) > 1:
-        params = inspect.signature(explain_many).parameters if explain_many is not None else {}
-        if explain_many is not None and "combine" in params and "layers" in params:
-            maps.update(explain_many(entry.model, images, normgrad_ids, target=target, layers=layers,
-                                     combine=config.combine))
-        else:
-            maps.update(shared_normgrad_maps(entry.model, images, normgrad_ids, target, layers, config.combine))
-    # Guided Grad-CAM is Grad-CAM ⊙ guided backprop of the same target (SPEC §7): reuse both when requested.
-    if "guided-gradcam" in wanted and "gradcam" in wanted and "guided-backprop" in wanted:
-        wanted = [m for m in wanted if m != "guided-gradcam"] + ["guided-gradcam"]
-    for method_id in wanted:
-        if method_id in maps:
-            continue
-        if method_id == "guided-gradcam" and "gradcam" in maps and "guided-backprop" in maps:
-            maps[method_id] = maps["gradcam"] * maps["guided-backprop"]
-            continue
-        options = {"combine": config.combine} if "combine" in get_method(method_id).options else {}
-        method_layers = layers if (custom_layers and method_id in normgrad_ids) else None
-        maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers, **options)
+    if wanted and explain_many is not None:
+        maps.update(explain_many(entry.model, images, wanted, target=target, layers=layers,
+                                 combine=config.combine))
+    else:  # an engine without explain_many: one explain per method
+        for method_id in wanted:
+            spec = get_method(method_id)
+            options = {"combine": config.combine} if "combine" in spec.options else {}
+            method_layers = layers if method_id.startswith("normgrad-") else None
+            maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers,
+                                      **options)
     if RANDOM_CONTROL in methods:
         maps[RANDOM_CONTROL] = random_control_maps(keys, entry.key, images.shape[-2:], config.seed)
     return {m: maps[m].detach().to("cpu", torch.float32) for m in methods}

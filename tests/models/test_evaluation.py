@@ -14,7 +14,7 @@ import torch
 
 from models.architectures import build_model
 from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from models.evaluation import initialise_model, shared_normgrad_maps, smooth_maps, summarise_rows
+from models.evaluation import initialise_model, smooth_maps, summarise_rows
 from models.saliency import explain, list_methods
 
 
@@ -82,20 +82,7 @@ def test_summary_gives_mean_std_over_repeats_and_difference_of_means():
 
 
 @pytest.mark.parametrize("combine", ["geometric-mean", "minmax-product"])
-def test_one_shared_pass_gives_exactly_the_maps_of_explain(combine):
-    torch.manual_seed(0)
-    model = build_model("resnet18").eval()
-    images = torch.randn(2, 3, 64, 64)
-    ids = [m for m in list_methods() if m.startswith("normgrad-")]
-    assert len(ids) == 8
-    layers = ["layer2.0", "layer3.0", "layer4.0", "layer4.1"]
-    shared = shared_normgrad_maps(model, images, ids, target=1, layers=layers, combine=combine)
-    for method_id in ids:
-        expected = explain(model, images, method_id, target=1, combine=combine)
-        torch.testing.assert_close(shared[method_id], expected, rtol=1e-5, atol=1e-6, msg=method_id)
-
-
-def test_guided_gradcam_from_its_two_parts_equals_explain(tmp_path):
+def test_engine_maps_equal_explain_method_by_method(combine):
     from models.evaluation import EvaluatedModel, EvaluationConfig, saliency_maps
 
     torch.manual_seed(1)
@@ -104,11 +91,13 @@ def test_guided_gradcam_from_its_two_parts_equals_explain(tmp_path):
     meta.validate()
     entry = EvaluatedModel(key="m", model=model, meta=meta)
     images = torch.randn(2, 3, 64, 64)
-    methods = ("gradcam", "guided-backprop", "guided-gradcam", "normgrad-conv1x1-combined",
-               "normgrad-bias-single", "random")
-    maps = saliency_maps(entry, images, methods, ["a", "b"], EvaluationConfig(methods=methods))
+    normgrad_ids = tuple(m for m in list_methods() if m.startswith("normgrad-"))
+    assert len(normgrad_ids) == 8
+    methods = ("gradcam", "guided-backprop", "guided-gradcam", "input-x-grad", *normgrad_ids, "random")
+    maps = saliency_maps(entry, images, methods, ["a", "b"], EvaluationConfig(methods=methods, combine=combine))
     for method_id in methods[:-1]:
-        expected = explain(model, images, method_id, target=meta.positive_index)
+        options = {"combine": combine} if method_id.startswith("normgrad-") else {}
+        expected = explain(model, images, method_id, target=meta.positive_index, **options)
         torch.testing.assert_close(maps[method_id], expected, rtol=1e-5, atol=1e-7, msg=method_id)
     # The control is seeded per (model, image): the same image gives the same noise in another batch.
     again = saliency_maps(entry, images[1:], ("random",), ["b"], EvaluationConfig(methods=("random",)))
