@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
     torch_threads: int = Field(
         0, ge=0, le=256,
-        description="Intra-op threads for model compute; 0 keeps torch's default (one per core). On a CPU shared "
-                    "with other busy processes 1 is much faster (no spinning threads fighting for cores).")
+        description="Intra-op threads for model compute; 0 keeps torch's default (one per core). On an "
+                    "oversubscribed CPU 1 can be several times faster (no spinning threads fighting for cores).")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API key entries, each 'sha256:<hex digest>' (python -m service.keys hash KEY) "
