@@ -142,27 +142,10 @@ class ModelRunner:
         target = torch.full((images.shape[0],), self.positive_index, dtype=torch.long, device=images.device)
         # The checkpoint's NormGrad layers (model.json) only apply to NormGrad methods; others use their own.
         layers = self.meta.normgrad_layers if method.startswith("normgrad-") else None
-        # One pass: the logits are read off the forward that the explanation runs on these very images
-        # (NormGrad, Grad-CAM: one forward + one cut backward) instead of a second, separate forward, which
-        # cost about a third of the worker's time under load (docs/benchmarks.md, "Profile and hot spots").
-        # Methods that never run the model on the images themselves (IG family) fall back to that forward.
-        captured: list[torch.Tensor] = []
-
-        def keep_logits(module, inputs, output) -> None:
-            if not captured and inputs and isinstance(inputs[0], torch.Tensor) \
-                    and inputs[0].shape == images.shape and torch.equal(inputs[0].detach(), images):
-                captured.append(output.detach())
-
-        handle = self.model.register_forward_hook(keep_logits)
-        try:
-            maps = saliency.explain(self.model, images, method, target=target, layers=layers)
-        finally:
-            handle.remove()
-        if captured:
-            return maps, captured[0]
-        with torch.inference_mode():
-            logits = self.model(images)
-        return maps, logits
+        # One pass: the engine returns the logits of the forward its explanation ran on these very images
+        # (NormGrad, Grad-CAM: one forward + one cut backward), so no second forward is needed
+        # (docs/benchmarks.md, "Profile and hot spots").
+        return saliency.explain_with_logits(self.model, images, method, target=target, layers=layers)
 
     def run(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
         started = time.perf_counter()
