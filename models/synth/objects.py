@@ -108,6 +108,11 @@ def _buffer_polygon(line: np.ndarray, radius: float, max_vertices: int = 40):
     pts = line[::step]
     if not np.allclose(pts[-1], line[-1]):
         pts = np.vstack([pts, line[-1]])
+    if len(pts) < 2:
+        # A wire cut down to one vertex (np.gradient needs two): outline it as a square of side 2·radius.
+        (x, y), r = pts[0], radius
+        return tuple((float(a), float(b)) for a, b in np.round([(x - r, y - r), (x + r, y - r),
+                                                                (x + r, y + r), (x - r, y + r)]))
     d = np.gradient(pts, axis=0)
     n = np.stack([-d[:, 1], d[:, 0]], 1)
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)

@@ -138,3 +138,12 @@ def test_procedural_lungs_without_the_mask_archive():
 def test_real_lung_masks_are_used_when_installed():
     r = render_sample(2, "train", 0, SIZE)
     assert r.lung_mask_name != "procedural"
+
+
+def test_wire_outline_of_a_single_vertex_is_a_square_around_it():
+    # A wire clipped down to one vertex used to crash np.gradient (seen on a generation run).
+    from models.synth.objects import _buffer_polygon
+
+    outline = _buffer_polygon(np.array([[10.0, 12.0]]), radius=3.0)
+    xs, ys = zip(*outline)
+    assert (min(xs), min(ys), max(xs), max(ys)) == (7.0, 9.0, 13.0, 15.0)
