@@ -133,7 +133,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
 
     model = build_model(meta.arch, num_classes=len(meta.classes))
-    _load_state(model, state, str(weights_path), meta.arch)
+    load_matching_state(model, state, str(weights_path), meta.arch)
     model.to(device=device, dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -145,8 +145,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(model=model, meta=meta, path=folder)
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str,
+                        exclude_prefix: str | None = None) -> None:
+    """Copy ``state`` into ``model`` after checking tensor names and shapes, with errors naming ``source``.
+
+    ``exclude_prefix`` leaves those tensors out on both sides (the classifier head, for ``--pretrained``).
+    """
     expected = model.state_dict()
+    if exclude_prefix:
+        expected = {k: v for k, v in expected.items() if not k.startswith(exclude_prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(exclude_prefix)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -158,7 +166,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, a
         k = wrong[0]
         raise CheckpointError(
             f"{source}: tensor {k} has shape {tuple(state[k].shape)}, {arch} expects {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=not exclude_prefix)
 
 
 def save_checkpoint(model: nn.Module, meta: CheckpointMeta, path: str | Path,

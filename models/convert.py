@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from models.architectures import SUPPORTED_ARCHS, build_model, classifier_head, default_normgrad_layers
-from models.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
+from models.checkpoint import CheckpointError, CheckpointMeta, load_matching_state, save_checkpoint
 
 # ImageNet statistics: the right normalisation for weights trained on ImageNet with torchvision's transforms.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -102,21 +102,7 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str,
 
     Used for ``--pretrained``: the user's weights may carry a 1000-class ImageNet head, which is dropped.
     """
-    prefix = _head_prefix(model)
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
-    body = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    missing = sorted(set(expected) - set(body))
-    unexpected = sorted(set(body) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not match arch {arch!r} (missing {len(missing)} e.g. {missing[:3]}, "
-            f"unexpected {len(unexpected)} e.g. {unexpected[:3]})")
-    wrong = [k for k in body if body[k].shape != expected[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{source}: tensor {k} has shape {tuple(body[k].shape)}, "
-                              f"{arch} expects {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in body.items()}, strict=False)
+    load_matching_state(model, state, source, arch, exclude_prefix=_head_prefix(model))
 
 
 def convert(weights: str | Path, out: str | Path, *, arch: str | None = None, name: str = "converted",
@@ -137,19 +123,7 @@ def convert(weights: str | Path, out: str | Path, *, arch: str | None = None, na
             f"{weights}: the classifier head has {state[head_weight].shape[0]} outputs, a NormGate checkpoint has "
             f"{len(classes)} ({', '.join(classes)}). For ImageNet weights, fine-tune instead: "
             f"python -m models.train --pretrained {weights} …")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: weights do not match arch {arch!r} (missing {len(missing)} e.g. {missing[:3]}, "
-            f"unexpected {len(unexpected)} e.g. {unexpected[:3]})")
-    wrong = [k for k in state if state[k].shape != expected[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{weights}: tensor {k} has shape {tuple(state[k].shape)}, "
-                              f"{arch} expects {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    load_matching_state(model, state, str(weights), arch)
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
     meta = CheckpointMeta(
         name=name, version=version, arch=arch, input_size=size,
