@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import resolve_device
 from models.architectures import SUPPORTED_ARCHS, build_model, default_normgrad_layers, reset_classifier_head
 from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_state_dict
@@ -340,12 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise TrainError(f"--device {name}: CUDA is not available on this machine") from exc
 
 
 def _log(msg: str) -> None:

@@ -90,14 +90,6 @@ def build_params(*, data: str | Path, split: str, models: Sequence[str], methods
     }
 
 
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 # --- running a job -----------------------------------------------------------------------------------------
 
 def run_job(store: JobStore, job_id: str, show_progress: bool = True) -> Job:
@@ -120,6 +112,7 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     from tqdm import tqdm
 
     from models.datasets import read_split
+    from models.device import resolve_device
     from models.evaluation import EvaluationConfig, evaluate, image_key, load_models, shard_samples
 
     threads = os.environ.get("NORMGATE_EVAL_TORCH_THREADS")
@@ -135,7 +128,7 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     keys = [image_key(s, p["data"]) for s in samples]
     if len(set(keys)) != len(keys):
         raise ValueError("two images of the split have the same name; image names must be unique")
-    device = _resolve_device(p.get("device", "cpu"))
+    device = resolve_device(p.get("device", "cpu"))
     models = load_models(p["models"], init=p["init"], seed=p["seed"], repeat=p["repeat"], device=device)
     config = EvaluationConfig(methods=tuple(p["methods"]), tau=p["tau"], smooth_sigmas=(p["smooth_sigma"],),
                               combine=p["combine"], batch_size=p["batch_size"], seed=p["seed"])

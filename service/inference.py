@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from models import saliency
+from models.device import resolve_device as models_resolve_device
 from models.checkpoint import META_FILE, CheckpointMeta, load_checkpoint
 from models.preprocess import grid_point_to_original, preprocess_batch
 from service.batching import (
@@ -75,13 +76,11 @@ def release_memory(device: torch.device) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device when one is usable, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"NORMGATE_DEVICE={name!r} but no CUDA device is available")
-    return device
+    """``auto`` → the first CUDA device when one is usable, else the CPU (models.device)."""
+    try:
+        return models_resolve_device(name)
+    except ValueError as exc:
+        raise ValueError(f"NORMGATE_DEVICE={name!r} but no CUDA device is available") from exc
 
 
 @dataclass(frozen=True)
