@@ -213,6 +213,42 @@ def test_bits_stored_masks_high_bits_and_sign_extends():
     np.testing.assert_allclose(signed.pixels[0], [0.0, 511 / 1023, 512 / 1023, 1.0], atol=1e-6)
 
 
+# Images over 2^18 pixels take the look-up-table path (one float64 pipeline per stored value, then a look-up
+# in row strips); these check it against the per-pixel formulas on a 600 × 500 image.
+_LARGE = (600, 500)
+
+
+def _large_stored(low: int, high: int, dtype) -> np.ndarray:
+    rng = np.random.default_rng(high - low)
+    stored = rng.integers(low, high + 1, size=_LARGE).astype(dtype)
+    stored[0, 0], stored[-1, -1] = low, high  # both ends present, so min–max is exact
+    return stored
+
+
+@pytest.mark.parametrize("case", ["min-max", "linear-window", "monochrome1-window", "signed-slope-sigmoid"])
+def test_large_images_match_the_per_pixel_formulas(case):
+    if case == "min-max":
+        stored = _large_stored(100, 3000, np.uint16)
+        image = _decode_dicom(stored, bits_stored=12)
+        expected = (stored - 100.0) / 2900.0
+    elif case == "linear-window":
+        stored = _large_stored(0, 4095, np.uint16)
+        image = _decode_dicom(stored, bits_stored=12, WindowCenter=1000, WindowWidth=1000)
+        expected = np.clip((stored - 999.5) / 999.0 + 0.5, 0.0, 1.0)
+    elif case == "monochrome1-window":
+        stored = _large_stored(0, 4095, np.uint16)
+        image = _decode_dicom(stored, bits_stored=12, photometric="MONOCHROME1", WindowCenter=2000,
+                              WindowWidth=3000, VOILUTFunction="LINEAR_EXACT")
+        expected = 1.0 - np.clip((stored - 2000.0) / 3000.0 + 0.5, 0.0, 1.0)
+    else:
+        stored = _large_stored(-2000, 2000, np.int16)
+        image = _decode_dicom(stored, signed=True, RescaleSlope=-0.5, RescaleIntercept=10, WindowCenter=0,
+                              WindowWidth=800, VOILUTFunction="SIGMOID")
+        expected = 1.0 / (1.0 + np.exp(-4.0 * (stored * -0.5 + 10.0) / 800.0))
+    assert image.pixels.shape == _LARGE and image.pixels.size > 1 << 18
+    np.testing.assert_allclose(image.pixels, expected, atol=1e-6)
+
+
 def test_pixel_padding_is_left_out_of_min_max_and_ends_black():
     stored = np.array([[0, 100, 200, 300]], np.uint16)
     mono2 = _decode_dicom(stored, bits_stored=12, PixelPaddingValue=0)
