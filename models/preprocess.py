@@ -22,16 +22,24 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
         info = np.iinfo(gray.dtype)
         out = (gray.astype(np.float32) - info.min) / float(info.max - info.min)
     else:
-        out = np.clip(gray.astype(np.float32, copy=False), 0.0, 1.0)
+        out = gray.astype(np.float32, copy=False)
+        # Decoders already deliver [0, 1]: checking costs two reads, clipping a 30 MB copy of a radiograph.
+        # (NaN fails the test and goes through clip, as before.)
+        if out.size == 0 or not (0.0 <= out.min() and out.max() <= 1.0):
+            out = np.clip(out, 0.0, 1.0)
     return out
 
 
 def resize_unit(gray: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     """[H, W] array in [0, 1] → float32 tensor [h, w] by antialiased bilinear resize (stretch)."""
     h, w = int(size[0]), int(size[1])
-    t = torch.from_numpy(np.ascontiguousarray(to_unit_float(gray)))[None, None]
-    if t.shape[-2:] != (h, w):
-        t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    unit = to_unit_float(gray)  # may be the caller's own array: read it, never write it
+    if unit.shape == (h, w):
+        return torch.tensor(unit, dtype=torch.float32)
+    if not (unit.flags.c_contiguous and unit.flags.writeable):  # torch.from_numpy needs both
+        unit = np.array(unit, dtype=np.float32, order="C")
+    t = F.interpolate(torch.from_numpy(unit)[None, None], size=(h, w), mode="bilinear", align_corners=False,
+                      antialias=True)
     return t[0, 0].clamp_(0.0, 1.0)
 
 
