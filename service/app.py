@@ -137,7 +137,8 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
-    decode_pool = DecodePool(settings.decode_workers, max_waiting=settings.max_queue_size)
+    decode_pool = DecodePool(settings.decode_workers, max_waiting=settings.max_queue_size,
+                             nice=settings.decode_nice)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

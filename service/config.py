@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_dicom_element_mb: float = Field(
         64.0, gt=0, description="Largest declared DICOM element length (413 beyond it).")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
+    decode_nice: int = Field(
+        10, ge=0, le=19,
+        description="Scheduling niceness added to the decode threads (Linux; 0: same as the model). The decode "
+                    "pool should use the cycles the model leaves, not take them: with 2 decode threads and the "
+                    "model thread on 2 cores the model pass ran 1.7× slower at 0 and 1.1× at 10 "
+                    "(docs/benchmarks.md, \"Decode priority\").")
     torch_threads: int = Field(
         0, ge=0, le=256,
         description="Intra-op threads for model compute; 0 keeps torch's default (one per core). On an "

@@ -21,6 +21,8 @@ import asyncio
 import io
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -508,6 +510,22 @@ class DecodeBacklogFull(Overloaded):
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux schedules threads on their own; elsewhere the
+    call would renice the whole process, so it does nothing there).
+
+    Decoding is throughput work that must not slow the model: on a busy CPU the scheduler then gives the
+    model thread its core first and the decode threads the rest. Raising niceness needs no privilege.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:  # a sandbox without setpriority: run at normal priority rather than not at all
+        log.warning("could not lower the decode thread's priority: %s", exc)
+
+
 class DecodePool:
     """A bounded pool of threads for decoding and resizing uploads, off the event loop.
 
@@ -516,8 +534,9 @@ class DecodePool:
     holding another body in memory behind a backlog.
     """
 
-    def __init__(self, workers: int, max_waiting: int) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normgate-decode")
+    def __init__(self, workers: int, max_waiting: int, nice: int = 0) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normgate-decode",
+                                           initializer=lower_thread_priority, initargs=(nice,))
         self.capacity = workers + max_waiting
         self.in_flight = 0  # only touched on the event loop thread
 

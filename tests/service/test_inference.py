@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
 import threading
 
 import numpy as np
@@ -64,3 +66,26 @@ def test_decode_pool_refuses_beyond_its_capacity():
     assert (refused.status, refused.code) == (503, "overloaded")
     assert refused.headers["Retry-After"] == "1"
     assert results == [True, "second"] and after == "fits again"
+
+
+def _own_thread_niceness() -> tuple[int, int]:
+    tid = threading.get_native_id()
+    return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_decode_threads_run_at_lower_priority_and_the_rest_of_the_process_does_not():
+    async def niceness_in(pool: DecodePool) -> tuple[int, int]:
+        try:
+            return await pool.run(_own_thread_niceness)
+        finally:
+            pool.shutdown()
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    tid, lowered = asyncio.run(niceness_in(DecodePool(workers=1, max_waiting=1, nice=7)))
+    assert tid != threading.get_native_id()
+    assert lowered == min(base + 7, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller's thread untouched
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == base  # and the main thread
+    _, unchanged = asyncio.run(niceness_in(DecodePool(workers=1, max_waiting=1, nice=0)))
+    assert unchanged == base
