@@ -1,12 +1,17 @@
 """Issue 8's CPU goal, measured on its own: at concurrency 4, end-to-end /assess time against the model's own
 forward + cut backward for the same batch (a benchmark, not a test).
 
-One NormGate server per configuration (``--decode-workers 2,1``: how many threads decode uploads next to the
-model), all started at once; every round measures the floor for B = 1…4 in this process, then drives each
-server with 4 closed-loop clients on the same 16-bit DICOM images. Per cell it reports the server's mean batch
-size (from /metrics), wall time per batch ÷ floor(B), p50 latency ÷ floor(B) and p50 ÷ floor(4).
+One NormGate server per configuration (``--configs DECODE_WORKERS:DECODE_NICE,...``: how many threads decode
+uploads next to the model, and at what niceness), all started at once. Every round, for every server: the
+floor for B = 1…4 is timed in this process (servers idle), then 4 closed-loop clients send 16-bit DICOM
+images. Per cell it reports the server's mean batch size B̄ (from /metrics) and, against floor(B̄) (linear
+between the neighbouring integer batch sizes, since ``floor`` is affine in B on CPU):
 
-    .venv/bin/python benchmarks/goal_ratio.py --models-dir artifacts/bench/models --rounds 3
+* wall per batch ÷ floor(B̄): the goal's ratio (what the server adds to the model, all causes together);
+* the server's own forward_backward stage ÷ floor(B̄): the model step inside the server (contention);
+* p50 ÷ floor(4): per request, against the batch the four clients would share if they arrived together.
+
+    .venv/bin/python benchmarks/goal_ratio.py --models-dir artifacts/bench/models --rounds 5
 """
 
 from __future__ import annotations
@@ -31,13 +36,20 @@ from load_tests.run_load import (  # noqa: E402
     base_url, free_port, metrics_delta, scrape, server_env, start_server, stop_process, wait_ready)
 
 
+def floor_at(floor: dict[int, float], batch: float) -> float:
+    """The floor at a fractional mean batch size, linear between the integer sizes around it."""
+    low = max(1, min(int(batch), max(floor) - 1))
+    return floor[low] + (batch - low) * (floor[low + 1] - floor[low])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models-dir", type=Path, default=REPO / "models" / "checkpoints")
     p.add_argument("--model", default="default")
-    p.add_argument("--decode-workers", default="2,1")
+    p.add_argument("--configs", default="1:10,2:10,2:0",
+                   help="comma-separated DECODE_WORKERS:DECODE_NICE server configurations")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--requests", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--dicom-size", default="2500x3000")
     p.add_argument("--torch-threads", type=int, default=1)
@@ -56,43 +68,48 @@ def main() -> None:
     model, meta = checkpoint.model, checkpoint.meta
     grid = preprocess_batch([decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels
                              for b in bodies], meta.input_size, meta.mean, meta.std)
-    configs = [int(v) for v in args.decode_workers.split(",")]
-    servers: dict[int, tuple] = {}
+    configs = [tuple(int(x) for x in v.split(":")) for v in args.configs.split(",")]
+    servers: dict[str, tuple] = {}
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
                "cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
                "torch_threads": args.torch_threads, "image": f"16-bit DICOM {rows}x{cols}", "rounds": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for workers in configs:
+        for workers, nice in configs:
             port = free_port()
             env = server_env(args.models_dir, port, default_model=args.model, max_queue_size=256,
-                             request_timeout_ms=300_000, torch_threads=args.torch_threads, decode_workers=workers)
-            proc = start_server(env, args.out.with_suffix(f".dw{workers}.log"))
-            servers[workers] = (proc, base_url("127.0.0.1", port))
+                             request_timeout_ms=300_000, torch_threads=args.torch_threads, decode_workers=workers,
+                             decode_nice=nice)
+            name = f"decode_workers={workers},nice={nice}"
+            proc = start_server(env, args.out.with_suffix(f".dw{workers}n{nice}.log"))
+            servers[name] = (proc, base_url("127.0.0.1", port))
         for proc, url in servers.values():
             wait_ready(url, proc)
             asyncio.run(drive(url, bodies, 1, 2, 120, {}))
         for r in range(args.rounds):
-            with frozen_for_explanation(model):
-                floor = {b: timed(lambda: floor_pass(model, grid[[i % 4 for i in range(b)]],
-                                                     meta.normgrad_layers, meta.positive_index), 3)
-                         for b in range(1, 5)}
-            rnd = {"floor_ms": {b: round(v, 1) for b, v in floor.items()}, "cells": {}}
-            for workers, (proc, url) in servers.items():
+            rnd = {"cells": {}}
+            for name, (proc, url) in servers.items():
+                # The floor right before each cell, so a change in the machine's other load hits both alike.
+                with frozen_for_explanation(model):
+                    floor = {b: timed(lambda: floor_pass(model, grid[[i % 4 for i in range(b)]],
+                                                         meta.normgrad_layers, meta.positive_index), 3)
+                             for b in range(1, 5)}
                 before = scrape(url)
                 cell = asyncio.run(drive(url, bodies, args.concurrency, args.requests, 300, {}))
                 server = metrics_delta(before, scrape(url))
                 batch = server["mean_batch_size"] or 1.0
-                b = min(4, max(1, round(batch)))
+                floor_b = floor_at(floor, batch)
                 per_batch_ms = 1000 * cell["wall_s"] / max(1, server["batches"])
-                cell.update(mean_batch=batch, stage_mean_ms=server["stage_mean_ms"],
-                            wall_per_batch_over_floor=round(per_batch_ms / floor[b], 3),
-                            p50_over_floor_b=round(cell["p50_ms"] / floor[b], 3),
+                model_step_ms = server["stage_mean_ms"].get("forward_backward") or float("nan")
+                cell.update(floor_ms={b: round(v, 1) for b, v in floor.items()}, mean_batch=batch,
+                            floor_at_mean_batch_ms=round(floor_b, 1), stage_mean_ms=server["stage_mean_ms"],
+                            wall_per_batch_over_floor=round(per_batch_ms / floor_b, 3),
+                            model_step_over_floor=round(model_step_ms / floor_b, 3),
                             p50_over_floor_4=round(cell["p50_ms"] / floor[4], 3))
-                rnd["cells"][f"decode_workers={workers}"] = cell
-                print(f"round {r} decode_workers={workers}: {cell['throughput_rps']} req/s, mean batch {batch}, "
-                      f"wall/batch÷floor {cell['wall_per_batch_over_floor']}, p50÷floor(B) "
-                      f"{cell['p50_over_floor_b']}, p50÷floor(4) {cell['p50_over_floor_4']}", flush=True)
+                rnd["cells"][name] = cell
+                print(f"round {r} {name}: {cell['throughput_rps']} req/s, mean batch {batch}, floor(B̄) "
+                      f"{floor_b:.0f} ms, wall/batch÷floor {cell['wall_per_batch_over_floor']}, model step÷floor "
+                      f"{cell['model_step_over_floor']}, p50÷floor(4) {cell['p50_over_floor_4']}", flush=True)
             results["rounds"].append(rnd)
     finally:
         for proc, _ in servers.values():
@@ -100,7 +117,7 @@ def main() -> None:
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["median"] = {
         name: {key: round(statistics.median(rr["cells"][name][key] for rr in results["rounds"]), 3)
-               for key in ("throughput_rps", "mean_batch", "wall_per_batch_over_floor", "p50_over_floor_b",
+               for key in ("throughput_rps", "mean_batch", "wall_per_batch_over_floor", "model_step_over_floor",
                            "p50_over_floor_4")}
         for name in results["rounds"][0]["cells"]}
     args.out.write_text(json.dumps(results, indent=2) + "\n")

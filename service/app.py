@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.assessment import Assessor
 from service.config import Settings, get_settings
 from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
-from service.inference import BatchHook, DecodePool, ModelRegistry
+from service.inference import BatchHook, DecodePool, ModelRegistry, decode_thread_count
 from service.metrics import ServiceMetrics
 from service import openapi as service_openapi
 from service.routes import assess, health, models, viewer
@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
-    decode_pool = DecodePool(settings.decode_workers, max_waiting=settings.max_queue_size,
+    decode_pool = DecodePool(decode_thread_count(settings.decode_workers), max_waiting=settings.max_queue_size,
                              nice=settings.decode_nice)
 
     @asynccontextmanager

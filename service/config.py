@@ -45,7 +45,10 @@ class Settings(BaseSettings):
                             description="Largest decoded image, width × height (413 beyond it).")
     max_dicom_element_mb: float = Field(
         64.0, gt=0, description="Largest declared DICOM element length (413 beyond it).")
-    decode_workers: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
+    decode_workers: int = Field(
+        0, ge=0, le=64,
+        description="Threads that decode and resize uploads; 0: one fewer than the CPUs this process may use "
+                    "(at least 1, at most 8), so the model thread keeps a core to itself.")
     decode_nice: int = Field(
         10, ge=0, le=19,
         description="Scheduling niceness added to the decode threads (Linux; 0: same as the model). The decode "

@@ -510,6 +510,19 @@ class DecodeBacklogFull(Overloaded):
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
+def decode_thread_count(setting: int) -> int:
+    """NORMGATE_DECODE_WORKERS, with 0 meaning one fewer than the usable CPUs (1–8).
+
+    The model thread needs a core of its own: on 2 cores one decode thread beat two at 4 concurrent
+    clients (end-to-end per batch 1.25× vs 1.29× the model's own pass, docs/benchmarks.md); with a GPU the
+    model thread still needs a core to launch kernels. Beyond 8 threads decoding outruns any one model.
+    """
+    if setting > 0:
+        return setting
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, usable - 1))
+
+
 def lower_thread_priority(nice: int) -> None:
     """Add ``nice`` to the calling thread's niceness (Linux schedules threads on their own; elsewhere the
     call would renice the whole process, so it does nothing there).
@@ -557,5 +570,6 @@ class DecodePool:
 __all__ = [
     "ClientGone", "DecodeBacklogFull", "DecodePool", "ImageTooLargeForMemory", "ModelInput", "ModelOutput",
     "ModelRegistry", "ModelRunner", "ModelWorker", "OUT_OF_MEMORY", "QueueClosed", "QueueFull", "WorkerDied",
-    "argmax_point", "await_output", "heatmap_to_png", "release_memory", "resolve_device",
+    "argmax_point", "await_output", "decode_thread_count", "heatmap_to_png", "lower_thread_priority",
+    "release_memory", "resolve_device",
 ]

@@ -124,3 +124,13 @@ def test_batching_study_grid_and_table():
                "cells": [{"load_rps": 2.0, "max_batch": 4, "wait_ms": 5.0, "throughput_rps": 1.9, "p50_ms": 10.0,
                           "p99_ms": 20.0, "mean_batch": 1.5, "statuses": {"200": 19, "504": 1}}]}
     assert "| 4 | 5 | 1.9 | 10.0 | 20.0 | 1.5 | {'504': 1} |" in study_markdown(results)
+
+
+def test_goal_ratio_floor_at_a_fractional_mean_batch_size():
+    from benchmarks.goal_ratio import floor_at
+
+    floor = {1: 100.0, 2: 180.0, 3: 260.0, 4: 350.0}
+    assert floor_at(floor, 1.0) == 100.0
+    assert floor_at(floor, 1.75) == pytest.approx(160.0)  # 100 + 0.75 × 80
+    assert floor_at(floor, 3.5) == pytest.approx(305.0)
+    assert floor_at(floor, 4.0) == pytest.approx(350.0)  # the last interval's end, not past the table

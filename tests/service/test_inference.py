@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from service.inference import DecodeBacklogFull, DecodePool, argmax_point, heatmap_to_png, resolve_device
+from service.inference import (DecodeBacklogFull, DecodePool, argmax_point, decode_thread_count, heatmap_to_png,
+                               resolve_device)
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -89,3 +90,10 @@ def test_decode_threads_run_at_lower_priority_and_the_rest_of_the_process_does_n
     assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == base  # and the main thread
     _, unchanged = asyncio.run(niceness_in(DecodePool(workers=1, max_waiting=1, nice=0)))
     assert unchanged == base
+
+
+@pytest.mark.parametrize("cpus, expected", [(1, 1), (2, 1), (4, 3), (16, 8)])
+def test_decode_thread_count_leaves_the_model_a_core(monkeypatch, cpus, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert decode_thread_count(0) == expected
+    assert decode_thread_count(3) == 3  # an explicit setting is taken as it is
