@@ -8,7 +8,10 @@ In one process, interleaved repetition by repetition (a busy shared machine slow
 * ``model``   — the worker's model step for a batch of B: a separate inference forward for the logits + the
   explanation's forward and cut backward (before) vs the explanation alone, logits read off its forward
   (now); the logits are checked equal;
-* ``resize``  — for reference, the antialiased resize of the decoded image to the grid (unchanged).
+* ``look-up`` — the table look-up of the stored values: one fancy index of the whole image (before) vs
+  ``np.take`` in 16-row strips (now); same output checked;
+* ``resize``  — the antialiased resize of the decoded image to the grid: with the clipped copy of the image
+  (before) vs a range check and no copy (now); same output checked.
 
     .venv/bin/python benchmarks/hot_spots.py --models-dir artifacts/bench/models --reps 5
 """
@@ -81,7 +84,16 @@ def main() -> None:
         target = torch.full((x.shape[0],), meta.positive_index, dtype=torch.long)
         return saliency.explain(runner.model, x, runner_method, target=target, layers=meta.normgrad_layers), logits
 
+    def resize(clip_copy: bool):
+        pixels = np.clip(decoded.pixels, 0.0, 1.0) if clip_copy else decoded.pixels
+        return preprocess_batch([pixels], meta.input_size, meta.mean, meta.std)
+
+    stored = ((radiograph(2500, 3000, 0) >> 4)).astype(np.uint16)
+    table = np.random.default_rng(0).random(1 << 16, dtype=np.float32)
+
     runner_method = "normgrad-conv1x1-combined"
+    assert np.array_equal(table[stored], ingest._look_up_in_strips(table, stored))
+    assert torch.equal(resize(True), resize(False))
     assert np.array_equal(decode(True), decode(False)), "table decode differs from the per-pixel pipeline"
     for b in (1, 4):
         maps_before, logits_before = model_two_pass(grid[:b])
@@ -93,8 +105,8 @@ def main() -> None:
         "heatmap PNG 320x320": (lambda: png(6), lambda: png(1)),
         "model step B=1": (lambda: model_two_pass(grid[:1]), lambda: runner._explain(grid[:1], runner_method)),
         "model step B=4": (lambda: model_two_pass(grid[:4]), lambda: runner._explain(grid[:4], runner_method)),
-        "resize to grid (unchanged)": (lambda: preprocess_batch([decoded.pixels], meta.input_size, meta.mean,
-                                                                meta.std), None),
+        "table look-up 2500x3000": (lambda: table[stored], lambda: ingest._look_up_in_strips(table, stored)),
+        "resize to grid": (lambda: resize(True), lambda: resize(False)),
     }
     rows = {}
     for name, (before, after) in pairs.items():
