@@ -30,16 +30,10 @@ sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
 import torch  # noqa: E402
 
-from diy_comparison import drive, floor_pass, timed  # noqa: E402
+from diy_comparison import drive, floor_at, floor_pass, timed  # noqa: E402
 from images import dicom_bytes, radiograph  # noqa: E402
 from load_tests.run_load import (  # noqa: E402
     base_url, free_port, metrics_delta, scrape, server_env, start_server, stop_process, wait_ready)
-
-
-def floor_at(floor: dict[int, float], batch: float) -> float:
-    """The floor at a fractional mean batch size, linear between the integer sizes around it."""
-    low = max(1, min(int(batch), max(floor) - 1))
-    return floor[low] + (batch - low) * (floor[low + 1] - floor[low])
 
 
 def main() -> None:

@@ -126,8 +126,8 @@ def test_batching_study_grid_and_table():
     assert "| 4 | 5 | 1.9 | 10.0 | 20.0 | 1.5 | {'504': 1} |" in study_markdown(results)
 
 
-def test_goal_ratio_floor_at_a_fractional_mean_batch_size():
-    from benchmarks.goal_ratio import floor_at
+def test_floor_at_a_fractional_mean_batch_size():
+    from benchmarks.diy_comparison import floor_at
 
     floor = {1: 100.0, 2: 180.0, 3: 260.0, 4: 350.0}
     assert floor_at(floor, 1.0) == 100.0
