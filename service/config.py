@@ -33,7 +33,10 @@ class Settings(BaseSettings):
                              description="Folder whose sub-folders are checkpoints; every one is loaded.")
     default_model: str = Field("default", description="Model used when /assess is called without ?model=.")
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Largest batch one forward pass takes.")
+    max_batch_size: int = Field(
+        4, ge=1, le=256,
+        description="Largest batch one forward pass takes. 4 served the most under overload on CPU, with the "
+                    "shortest tail (docs/benchmarks.md, \"Batching study\"); a GPU may take more.")
     max_batch_wait_ms: float = Field(
         5.0, ge=0, le=10_000,
         description="How long the oldest queued request may wait for others to fill its batch.")
