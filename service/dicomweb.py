@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ApiError, BadImageRequest, UnsupportedMediaType
+from service.ingest import DICOM_MEDIA_TYPE
 
 __all__ = [
     "DICOM_JSON", "DICOM_MEDIA_TYPE", "MULTIPART_RELATED", "FailureReason", "InstanceIds", "Part",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 MULTIPART_RELATED = "multipart/related"
-DICOM_MEDIA_TYPE = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 MAX_BOUNDARY_LENGTH = 200
 
