@@ -38,6 +38,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from images import dicom_bytes, radiograph  # noqa: E402
+from saliency_speed import floor_pass  # noqa: E402
 from load_tests.run_load import (  # noqa: E402
     base_url, free_port, metrics_delta, percentile, scrape, server_env, start_server, stop_process, wait_ready)
 
@@ -75,28 +76,6 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, 
 
 def _r(value):
     return None if value is None else round(value, 1)
-
-
-def floor_pass(model, images: torch.Tensor, layer_names, target: int):
-    """The model's own work for NormGrad: forward + backward cut at the earliest hooked layer, no maps (the
-    caller holds ``frozen_for_explanation``; same as ``benchmarks/saliency_speed.py``'s floor)."""
-    modules = dict(model.named_modules())
-    outputs = []
-
-    def hook(module, inputs, output):
-        if not output.requires_grad:
-            output = output.detach().requires_grad_(True)
-        outputs.append(output)
-        return output
-
-    handles = [modules[n].register_forward_hook(hook) for n in layer_names]
-    try:
-        with torch.enable_grad():
-            logits = model(images)
-            return torch.autograd.grad(logits[:, target].sum(), outputs)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def timed(fn, reps: int) -> float:

@@ -30,7 +30,8 @@ sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
 import torch  # noqa: E402
 
-from diy_comparison import drive, floor_at, floor_pass, timed  # noqa: E402
+from diy_comparison import drive, floor_at, timed  # noqa: E402
+from saliency_speed import floor_pass  # noqa: E402
 from images import dicom_bytes, radiograph  # noqa: E402
 from load_tests.run_load import (  # noqa: E402
     base_url, free_port, metrics_delta, scrape, server_env, start_server, stop_process, wait_ready)

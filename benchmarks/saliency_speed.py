@@ -44,8 +44,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def floor_pass(model, images, layer_names):
-    """Forward + backward cut at the earliest hooked layer, with nothing else (frozen model assumed)."""
+def floor_pass(model, images, layer_names, target: int | None = None):
+    """Forward + backward cut at the earliest hooked layer, with nothing else (frozen model assumed): the
+    model's own work for NormGrad, no maps. The score is ``target``'s logit, or the predicted class's."""
     outputs = []
 
     def hook(module, inputs, output):
@@ -58,7 +59,11 @@ def floor_pass(model, images, layer_names):
     try:
         with torch.enable_grad():
             logits = model(images)
-            score = logits.float().gather(1, logits.argmax(1, keepdim=True)).sum()
+            logits = logits.float()
+            if target is None:
+                score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+            else:
+                score = logits[:, target].sum()
             grads = torch.autograd.grad(score, outputs)
     finally:
         for h in handles:
