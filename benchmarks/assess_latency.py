@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,9 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+sys.path.insert(0, str(REPO))
+
+from load_tests.run_load import LOOPBACK, base_url as url_of, free_port, wait_ready  # noqa: E402
 
 
 def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
@@ -46,12 +47,6 @@ def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def start_server(args, max_batch_size: int, port: int) -> subprocess.Popen:
     env = dict(os.environ,
                NORMGATE_HOST=args.host, NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(args.models_dir),
@@ -63,20 +58,6 @@ def start_server(args, max_batch_size: int, port: int) -> subprocess.Popen:
     log = open(args.out.with_suffix(f".server-batch{max_batch_size}.log"), "w")
     return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-
-
-def wait_ready(base_url: str, server: subprocess.Popen, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}; see its log next to --out")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"server not ready after {timeout_s} s")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -183,10 +164,10 @@ def main() -> None:
                "max_wait_ms": args.max_wait_ms, "torch_threads": args.torch_threads, "modes": []}
     for max_batch in (int(b) for b in args.batch_sizes.split(",")):
         port = free_port(args.host)
-        base_url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{port}"
+        base_url = url_of(args.host, port)
         server = start_server(args, max_batch, port)
         try:
-            wait_ready(base_url, server)
+            wait_ready(base_url, server, timeout_s=600)
             model = httpx.get(f"{base_url}/models").json()
             asyncio.run(drive(base_url, body, 1, args.warmup, 600, args.heatmap))
             mode = {"max_batch_size": max_batch, "model": model, "levels": []}
