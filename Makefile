@@ -6,7 +6,7 @@ NORMGATE_HOST ?= 127.0.0.1
 NORMGATE_PORT ?= 8000
 export NORMGATE_HOST NORMGATE_PORT
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m service
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PY) -m pytest
 
 clean:

@@ -31,7 +31,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from load_tests.run_load import LOOPBACK, base_url as url_of, free_port, wait_ready  # noqa: E402
+from load_tests.run_load import LOOPBACK, free_port, wait_ready
+from load_tests.run_load import base_url as url_of
 
 
 def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
@@ -39,25 +40,31 @@ def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     rows = np.linspace(-1, 1, height)[:, None]
     cols = np.linspace(-1, 1, width)[None, :]
-    body = np.exp(-(rows ** 2 * 1.5 + cols ** 2 * 2.5))
+    body = np.exp(-(rows**2 * 1.5 + cols**2 * 2.5))
     image = 8000 + 40000 * body + rng.normal(0, 600, (height, width))
-    image[height // 3: height // 3 + 40, width // 2: width // 2 + 40] = 65535  # a bright 'object'
+    image[height // 3 : height // 3 + 40, width // 2 : width // 2 + 40] = 65535  # a bright 'object'
     buffer = io.BytesIO()
     Image.fromarray(image.clip(0, 65535).astype(np.uint16)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def start_server(args, max_batch_size: int, port: int) -> subprocess.Popen:
-    env = dict(os.environ,
-               NORMGATE_HOST=args.host, NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(args.models_dir),
-               NORMGATE_DEFAULT_MODEL=args.model, NORMGATE_DEVICE=args.device,
-               NORMGATE_MAX_BATCH_SIZE=str(max_batch_size), NORMGATE_MAX_BATCH_WAIT_MS=str(args.max_wait_ms),
-               NORMGATE_MAX_QUEUE_SIZE="256", NORMGATE_REQUEST_TIMEOUT_MS="120000",
-               NORMGATE_TORCH_THREADS=str(args.torch_threads))
+    env = dict(
+        os.environ,
+        NORMGATE_HOST=args.host,
+        NORMGATE_PORT=str(port),
+        NORMGATE_MODELS_DIR=str(args.models_dir),
+        NORMGATE_DEFAULT_MODEL=args.model,
+        NORMGATE_DEVICE=args.device,
+        NORMGATE_MAX_BATCH_SIZE=str(max_batch_size),
+        NORMGATE_MAX_BATCH_WAIT_MS=str(args.max_wait_ms),
+        NORMGATE_MAX_QUEUE_SIZE="256",
+        NORMGATE_REQUEST_TIMEOUT_MS="120000",
+        NORMGATE_TORCH_THREADS=str(args.torch_threads),
+    )
     env.pop("NORMGATE_API_KEYS", None)
     log = open(args.out.with_suffix(f".server-batch{max_batch_size}.log"), "w")
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -69,8 +76,9 @@ def stop_server(server: subprocess.Popen) -> None:
         server.wait()
 
 
-async def drive(base_url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float,
-                heatmap: str) -> dict:
+async def drive(
+    base_url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float, heatmap: str
+) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     issued = 0
@@ -81,8 +89,9 @@ async def drive(base_url: str, body: bytes, concurrency: int, max_requests: int,
         while issued < max_requests and time.monotonic() < stop_at:
             issued += 1
             t0 = time.perf_counter()
-            response = await client.post("/assess", params={"heatmap": heatmap}, content=body,
-                                         headers={"content-type": "image/png"})
+            response = await client.post(
+                "/assess", params={"heatmap": heatmap}, content=body, headers={"content-type": "image/png"}
+            )
             elapsed = time.perf_counter() - t0
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 200:
@@ -98,12 +107,19 @@ async def drive(base_url: str, body: bytes, concurrency: int, max_requests: int,
     def pct(q: float) -> float | None:
         if not ordered:
             return None
-        return round(1000 * ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 1)
+        return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
 
-    return {"concurrency": concurrency, "completed": len(latencies), "statuses": statuses,
-            "seconds": round(wall, 2), "throughput_rps": round(len(latencies) / wall, 2),
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None}
+    return {
+        "concurrency": concurrency,
+        "completed": len(latencies),
+        "statuses": statuses,
+        "seconds": round(wall, 2),
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
+    }
 
 
 def scrape_histograms(base_url: str) -> dict[str, tuple[float, float]]:
@@ -159,9 +175,17 @@ def main() -> None:
         h, w = (int(v) for v in args.image_size.lower().split("x"))
         body = synthetic_radiograph(h, w)
     levels = [int(c) for c in args.concurrency.split(",")]
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-               "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(), "image_bytes": len(body), "heatmap": args.heatmap,
-               "max_wait_ms": args.max_wait_ms, "torch_threads": args.torch_threads, "modes": []}
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "image_bytes": len(body),
+        "heatmap": args.heatmap,
+        "max_wait_ms": args.max_wait_ms,
+        "torch_threads": args.torch_threads,
+        "modes": [],
+    }
     for max_batch in (int(b) for b in args.batch_sizes.split(",")):
         port = free_port(args.host)
         base_url = url_of(args.host, port)
@@ -176,10 +200,12 @@ def main() -> None:
                 level = asyncio.run(drive(base_url, body, concurrency, args.requests, args.seconds, args.heatmap))
                 level["server_means"] = server_means(before, scrape_histograms(base_url))
                 mode["levels"].append(level)
-                print(f"max_batch={max_batch:>2} concurrency={concurrency:>2} "
-                      f"{level['throughput_rps']:>7.2f} req/s  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
-                      f"p99 {level['p99_ms']} ms  ({level['completed']} ok, statuses {level['statuses']})",
-                      flush=True)
+                print(
+                    f"max_batch={max_batch:>2} concurrency={concurrency:>2} "
+                    f"{level['throughput_rps']:>7.2f} req/s  p50 {level['p50_ms']} ms  p95 {level['p95_ms']} ms  "
+                    f"p99 {level['p99_ms']} ms  ({level['completed']} ok, statuses {level['statuses']})",
+                    flush=True,
+                )
                 print(f"    server means: {level['server_means']}", flush=True)
             results["modes"].append(mode)
         finally:

@@ -30,8 +30,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests")]
 
-from load_tests.run_load import (  # noqa: E402
-    base_url, free_port, metrics_delta, percentile, scrape, server_env, stop_process, wait_ready)
+from load_tests.run_load import (
+    base_url,
+    free_port,
+    metrics_delta,
+    percentile,
+    scrape,
+    server_env,
+    stop_process,
+    wait_ready,
+)
 
 
 # -- the server side (python benchmarks/batching_study.py --serve) -------------------------------------------
@@ -57,8 +65,9 @@ def serve() -> None:
 
 
 # -- the driver ------------------------------------------------------------------------------------------------
-async def open_loop(url: str, bodies: list[tuple[bytes, str]], rate: float, seconds: float, seed: int,
-                    straggler_s: float) -> dict:
+async def open_loop(
+    url: str, bodies: list[tuple[bytes, str]], rate: float, seconds: float, seed: int, straggler_s: float
+) -> dict:
     import httpx
 
     rng = random.Random(seed)
@@ -66,12 +75,13 @@ async def open_loop(url: str, bodies: list[tuple[bytes, str]], rate: float, seco
     statuses: dict[str, int] = {}
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=straggler_s + seconds, limits=limits) as client:
+
         async def one(body: bytes, content_type: str) -> None:
             t0 = time.perf_counter()
             try:
                 response = await client.post("/assess", content=body, headers={"content-type": content_type})
                 key = str(response.status_code)
-            except Exception as exc:  # noqa: BLE001 - a timeout is a result here
+            except Exception as exc:
                 key = type(exc).__name__
             statuses[key] = statuses.get(key, 0) + 1
             if key == "200":
@@ -96,9 +106,15 @@ async def open_loop(url: str, bodies: list[tuple[bytes, str]], rate: float, seco
             statuses["abandoned"] = len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - started
-    return {"sent": i, "ok": len(latencies), "statuses": dict(sorted(statuses.items())),
-            "throughput_rps": round(len(latencies) / wall, 3), "wall_s": round(wall, 2),
-            "p50_ms": _r(percentile(latencies, 0.5)), "p99_ms": _r(percentile(latencies, 0.99))}
+    return {
+        "sent": i,
+        "ok": len(latencies),
+        "statuses": dict(sorted(statuses.items())),
+        "throughput_rps": round(len(latencies) / wall, 3),
+        "wall_s": round(wall, 2),
+        "p50_ms": _r(percentile(latencies, 0.5)),
+        "p99_ms": _r(percentile(latencies, 0.99)),
+    }
 
 
 def _r(v):
@@ -108,7 +124,7 @@ def _r(v):
 def cells(waits: list[float], batches: list[int]) -> list[tuple[int, float]]:
     out = []
     for b in batches:
-        for w in ([waits[0]] if b == 1 else waits):
+        for w in [waits[0]] if b == 1 else waits:
             out.append((b, w))
     return out
 
@@ -117,13 +133,18 @@ def markdown(results: dict) -> str:
     lines = []
     for load in results["loads"]:
         rows = [c for c in results["cells"] if c["load_rps"] == load]
-        lines += [f"Offered load {load} req/s ({results['image']}, {results['seconds']} s per cell)", "",
-                  "| max batch | wait ms | throughput (200/s) | p50 ms | p99 ms | mean batch | not 200 |",
-                  "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"Offered load {load} req/s ({results['image']}, {results['seconds']} s per cell)",
+            "",
+            "| max batch | wait ms | throughput (200/s) | p50 ms | p99 ms | mean batch | not 200 |",
+            "|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for c in rows:
             bad = {k: v for k, v in c["statuses"].items() if k != "200"}
-            lines.append(f"| {c['max_batch']} | {c['wait_ms']:g} | {c['throughput_rps']} | {c['p50_ms']} "
-                         f"| {c['p99_ms']} | {c['mean_batch']} | {bad or '–'} |")
+            lines.append(
+                f"| {c['max_batch']} | {c['wait_ms']:g} | {c['throughput_rps']} | {c['p50_ms']} "
+                f"| {c['p99_ms']} | {c['mean_batch']} | {bad or '–'} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -160,20 +181,40 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = base_url("127.0.0.1", port)
-    env = server_env(args.models_dir, port, max_batch_size=max(batches), max_batch_wait_ms=0,
-                     max_queue_size=256, request_timeout_ms=args.request_timeout_ms,
-                     torch_threads=args.torch_threads)
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-               "cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-               "image": f"{args.image} {rows}x{cols}", "seconds": args.seconds, "loads": loads,
-               "torch_threads": args.torch_threads, "models_dir": str(args.models_dir), "cells": []}
+    env = server_env(
+        args.models_dir,
+        port,
+        max_batch_size=max(batches),
+        max_batch_wait_ms=0,
+        max_queue_size=256,
+        request_timeout_ms=args.request_timeout_ms,
+        torch_threads=args.torch_threads,
+    )
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "image": f"{args.image} {rows}x{cols}",
+        "seconds": args.seconds,
+        "loads": loads,
+        "torch_threads": args.torch_threads,
+        "models_dir": str(args.models_dir),
+        "cells": [],
+    }
     import httpx
 
     server = None
     try:
         log = open(args.out.with_suffix(".server.log"), "w")
-        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"], cwd=REPO, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_ready(url, server)
         results["model"] = httpx.get(f"{url}/models").json()
         asyncio.run(open_loop(url, bodies, 1.0, 3, args.seed, args.straggler_s))  # warm
@@ -184,12 +225,20 @@ def main() -> None:
                 # The same seed for every cell of a load: every cell gets the very same arrival times.
                 cell = asyncio.run(open_loop(url, bodies, load, args.seconds, args.seed, args.straggler_s))
                 server_side = metrics_delta(before, scrape(url))
-                cell.update(load_rps=load, max_batch=b, wait_ms=w, mean_batch=server_side["mean_batch_size"],
-                            stage_mean_ms=server_side["stage_mean_ms"])
+                cell.update(
+                    load_rps=load,
+                    max_batch=b,
+                    wait_ms=w,
+                    mean_batch=server_side["mean_batch_size"],
+                    stage_mean_ms=server_side["stage_mean_ms"],
+                )
                 results["cells"].append(cell)
-                print(f"load {load}/s batch {b:>2} wait {w:>4g} ms: {cell['throughput_rps']:>6} req/s "
-                      f"p50 {cell['p50_ms']} p99 {cell['p99_ms']} ms mean batch {cell['mean_batch']} "
-                      f"{cell['statuses']}", flush=True)
+                print(
+                    f"load {load}/s batch {b:>2} wait {w:>4g} ms: {cell['throughput_rps']:>6} req/s "
+                    f"p50 {cell['p50_ms']} p99 {cell['p99_ms']} ms mean batch {cell['mean_batch']} "
+                    f"{cell['statuses']}",
+                    flush=True,
+                )
                 args.out.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive a cut
     finally:
         stop_process(server)

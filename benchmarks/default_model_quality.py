@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.datasets import load_gray, read_split  # noqa: E402
-from models.preprocess import normalise, original_box_to_grid, resize_unit  # noqa: E402
-from models.saliency import explain  # noqa: E402
-from models.train import classification_metrics  # noqa: E402
+from models.checkpoint import load_checkpoint
+from models.datasets import load_gray, read_split
+from models.preprocess import normalise, original_box_to_grid, resize_unit
+from models.saliency import explain
+from models.train import classification_metrics
 
 
 def distance_point_to_box(px: float, py: float, box: tuple[float, float, float, float]) -> float:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     labels, probs, hits, distances = [], [], [], []
     for i in range(0, len(samples), args.batch_size):
-        chunk = samples[i:i + args.batch_size]
+        chunk = samples[i : i + args.batch_size]
         grays = [load_gray(s.image_path) for s in chunk]
         x = normalise(torch.stack([resize_unit(g, grid) for g in grays]), meta.mean, meta.std)
         with torch.no_grad():
@@ -77,19 +77,26 @@ def main(argv: list[str] | None = None) -> dict:
             flat = int(torch.argmax(sal))
             py, px = divmod(flat, sal.shape[1])
             original_hw = grays[k].shape
-            d = min(distance_point_to_box(px, py, original_box_to_grid(b, original_hw, grid))
-                    for b in chunk[k].boxes)
+            d = min(distance_point_to_box(px, py, original_box_to_grid(b, original_hw, grid)) for b in chunk[k].boxes)
             distances.append(d)
             hits.append(d <= args.tau)
         done = i + len(chunk)
         print(f"\r{done}/{len(samples)} images, PG so far {np.mean(hits):.3f}", end="", file=sys.stderr)
     print(file=sys.stderr)
     result = {
-        "model": str(args.model), "data": str(args.data), "split": args.split, "method": args.method,
-        "tau": args.tau, "grid": grid,
+        "model": str(args.model),
+        "data": str(args.data),
+        "split": args.split,
+        "method": args.method,
+        "tau": args.tau,
+        "grid": grid,
         "classification": classification_metrics(np.array(labels), np.array(probs), meta.threshold),
-        "pointing_game": {"accuracy": float(np.mean(hits)) if hits else None, "hits": int(np.sum(hits)),
-                          "n": len(hits), "median_distance_px": float(np.median(distances)) if distances else None},
+        "pointing_game": {
+            "accuracy": float(np.mean(hits)) if hits else None,
+            "hits": int(np.sum(hits)),
+            "n": len(hits),
+            "median_distance_px": float(np.median(distances)) if distances else None,
+        },
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(result, indent=2))

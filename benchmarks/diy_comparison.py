@@ -34,17 +34,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
+from images import dicom_bytes, radiograph
+from saliency_speed import floor_pass
 
-from images import dicom_bytes, radiograph  # noqa: E402
-from saliency_speed import floor_pass  # noqa: E402
-from load_tests.run_load import (  # noqa: E402
-    base_url, free_port, metrics_delta, percentile, scrape, server_env, start_server, stop_process, wait_ready)
+from load_tests.run_load import (
+    base_url,
+    free_port,
+    metrics_delta,
+    percentile,
+    scrape,
+    server_env,
+    start_server,
+    stop_process,
+    wait_ready,
+)
 
 
-async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float,
-                params: dict) -> dict:
+async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float, params: dict) -> dict:
     """Closed loop: ``concurrency`` clients, each sending the next body as soon as its last answer came."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -57,8 +65,9 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, 
             body = bodies[issued % len(bodies)]
             issued += 1
             t0 = time.perf_counter()
-            response = await client.post("/assess", params=params, content=body,
-                                         headers={"content-type": "application/dicom"})
+            response = await client.post(
+                "/assess", params=params, content=body, headers={"content-type": "application/dicom"}
+            )
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 200:
                 latencies.append(1000 * (time.perf_counter() - t0))
@@ -68,10 +77,16 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, 
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "ok": len(latencies), "statuses": statuses, "wall_s": round(wall, 2),
-            "throughput_rps": round(len(latencies) / wall, 3),
-            "p50_ms": _r(percentile(latencies, 0.5)), "p95_ms": _r(percentile(latencies, 0.95)),
-            "mean_ms": _r(statistics.fmean(latencies)) if latencies else None}
+    return {
+        "concurrency": concurrency,
+        "ok": len(latencies),
+        "statuses": statuses,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(latencies) / wall, 3),
+        "p50_ms": _r(percentile(latencies, 0.5)),
+        "p95_ms": _r(percentile(latencies, 0.95)),
+        "mean_ms": _r(statistics.fmean(latencies)) if latencies else None,
+    }
 
 
 def _r(value):
@@ -111,6 +126,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     import diy_service
+
     from models.preprocess import preprocess_batch
     from models.saliency import explain
     from models.saliency.hooks import frozen_for_explanation
@@ -123,30 +139,62 @@ def main() -> None:
     frozen_model, _ = diy_service.load(folder)
     layers = list(meta.normgrad_layers)
     limits = IngestLimits(max_pixels=60_000_000)
-    grid = preprocess_batch([decode_image(b, "application/dicom", limits).pixels for b in bodies],
-                            meta.input_size, meta.mean, meta.std)
+    grid = preprocess_batch(
+        [decode_image(b, "application/dicom", limits).pixels for b in bodies], meta.input_size, meta.mean, meta.std
+    )
     levels = [int(c) for c in args.concurrency.split(",")]
 
     ng_port, diy_port = free_port(), free_port()
     ng_url, diy_url = base_url("127.0.0.1", ng_port), base_url("127.0.0.1", diy_port)
     logs = args.out.with_suffix("")
-    ng_env = server_env(args.models_dir, ng_port, default_model=args.model, max_batch_size=args.max_batch_size,
-                        max_batch_wait_ms=args.max_batch_wait_ms, max_queue_size=256, request_timeout_ms=300_000,
-                        torch_threads=args.torch_threads)
+    ng_env = server_env(
+        args.models_dir,
+        ng_port,
+        default_model=args.model,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue_size=256,
+        request_timeout_ms=300_000,
+        torch_threads=args.torch_threads,
+    )
     diy_env = dict(os.environ, DIY_CHECKPOINT=str(folder), OMP_NUM_THREADS=str(args.torch_threads))
-    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-                     "cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-                     "torch_threads": args.torch_threads, "checkpoint": str(folder), "version": meta.version,
-                     "arch": meta.arch, "input_size": meta.input_size, "image": f"16-bit DICOM {rows}x{cols}",
-                     "rounds": []}
+    results: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads": args.torch_threads,
+        "checkpoint": str(folder),
+        "version": meta.version,
+        "arch": meta.arch,
+        "input_size": meta.input_size,
+        "image": f"16-bit DICOM {rows}x{cols}",
+        "rounds": [],
+    }
     ng = diy = None
     try:
         ng = start_server(ng_env, Path(f"{logs}.normgate.log"))
-        diy = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "benchmarks"),
-                                "diy_service:app", "--host", "127.0.0.1", "--port", str(diy_port),
-                                "--log-level", "warning"], cwd=REPO, env=diy_env,
-                               stdout=open(f"{logs}.diy.log", "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        diy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(REPO / "benchmarks"),
+                "diy_service:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(diy_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=diy_env,
+            stdout=open(f"{logs}.diy.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_ready(ng_url, ng)
         wait_ready(diy_url, diy)
         for url in (ng_url, diy_url):  # warm both (first requests pay for lazy initialisation)
@@ -156,31 +204,42 @@ def main() -> None:
             with frozen_for_explanation(frozen_model):
                 for b in range(1, 5):
                     x = grid[[i % len(grid) for i in range(b)]]
-                    rnd["floor_ms"][b] = round(timed(lambda: floor_pass(frozen_model, x, layers, meta.positive_index), args.floor_reps), 1)
+                    rnd["floor_ms"][b] = round(
+                        timed(lambda: floor_pass(frozen_model, x, layers, meta.positive_index), args.floor_reps), 1
+                    )
             for b in (1, 4):
                 x = grid[[i % len(grid) for i in range(b)]]
-                rnd["engine_ms"][b] = round(timed(lambda: explain(frozen_model, x, target=meta.positive_index,
-                                                                  layers=layers), args.floor_reps), 1)
+                rnd["engine_ms"][b] = round(
+                    timed(lambda: explain(frozen_model, x, target=meta.positive_index, layers=layers), args.floor_reps),
+                    1,
+                )
             for c in levels:
                 before = scrape(ng_url)
                 cell = asyncio.run(drive(ng_url, bodies, c, args.requests, args.seconds, {}))
                 cell["server"] = metrics_delta(before, scrape(ng_url))
                 rnd[f"normgate_c{c}"] = cell
-                rnd[f"diy_c{c}"] = asyncio.run(drive(diy_url, bodies, c, args.requests, args.seconds,
-                                                     {"method": "normgrad"}))
+                rnd[f"diy_c{c}"] = asyncio.run(
+                    drive(diy_url, bodies, c, args.requests, args.seconds, {"method": "normgrad"})
+                )
             if args.gradcam:
-                rnd["normgate_gradcam_c4"] = asyncio.run(drive(ng_url, bodies, 4, args.requests, args.seconds,
-                                                               {"method": "gradcam"}))
-                rnd["diy_gradcam_c4"] = asyncio.run(drive(diy_url, bodies, 4, args.requests, args.seconds,
-                                                          {"method": "gradcam"}))
+                rnd["normgate_gradcam_c4"] = asyncio.run(
+                    drive(ng_url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"})
+                )
+                rnd["diy_gradcam_c4"] = asyncio.run(
+                    drive(diy_url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"})
+                )
             loop_ms = []
             started = time.perf_counter()
             for i in range(args.loop_images):
                 t0 = time.perf_counter()
                 diy_service.assess_one(model, meta, bodies[i % len(bodies)], "normgrad")
                 loop_ms.append(1000 * (time.perf_counter() - t0))
-            rnd["loop"] = {"images": len(loop_ms), "throughput_rps": round(len(loop_ms) / (time.perf_counter() - started), 3),
-                           "p50_ms": _r(statistics.median(loop_ms)), "mean_ms": _r(statistics.fmean(loop_ms))}
+            rnd["loop"] = {
+                "images": len(loop_ms),
+                "throughput_rps": round(len(loop_ms) / (time.perf_counter() - started), 3),
+                "p50_ms": _r(statistics.median(loop_ms)),
+                "mean_ms": _r(statistics.fmean(loop_ms)),
+            }
             rnd["ratios"] = ratios(rnd, levels)
             results["rounds"].append(rnd)
             print(json.dumps({"round": r, **rnd["ratios"]}), flush=True)
@@ -188,10 +247,11 @@ def main() -> None:
         stop_process(diy)
         stop_process(ng)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    results["median_ratios"] = {k: round(statistics.median(rr["ratios"][k] for rr in results["rounds"]
-                                                           if rr["ratios"].get(k) is not None), 3)
-                                for k in results["rounds"][0]["ratios"]
-                                if any(rr["ratios"].get(k) is not None for rr in results["rounds"])}
+    results["median_ratios"] = {
+        k: round(statistics.median(rr["ratios"][k] for rr in results["rounds"] if rr["ratios"].get(k) is not None), 3)
+        for k in results["rounds"][0]["ratios"]
+        if any(rr["ratios"].get(k) is not None for rr in results["rounds"])
+    }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["median_ratios"], indent=2))
     print(f"wrote {args.out}")
@@ -218,8 +278,9 @@ def ratios(rnd: dict, levels: list[int]) -> dict:
         # the model's time for all four, floor(4), however they are batched.
         out["c4 p50 / floor(4)"] = _div(cell["p50_ms"], rnd["floor_ms"][4])
     if "normgate_gradcam_c4" in rnd:
-        out["gradcam throughput normgate/diy c4"] = _div(rnd["normgate_gradcam_c4"]["throughput_rps"],
-                                                         rnd["diy_gradcam_c4"]["throughput_rps"])
+        out["gradcam throughput normgate/diy c4"] = _div(
+            rnd["normgate_gradcam_c4"]["throughput_rps"], rnd["diy_gradcam_c4"]["throughput_rps"]
+        )
     return out
 
 

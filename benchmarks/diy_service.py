@@ -85,6 +85,7 @@ def naive_normgrad(model, x: torch.Tensor, target: int, layers=NORMGRAD_LAYERS) 
         def hook(module, inputs, output):
             output.retain_grad()
             kept[name] = output
+
         return hook
 
     handles = [modules[n].register_forward_hook(keep(n)) for n in layers]
@@ -124,10 +125,12 @@ def assess_one(model, meta, body: bytes, method: str) -> dict:
     hm = heatmap[0].numpy()
     row, col = np.unravel_index(int(hm.argmax()), hm.shape)
     oh, ow = gray.shape
-    return {"probability": probability,
-            "decision": "reacquire" if probability >= meta.threshold else "accept",
-            "point": {"x": int((col + 0.5) * ow / hm.shape[1]), "y": int((row + 0.5) * oh / hm.shape[0])},
-            "heatmap": {"png_base64": png_base64(hm)}}
+    return {
+        "probability": probability,
+        "decision": "reacquire" if probability >= meta.threshold else "accept",
+        "point": {"x": int((col + 0.5) * ow / hm.shape[1]), "y": int((row + 0.5) * oh / hm.shape[0])},
+        "heatmap": {"png_base64": png_base64(hm)},
+    }
 
 
 app = FastAPI(title="DIY explainer (benchmark only)")

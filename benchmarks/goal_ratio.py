@@ -28,21 +28,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
-import torch  # noqa: E402
+import torch
+from diy_comparison import drive, floor_at, timed
+from images import dicom_bytes, radiograph
+from saliency_speed import floor_pass
 
-from diy_comparison import drive, floor_at, timed  # noqa: E402
-from saliency_speed import floor_pass  # noqa: E402
-from images import dicom_bytes, radiograph  # noqa: E402
-from load_tests.run_load import (  # noqa: E402
-    base_url, free_port, metrics_delta, scrape, server_env, start_server, stop_process, wait_ready)
+from load_tests.run_load import (
+    base_url,
+    free_port,
+    metrics_delta,
+    scrape,
+    server_env,
+    start_server,
+    stop_process,
+    wait_ready,
+)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models-dir", type=Path, default=REPO / "models" / "checkpoints")
     p.add_argument("--model", default="default")
-    p.add_argument("--configs", default="1:10,2:10,2:0",
-                   help="comma-separated DECODE_WORKERS:DECODE_NICE server configurations")
+    p.add_argument(
+        "--configs", default="1:10,2:10,2:0", help="comma-separated DECODE_WORKERS:DECODE_NICE server configurations"
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=4)
@@ -61,20 +70,37 @@ def main() -> None:
     bodies = [dicom_bytes(radiograph(rows, cols, seed=s), s) for s in range(4)]
     checkpoint = load_checkpoint(args.models_dir / args.model)
     model, meta = checkpoint.model, checkpoint.meta
-    grid = preprocess_batch([decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels
-                             for b in bodies], meta.input_size, meta.mean, meta.std)
+    grid = preprocess_batch(
+        [decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels for b in bodies],
+        meta.input_size,
+        meta.mean,
+        meta.std,
+    )
     configs = [tuple(int(x) for x in v.split(":")) for v in args.configs.split(",")]
     servers: dict[str, tuple] = {}
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-               "cpu_count": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-               "torch_threads": args.torch_threads, "image": f"16-bit DICOM {rows}x{cols}", "rounds": []}
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads": args.torch_threads,
+        "image": f"16-bit DICOM {rows}x{cols}",
+        "rounds": [],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         for workers, nice in configs:
             port = free_port()
-            env = server_env(args.models_dir, port, default_model=args.model, max_queue_size=256,
-                             request_timeout_ms=300_000, torch_threads=args.torch_threads, decode_workers=workers,
-                             decode_nice=nice)
+            env = server_env(
+                args.models_dir,
+                port,
+                default_model=args.model,
+                max_queue_size=256,
+                request_timeout_ms=300_000,
+                torch_threads=args.torch_threads,
+                decode_workers=workers,
+                decode_nice=nice,
+            )
             name = f"decode_workers={workers},nice={nice}"
             proc = start_server(env, args.out.with_suffix(f".dw{workers}n{nice}.log"))
             servers[name] = (proc, base_url("127.0.0.1", port))
@@ -83,12 +109,18 @@ def main() -> None:
             asyncio.run(drive(url, bodies, 1, 2, 120, {}))
         for r in range(args.rounds):
             rnd = {"cells": {}}
-            for name, (proc, url) in servers.items():
+            for name, (_proc, url) in servers.items():
                 # The floor right before each cell, so a change in the machine's other load hits both alike.
                 with frozen_for_explanation(model):
-                    floor = {b: timed(lambda: floor_pass(model, grid[[i % 4 for i in range(b)]],
-                                                         meta.normgrad_layers, meta.positive_index), 3)
-                             for b in range(1, 5)}
+                    floor = {
+                        b: timed(
+                            lambda: floor_pass(
+                                model, grid[[i % 4 for i in range(b)]], meta.normgrad_layers, meta.positive_index
+                            ),
+                            3,
+                        )
+                        for b in range(1, 5)
+                    }
                 before = scrape(url)
                 cell = asyncio.run(drive(url, bodies, args.concurrency, args.requests, 300, {}))
                 server = metrics_delta(before, scrape(url))
@@ -96,25 +128,40 @@ def main() -> None:
                 floor_b = floor_at(floor, batch)
                 per_batch_ms = 1000 * cell["wall_s"] / max(1, server["batches"])
                 model_step_ms = server["stage_mean_ms"].get("forward_backward") or float("nan")
-                cell.update(floor_ms={b: round(v, 1) for b, v in floor.items()}, mean_batch=batch,
-                            floor_at_mean_batch_ms=round(floor_b, 1), stage_mean_ms=server["stage_mean_ms"],
-                            wall_per_batch_over_floor=round(per_batch_ms / floor_b, 3),
-                            model_step_over_floor=round(model_step_ms / floor_b, 3),
-                            p50_over_floor_4=round(cell["p50_ms"] / floor[4], 3))
+                cell.update(
+                    floor_ms={b: round(v, 1) for b, v in floor.items()},
+                    mean_batch=batch,
+                    floor_at_mean_batch_ms=round(floor_b, 1),
+                    stage_mean_ms=server["stage_mean_ms"],
+                    wall_per_batch_over_floor=round(per_batch_ms / floor_b, 3),
+                    model_step_over_floor=round(model_step_ms / floor_b, 3),
+                    p50_over_floor_4=round(cell["p50_ms"] / floor[4], 3),
+                )
                 rnd["cells"][name] = cell
-                print(f"round {r} {name}: {cell['throughput_rps']} req/s, mean batch {batch}, floor(B̄) "
-                      f"{floor_b:.0f} ms, wall/batch÷floor {cell['wall_per_batch_over_floor']}, model step÷floor "
-                      f"{cell['model_step_over_floor']}, p50÷floor(4) {cell['p50_over_floor_4']}", flush=True)
+                print(
+                    f"round {r} {name}: {cell['throughput_rps']} req/s, mean batch {batch}, floor(B̄) "
+                    f"{floor_b:.0f} ms, wall/batch÷floor {cell['wall_per_batch_over_floor']}, model step÷floor "
+                    f"{cell['model_step_over_floor']}, p50÷floor(4) {cell['p50_over_floor_4']}",
+                    flush=True,
+                )
             results["rounds"].append(rnd)
     finally:
         for proc, _ in servers.values():
             stop_process(proc)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["median"] = {
-        name: {key: round(statistics.median(rr["cells"][name][key] for rr in results["rounds"]), 3)
-               for key in ("throughput_rps", "mean_batch", "wall_per_batch_over_floor", "model_step_over_floor",
-                           "p50_over_floor_4")}
-        for name in results["rounds"][0]["cells"]}
+        name: {
+            key: round(statistics.median(rr["cells"][name][key] for rr in results["rounds"]), 3)
+            for key in (
+                "throughput_rps",
+                "mean_batch",
+                "wall_per_batch_over_floor",
+                "model_step_over_floor",
+                "p50_over_floor_4",
+            )
+        }
+        for name in results["rounds"][0]["cells"]
+    }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["median"], indent=2))
     print(f"wrote {args.out}")

@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests")]
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 
 def main() -> None:
@@ -46,8 +46,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.torch_threads)
 
-    import service.ingest as ingest
     from images import dicom_bytes, radiograph
+
+    import service.ingest as ingest
     from models import load_checkpoint
     from models.preprocess import preprocess_batch
     from service.inference import ModelRunner
@@ -60,8 +61,9 @@ def main() -> None:
     meta = checkpoint.meta
     decoded = ingest.decode_image(body, "application/dicom", limits)
     grid = preprocess_batch([decoded.pixels] * 4, meta.input_size, meta.mean, meta.std)
-    heatmap = torch.nn.functional.interpolate(torch.rand(1, 1, 10, 10), size=tuple(meta.input_size),
-                                              mode="bilinear")[0, 0].numpy()
+    heatmap = torch.nn.functional.interpolate(torch.rand(1, 1, 10, 10), size=tuple(meta.input_size), mode="bilinear")[
+        0, 0
+    ].numpy()
 
     def decode(per_pixel: bool):
         saved = ingest._TABLE_MIN_PIXELS
@@ -81,6 +83,7 @@ def main() -> None:
         with torch.inference_mode():
             logits = runner.model(x)
         from models import saliency
+
         target = torch.full((x.shape[0],), meta.positive_index, dtype=torch.long)
         return saliency.explain(runner.model, x, runner_method, target=target, layers=meta.normgrad_layers), logits
 
@@ -88,7 +91,7 @@ def main() -> None:
         pixels = np.clip(decoded.pixels, 0.0, 1.0) if clip_copy else decoded.pixels
         return preprocess_batch([pixels], meta.input_size, meta.mean, meta.std)
 
-    stored = ((radiograph(2500, 3000, 0) >> 4)).astype(np.uint16)
+    stored = (radiograph(2500, 3000, 0) >> 4).astype(np.uint16)
     table = np.random.default_rng(0).random(1 << 16, dtype=np.float32)
 
     runner_method = "normgrad-conv1x1-combined"
@@ -124,14 +127,26 @@ def main() -> None:
                 ta.append(1000 * (time.perf_counter() - t0))
         mb = statistics.median(tb)
         ma = statistics.median(ta) if ta else None
-        rows[name] = {"before_ms": round(mb, 1), "after_ms": None if ma is None else round(ma, 1),
-                      "speed-up": None if ma is None else round(mb / ma, 2)}
-        print(f"{name:<32} before {mb:8.1f} ms  after {'' if ma is None else f'{ma:8.1f} ms'}"
-              f"  {'' if ma is None else f'x{mb / ma:.2f}'}", flush=True)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
-              "cpu_count": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
-              "torch_threads": args.torch_threads, "reps": args.reps,
-              "png_bytes": {"level 6": len(png(6)), "level 1": len(png(1))}, "rows": rows}
+        rows[name] = {
+            "before_ms": round(mb, 1),
+            "after_ms": None if ma is None else round(ma, 1),
+            "speed-up": None if ma is None else round(mb / ma, 2),
+        }
+        print(
+            f"{name:<32} before {mb:8.1f} ms  after {'' if ma is None else f'{ma:8.1f} ms'}"
+            f"  {'' if ma is None else f'x{mb / ma:.2f}'}",
+            flush=True,
+        )
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads": args.torch_threads,
+        "reps": args.reps,
+        "png_bytes": {"level 6": len(png(6)), "level 1": len(png(1))},
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.datasets import read_split  # noqa: E402
-from models.evaluation import (  # noqa: E402
+from models.checkpoint import load_checkpoint
+from models.datasets import read_split
+from models.evaluation import (
     CONTROL_METHODS,
     EvaluatedModel,
     EvaluationConfig,
@@ -43,11 +43,23 @@ from models.evaluation import (  # noqa: E402
 )
 
 # The papers' methods (2023 Tables 2/4; bias from MIDL 2021 Table 2), then the chance-level control.
-DEFAULT_METHODS = ",".join([
-    "normgrad-scaling-single", "normgrad-scaling-combined", "normgrad-conv1x1-single", "normgrad-conv1x1-combined",
-    "normgrad-conv3x3-single", "normgrad-conv3x3-combined", "normgrad-bias-single", "normgrad-bias-combined",
-    "gradcam", "guided-gradcam", "guided-backprop", "input-x-grad", "random",
-])
+DEFAULT_METHODS = ",".join(
+    [
+        "normgrad-scaling-single",
+        "normgrad-scaling-combined",
+        "normgrad-conv1x1-single",
+        "normgrad-conv1x1-combined",
+        "normgrad-conv3x3-single",
+        "normgrad-conv3x3-combined",
+        "normgrad-bias-single",
+        "normgrad-bias-combined",
+        "gradcam",
+        "guided-gradcam",
+        "guided-backprop",
+        "input-x-grad",
+        "random",
+    ]
+)
 INITS = ("trained", "semi-random", "full-random")
 
 
@@ -70,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--time-budget-s", type=float, default=0.0, help="stop after this many seconds (0 = none)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="keep NCHW weights (channels-last is ~15-20%% faster for CPU convolutions)")
+    p.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="keep NCHW weights (channels-last is ~15-20%% faster for CPU convolutions)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -82,16 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     sigmas = tuple(float(s) for s in args.sigmas.split(","))
     inits = [s.strip() for s in args.inits.split(",") if s.strip()]
     checkpoint = load_checkpoint(args.model)
-    models = [EvaluatedModel(key=init, model=initialise_model(checkpoint, init, args.seed), meta=checkpoint.meta,
-                             init=init, seed=args.seed, source=args.model) for init in inits]
+    models = [
+        EvaluatedModel(
+            key=init,
+            model=initialise_model(checkpoint, init, args.seed),
+            meta=checkpoint.meta,
+            init=init,
+            seed=args.seed,
+            source=args.model,
+        )
+        for init in inits
+    ]
     if not args.no_channels_last:
         for m in models:
             m.model.to(memory_format=torch.channels_last)
-    config = EvaluationConfig(methods=methods, tau=args.tau, smooth_sigmas=sigmas, batch_size=args.batch_size,
-                              seed=args.seed)
+    config = EvaluationConfig(
+        methods=methods, tau=args.tau, smooth_sigmas=sigmas, batch_size=args.batch_size, seed=args.seed
+    )
     samples = read_split(args.data, args.split)
     if args.limit:
-        samples = samples[:args.limit]
+        samples = samples[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -111,8 +136,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(out / "per_image.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        fields = ["image", "model", "method", "smooth_sigma", "label", "probability", "point_x", "point_y", "hit",
-                  "n_boxes", "energy_pg", "objects_hit"]
+        fields = [
+            "image",
+            "model",
+            "method",
+            "smooth_sigma",
+            "label",
+            "probability",
+            "point_x",
+            "point_y",
+            "hit",
+            "n_boxes",
+            "energy_pg",
+            "objects_hit",
+        ]
         writer.writerow(fields)
         for r in rows:
             writer.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in fields])
@@ -125,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise_rows(dict_rows, archs, thresholds, method_order=methods)
         summaries[sigma] = summary
         for init in inits:
-            (out / f"results-{init}-sigma{sigma:g}.json").write_text(json.dumps({
-                "methods": {m: {init: v[init]} for m, v in summary["methods"].items() if init in v},
-                "classification": {init: summary["classification"].get(init)}}, indent=2) + "\n")
+            (out / f"results-{init}-sigma{sigma:g}.json").write_text(
+                json.dumps(
+                    {
+                        "methods": {m: {init: v[init]} for m, v in summary["methods"].items() if init in v},
+                        "classification": {init: summary["classification"].get(init)},
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
 
     columns = [(init, sigma) for init in inits for sigma in sigmas]
     n_pos = sum(1 for s in samples[:done] if s.label == 1 and s.annotations)

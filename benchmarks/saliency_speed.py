@@ -170,9 +170,11 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"# {args.arch} {args.size}x{args.size} batch {args.batch} on {device.type} ({device_name}), "
-          f"threads {torch.get_num_threads()}, amp {args.amp}, channels_last {args.channels_last}, "
-          f"torch {torch.__version__}, load avg {load:.1f}, {args.repeats} rounds")
+    print(
+        f"# {args.arch} {args.size}x{args.size} batch {args.batch} on {device.type} ({device_name}), "
+        f"threads {torch.get_num_threads()}, amp {args.amp}, channels_last {args.channels_last}, "
+        f"torch {torch.__version__}, load avg {load:.1f}, {args.repeats} rounds"
+    )
     print(f"# NormGrad layers {layers}; Grad-CAM layer {cam_layer}")
     # On a shared CPU, wall time includes waiting for other processes; process CPU time (all threads) does
     # not, so the ratios use it on CPU and wall time on CUDA (where the CPU mostly waits).
@@ -182,16 +184,20 @@ def main() -> None:
     for name, values in times.items():
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         medians[name] = statistics.median(basis[name])
-        print(f"{name:<22}{1000 * statistics.median(values):>15.1f}{1000 * q[0]:>9.1f}{1000 * q[2]:>9.1f}"
-              f"{1000 * statistics.median(cpu_times[name]):>15.1f}")
+        print(
+            f"{name:<22}{1000 * statistics.median(values):>15.1f}{1000 * q[0]:>9.1f}{1000 * q[2]:>9.1f}"
+            f"{1000 * statistics.median(cpu_times[name]):>15.1f}"
+        )
     print(f"# ratios from {'wall' if device.type == 'cuda' else 'process CPU'} time medians")
     if {"normgrad", "floor"} <= medians.keys():
         print(f"normgrad / floor                 = {medians['normgrad'] / medians['floor']:.3f}  (goal <= 1.1)")
     if {"normgrad", "pgc-gradcam-4"} <= medians.keys():
         print(f"pytorch-grad-cam(4) / normgrad   = {medians['pgc-gradcam-4'] / medians['normgrad']:.2f}  (goal >= 1.7)")
     if {"gradcam", "captum-layergradcam"} <= medians.keys():
-        print(f"gradcam / captum LayerGradCam    = {medians['gradcam'] / medians['captum-layergradcam']:.3f}  "
-              "(goal <= 1.0)")
+        print(
+            f"gradcam / captum LayerGradCam    = {medians['gradcam'] / medians['captum-layergradcam']:.3f}  "
+            "(goal <= 1.0)"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 from locust import LoadTestShape
-
 from locustfile import ModalityUser  # noqa: F401  (Locust finds the user class in this module)
 
 

@@ -17,12 +17,12 @@ def radiograph(rows: int, cols: int, seed: int, bits: int = 16) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
     x = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
-    body = np.exp(-(y ** 2 * 1.2 + x ** 2 * 2.0))
+    body = np.exp(-(y**2 * 1.2 + x**2 * 2.0))
     lungs = np.exp(-(((np.abs(x) - 0.45) / 0.25) ** 2 + (y / 0.6) ** 2))
     top = (1 << bits) - 1
     image = top * (0.15 + 0.55 * body - 0.25 * lungs) + rng.normal(0, top * 0.01, (rows, cols)).astype(np.float32)
     oy, ox = int(rows * (0.3 + 0.3 * rng.random())), int(cols * (0.25 + 0.5 * rng.random()))
-    image[oy: oy + rows // 60, ox: ox + cols // 60] = top
+    image[oy : oy + rows // 60, ox : ox + cols // 60] = top
     return image.clip(0, top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
@@ -61,5 +61,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 def jpeg_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((pixels >> 8).astype(np.uint8) if pixels.dtype == np.uint16 else pixels).save(
-        buffer, format="JPEG", quality=90)
+        buffer, format="JPEG", quality=90
+    )
     return buffer.getvalue()

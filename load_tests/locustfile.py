@@ -26,7 +26,7 @@ import random
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from locust import FastHttpUser, between, events, task
 
@@ -57,9 +57,10 @@ def _size(env: str, default: str) -> tuple[int, int]:
     return rows, cols
 
 
-@lru_cache(maxsize=None)
-def payloads(dicom_size: tuple[int, int] | None = None, png_size: tuple[int, int] | None = None,
-             variants: int | None = None) -> dict[str, list[Payload]]:
+@cache
+def payloads(
+    dicom_size: tuple[int, int] | None = None, png_size: tuple[int, int] | None = None, variants: int | None = None
+) -> dict[str, list[Payload]]:
     """Every body the users send, built once per process (a few distinct images of each kind)."""
     dicom_size = dicom_size or _size("NORMGATE_LOAD_DICOM_SIZE", "2500x3000")
     png_size = png_size or _size("NORMGATE_LOAD_PNG_SIZE", "2048x2048")
@@ -69,18 +70,23 @@ def payloads(dicom_size: tuple[int, int] | None = None, png_size: tuple[int, int
         dcm = dicom_bytes(radiograph(*dicom_size, seed=seed), seed)
         out["dicom"].append(Payload("/assess [dicom]", dcm, "application/dicom"))
         out["dicom_no_heatmap"].append(
-            Payload("/assess [dicom, heatmap=none]", dcm, "application/dicom", params=(("heatmap", "none"),)))
+            Payload("/assess [dicom, heatmap=none]", dcm, "application/dicom", params=(("heatmap", "none"),))
+        )
         png16 = png_bytes(radiograph(*png_size, seed=100 + seed))
         out["png"].append(Payload("/assess [png multipart]", png16, None, file_type="image/png"))
-        out["jpeg"].append(Payload("/assess [jpeg]", jpeg_bytes(radiograph(*png_size, seed=200 + seed)),
-                                   "image/jpeg"))
+        out["jpeg"].append(Payload("/assess [jpeg]", jpeg_bytes(radiograph(*png_size, seed=200 + seed)), "image/jpeg"))
     dcm = out["dicom"][0].body
     out["bad"] = [
         Payload("/assess [bad: truncated dicom]", dcm[: len(dcm) // 3], "application/dicom", expect=400),
         Payload("/assess [bad: text/plain]", b"this is not an image", "text/plain", expect=415),
         Payload("/assess [bad: empty body]", b"", "image/png", expect=400),
-        Payload("/assess [bad: unknown method]", out["png"][0].body, "image/png",
-                params=(("method", "no-such-method"),), expect=422),
+        Payload(
+            "/assess [bad: unknown method]",
+            out["png"][0].body,
+            "image/png",
+            params=(("method", "no-such-method"),),
+            expect=422,
+        ),
     ]
     return dict(out)
 
@@ -92,8 +98,10 @@ def request_kwargs(payload: Payload) -> dict:
         kwargs["params"] = dict(payload.params)
     if payload.content_type is None:
         boundary = "normgate-load-" + format(abs(hash(payload.body[:64])), "x")
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image\"\r\n"
-                f"Content-Type: {payload.file_type}\r\n\r\n").encode()
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image"\r\n'
+            f"Content-Type: {payload.file_type}\r\n\r\n"
+        ).encode()
         kwargs["data"] = head + payload.body + f"\r\n--{boundary}--\r\n".encode()
         kwargs["headers"] = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     else:
@@ -141,8 +149,10 @@ def _count_status(request_type, name, response_time, response_length, response=N
 
 def status_report() -> dict:
     with _STATUS_LOCK:
-        return {"counts": {name: dict(c) for name, c in STATUS_COUNTS.items()},
-                "samples": {name: list(v) for name, v in SAMPLES.items()}}
+        return {
+            "counts": {name: dict(c) for name, c in STATUS_COUNTS.items()},
+            "samples": {name: list(v) for name, v in SAMPLES.items()},
+        }
 
 
 @events.quitting.add_listener

@@ -31,8 +31,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -57,8 +57,12 @@ def server_env(models_dir: Path, port: int, host: str = "127.0.0.1", **settings)
     if host not in LOOPBACK:
         raise SystemExit(f"host {host!r} is not a loopback address")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORMGATE_")}
-    env.update(NORMGATE_HOST=host, NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(models_dir),
-               NORMGATE_DEVICE=settings.pop("device", None) or "cpu")
+    env.update(
+        NORMGATE_HOST=host,
+        NORMGATE_PORT=str(port),
+        NORMGATE_MODELS_DIR=str(models_dir),
+        NORMGATE_DEVICE=settings.pop("device", None) or "cpu",
+    )
     for key, value in settings.items():
         if value is not None:
             env[f"NORMGATE_{key.upper()}"] = str(value)
@@ -68,8 +72,14 @@ def server_env(models_dir: Path, port: int, host: str = "127.0.0.1", **settings)
 def start_server(env: dict[str, str], log_path: Path, extra_args: Iterable[str] = ()) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
-    return subprocess.Popen([*extra_args, sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [*extra_args, sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -152,12 +162,17 @@ def metrics_delta(before: str, after: str) -> dict:
         "batches": int(delta("normgate_batch_size_count")),
         "mean_batch_size": mean("normgate_batch_size"),
         "mean_queue_wait_ms": mean("normgate_queue_wait_seconds", 1000),
-        "stage_mean_ms": {stage: mean("normgate_compute_duration_seconds", 1000, stage=stage)
-                          for stage in ("decode", "forward_backward", "saliency", "encode")},
+        "stage_mean_ms": {
+            stage: mean("normgate_compute_duration_seconds", 1000, stage=stage)
+            for stage in ("decode", "forward_backward", "saliency", "encode")
+        },
         "rejected": {},
     }
-    reasons = {dict(i.split("=", 1) for i in k.partition("{")[2].rstrip("}").split(",") if i).get("reason")
-               for k in a if k.startswith("normgate_rejected_total{")}
+    reasons = {
+        dict(i.split("=", 1) for i in k.partition("{")[2].rstrip("}").split(",") if i).get("reason")
+        for k in a
+        if k.startswith("normgate_rejected_total{")
+    }
     for reason in sorted(r for r in reasons if r):
         count = int(delta("normgate_rejected_total", reason=reason))
         if count:
@@ -177,17 +192,19 @@ def parse_locust_stats(text: str) -> list[dict]:
     """Locust's ``*_stats.csv`` → one dict per row (name, type, count, failures, p50/p95/p99 ms, rps)."""
     rows = []
     for row in csv.DictReader(io.StringIO(text)):
-        rows.append({
-            "type": row.get("Type", ""),
-            "name": row["Name"],
-            "count": int(row["Request Count"]),
-            "failures": int(row["Failure Count"]),
-            "p50_ms": _number(row.get("50%")),
-            "p95_ms": _number(row.get("95%")),
-            "p99_ms": _number(row.get("99%")),
-            "mean_ms": _number(row.get("Average Response Time")),
-            "rps": _number(row.get("Requests/s")),
-        })
+        rows.append(
+            {
+                "type": row.get("Type", ""),
+                "name": row["Name"],
+                "count": int(row["Request Count"]),
+                "failures": int(row["Failure Count"]),
+                "p50_ms": _number(row.get("50%")),
+                "p95_ms": _number(row.get("95%")),
+                "p99_ms": _number(row.get("99%")),
+                "mean_ms": _number(row.get("Average Response Time")),
+                "rps": _number(row.get("Requests/s")),
+            }
+        )
     return rows
 
 
@@ -199,8 +216,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def summarise(stats_csv: str, statuses: dict, metrics_before: str, metrics_after: str, settings: dict,
-              scenario: dict) -> dict:
+def summarise(
+    stats_csv: str, statuses: dict, metrics_before: str, metrics_after: str, settings: dict, scenario: dict
+) -> dict:
     """Everything a run says, as one JSON-able dict.
 
     ``statuses`` is what the locustfile writes: {"counts": {name: {status: n}}, "samples": {name: [[status,
@@ -214,13 +232,21 @@ def summarise(stats_csv: str, statuses: dict, metrics_before: str, metrics_after
     for row in per_name:
         row["statuses"] = dict(sorted(counts.get(row["name"], {}).items()))
     valid = [r for r in per_name if not r["name"].startswith(BAD_PREFIX)]
-    ok_count = sum(int(r["statuses"].get("200", 0)) for r in valid) if counts else \
-        sum(r["count"] - r["failures"] for r in valid)
+    ok_count = (
+        sum(int(r["statuses"].get("200", 0)) for r in valid)
+        if counts
+        else sum(r["count"] - r["failures"] for r in valid)
+    )
     duration_s = (aggregated["count"] / aggregated["rps"]) if aggregated and aggregated["rps"] else None
-    ok_ms = [ms for name, pairs in samples.items() if not name.startswith(BAD_PREFIX)
-             for status, ms in pairs if str(status) == "200"]
+    ok_ms = [
+        ms
+        for name, pairs in samples.items()
+        if not name.startswith(BAD_PREFIX)
+        for status, ms in pairs
+        if str(status) == "200"
+    ]
     by_status: dict[str, int] = {}
-    for name, per in counts.items():
+    for _name, per in counts.items():
         for status, n in per.items():
             by_status[status] = by_status.get(status, 0) + int(n)
     unexpected: dict[str, int] = {}
@@ -282,20 +308,42 @@ def markdown(summary: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in summary["per_request"]:
-        lines.append(f"| {row['name']} | {row['count']} | {row['failures']} | {_cell(row['p50_ms'])} "
-                     f"| {_cell(row['p95_ms'])} | {_cell(row['p99_ms'])} | {_cell(row['statuses'])} |")
-    lines += ["", f"Server stage means (ms): {_cell(s['stage_mean_ms'])}; batches: {s['batches']}; "
-                  f"rejected: {_cell(s['rejected'])}", ""]
+        lines.append(
+            f"| {row['name']} | {row['count']} | {row['failures']} | {_cell(row['p50_ms'])} "
+            f"| {_cell(row['p95_ms'])} | {_cell(row['p99_ms'])} | {_cell(row['statuses'])} |"
+        )
+    lines += [
+        "",
+        f"Server stage means (ms): {_cell(s['stage_mean_ms'])}; batches: {s['batches']}; "
+        f"rejected: {_cell(s['rejected'])}",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # -- one run ----------------------------------------------------------------------------------------------------
-def locust_command(scenario: str, url: str, users: int, spawn_rate: float, seconds: float,
-                   csv_prefix: Path) -> list[str]:
+def locust_command(
+    scenario: str, url: str, users: int, spawn_rate: float, seconds: float, csv_prefix: Path
+) -> list[str]:
     locust = Path(sys.executable).with_name("locust")
     file = HERE / ("burst.py" if scenario == "burst" else "locustfile.py")
-    cmd = [str(locust), "-f", str(file), "--headless", "--host", url, "--csv", str(csv_prefix),
-           "--only-summary", "--stop-timeout", "30", "--loglevel", "WARNING", "-t", f"{int(math.ceil(seconds))}s"]
+    cmd = [
+        str(locust),
+        "-f",
+        str(file),
+        "--headless",
+        "--host",
+        url,
+        "--csv",
+        str(csv_prefix),
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+        "--loglevel",
+        "WARNING",
+        "-t",
+        f"{math.ceil(seconds)}s",
+    ]
     if scenario != "burst":
         cmd += ["-u", str(users), "-r", str(spawn_rate)]
     return cmd
@@ -306,9 +354,14 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     port = free_port(args.host)
     url = base_url(args.host, port)
-    settings = {"max_batch_size": args.max_batch_size, "max_batch_wait_ms": args.max_batch_wait_ms,
-                "max_queue_size": args.max_queue_size, "request_timeout_ms": args.request_timeout_ms,
-                "decode_workers": args.decode_workers, "torch_threads": args.torch_threads}
+    settings = {
+        "max_batch_size": args.max_batch_size,
+        "max_batch_wait_ms": args.max_batch_wait_ms,
+        "max_queue_size": args.max_queue_size,
+        "request_timeout_ms": args.request_timeout_ms,
+        "decode_workers": args.decode_workers,
+        "torch_threads": args.torch_threads,
+    }
     env = server_env(args.models_dir, port, args.host, device=args.device, **settings)
     server = locust = profiler = None
     try:
@@ -318,20 +371,43 @@ def run(args: argparse.Namespace) -> dict:
         if args.profile:
             # Sample the server while Locust runs: collapsed stacks per thread (see load_tests/profile_report.py).
             profiler = subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-r", "50",
-                 "--threads", "--nonblocking", "-f", "raw", "-o", str(out / "profile.raw"),
-                 "-d", str(int(args.seconds) + 5)],
-                stdout=open(out / "py-spy.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "-p",
+                    str(server.pid),
+                    "-r",
+                    "50",
+                    "--threads",
+                    "--nonblocking",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out / "profile.raw"),
+                    "-d",
+                    str(int(args.seconds) + 5),
+                ],
+                stdout=open(out / "py-spy.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         status_path = out / "statuses.json"
-        locust_env = dict(os.environ, NORMGATE_LOAD_STATUS_OUT=str(status_path),
-                          NORMGATE_BURST_SECONDS=str(args.seconds), NORMGATE_BURST_PEAK=str(args.peak),
-                          NORMGATE_BURST_BASE=str(args.base), NORMGATE_LOAD_THINK_S=args.think,
-                          NORMGATE_LOAD_DICOM_SIZE=args.dicom_size, NORMGATE_LOAD_PNG_SIZE=args.png_size)
+        locust_env = dict(
+            os.environ,
+            NORMGATE_LOAD_STATUS_OUT=str(status_path),
+            NORMGATE_BURST_SECONDS=str(args.seconds),
+            NORMGATE_BURST_PEAK=str(args.peak),
+            NORMGATE_BURST_BASE=str(args.base),
+            NORMGATE_LOAD_THINK_S=args.think,
+            NORMGATE_LOAD_DICOM_SIZE=args.dicom_size,
+            NORMGATE_LOAD_PNG_SIZE=args.png_size,
+        )
         cmd = locust_command(args.scenario, url, args.users, args.spawn_rate, args.seconds, out / "locust")
         started = time.monotonic()
         with open(out / "locust.log", "w") as log:
-            locust = subprocess.Popen(cmd, cwd=REPO, env=locust_env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            locust = subprocess.Popen(
+                cmd, cwd=REPO, env=locust_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 locust.wait(args.seconds + 120)  # payload building + stop timeout; then it is cut off
             except subprocess.TimeoutExpired:
@@ -349,12 +425,22 @@ def run(args: argparse.Namespace) -> dict:
         stop_process(profiler, grace_s=10)
         stop_process(locust, grace_s=10)
         stop_process(server)
-    scenario = {"name": args.scenario, "users": None if args.scenario == "burst" else args.users,
-                "peak": args.peak if args.scenario == "burst" else None, "seconds": args.seconds,
-                "think_s": args.think, "dicom": args.dicom_size, "png": args.png_size}
+    scenario = {
+        "name": args.scenario,
+        "users": None if args.scenario == "burst" else args.users,
+        "peak": args.peak if args.scenario == "burst" else None,
+        "seconds": args.seconds,
+        "think_s": args.think,
+        "dicom": args.dicom_size,
+        "png": args.png_size,
+    }
     summary = summarise(stats_csv, statuses, before, after, settings, scenario)
-    summary["machine"] = {"host": platform.node(), "cpu_count": os.cpu_count(), "device": args.device,
-                          "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
+    summary["machine"] = {
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "device": args.device,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    }
     summary["locust_wall_s"] = round(wall, 1)
     summary["models_dir"] = str(args.models_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

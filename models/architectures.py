@@ -10,7 +10,7 @@ them to ``models.train --pretrained PATH``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,9 +49,7 @@ class UnknownArchitectureError(ValueError):
 
 def _check_arch(arch: str) -> None:
     if arch not in _BUILDERS:
-        raise UnknownArchitectureError(
-            f"unknown architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}"
-        )
+        raise UnknownArchitectureError(f"unknown architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

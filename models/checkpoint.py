@@ -58,10 +58,13 @@ class CheckpointMeta:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> "CheckpointMeta":
+    def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> CheckpointMeta:
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in data]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+        ]
         if missing:
             raise CheckpointError(f"{source}: missing required field(s): {', '.join(missing)}")
         meta = cls(**{k: v for k, v in data.items() if k in known})
@@ -70,14 +73,11 @@ class CheckpointMeta:
 
     def validate(self, source: str = "model.json") -> None:
         if self.arch not in SUPPORTED_ARCHS:
-            raise CheckpointError(
-                f"{source}: unknown arch {self.arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+            raise CheckpointError(f"{source}: unknown arch {self.arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
         if isinstance(self.input_size, int):
             self.input_size = [self.input_size, self.input_size]
-        if (len(self.input_size) != 2 or not all(isinstance(s, int) and 32 <= s <= 4096
-                                                 for s in self.input_size)):
-            raise CheckpointError(f"{source}: input_size must be [height, width] in 32..4096, "
-                                  f"got {self.input_size!r}")
+        if len(self.input_size) != 2 or not all(isinstance(s, int) and 32 <= s <= 4096 for s in self.input_size):
+            raise CheckpointError(f"{source}: input_size must be [height, width] in 32..4096, got {self.input_size!r}")
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) != 3:
@@ -87,8 +87,7 @@ class CheckpointMeta:
         if len(self.classes) != 2 or len(set(self.classes)) != 2:
             raise CheckpointError(f"{source}: classes must be two distinct names, got {self.classes!r}")
         if self.positive_class not in self.classes:
-            raise CheckpointError(
-                f"{source}: positive_class {self.positive_class!r} is not one of {self.classes!r}")
+            raise CheckpointError(f"{source}: positive_class {self.positive_class!r} is not one of {self.classes!r}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise CheckpointError(f"{source}: threshold must be in [0, 1], got {self.threshold!r}")
         if not self.normgrad_layers:
@@ -145,8 +144,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(model=model, meta=meta, path=folder)
 
 
-def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str,
-                        exclude_prefix: str | None = None) -> None:
+def load_matching_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str, exclude_prefix: str | None = None
+) -> None:
     """Copy ``state`` into ``model`` after checking tensor names and shapes, with errors naming ``source``.
 
     ``exclude_prefix`` leaves those tensors out on both sides (the classifier head, for ``--pretrained``).
@@ -160,17 +160,20 @@ def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not match arch {arch!r} "
-            f"(missing {len(missing)} e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})")
+            f"(missing {len(missing)} e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
+        )
     wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
         k = wrong[0]
         raise CheckpointError(
-            f"{source}: tensor {k} has shape {tuple(state[k].shape)}, {arch} expects {tuple(expected[k].shape)}")
+            f"{source}: tensor {k} has shape {tuple(state[k].shape)}, {arch} expects {tuple(expected[k].shape)}"
+        )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=not exclude_prefix)
 
 
-def save_checkpoint(model: nn.Module, meta: CheckpointMeta, path: str | Path,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(
+    model: nn.Module, meta: CheckpointMeta, path: str | Path, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write a checkpoint folder. ``dtype=torch.float16`` halves the size (floating tensors only)."""
     from safetensors.torch import save_file
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -61,7 +61,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: refused to unpickle it: the file holds objects other than tensors "
                 f"(e.g. a whole pickled model). Save model.state_dict() instead. Detail: "
-                f"{str(exc).splitlines()[0]}") from None
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable PyTorch weights file ({exc})") from None
     if isinstance(state, dict):
@@ -76,7 +77,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not_tensors:
         raise CheckpointError(f"{path}: entries that are not tensors: {not_tensors[:5]}")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -105,11 +106,21 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str,
     load_matching_state(model, state, source, arch, exclude_prefix=_head_prefix(model))
 
 
-def convert(weights: str | Path, out: str | Path, *, arch: str | None = None, name: str = "converted",
-            version: str = "1", input_size: int | Sequence[int] = 320, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, classes: Sequence[str] = ("no_foreign_object", "foreign_object"),
-            positive_class: str = "foreign_object", threshold: float = 0.5,
-            dtype: torch.dtype = torch.float32) -> Path:
+def convert(
+    weights: str | Path,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    name: str = "converted",
+    version: str = "1",
+    input_size: int | Sequence[int] = 320,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] = ("no_foreign_object", "foreign_object"),
+    positive_class: str = "foreign_object",
+    threshold: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write a checkpoint folder from a trained 2-class torchvision state_dict; returns the folder."""
     state = read_state_dict(weights)
     if arch is None:
@@ -122,14 +133,20 @@ def convert(weights: str | Path, out: str | Path, *, arch: str | None = None, na
         raise CheckpointError(
             f"{weights}: the classifier head has {state[head_weight].shape[0]} outputs, a NormGate checkpoint has "
             f"{len(classes)} ({', '.join(classes)}). For ImageNet weights, fine-tune instead: "
-            f"python -m models.train --pretrained {weights} …")
+            f"python -m models.train --pretrained {weights} …"
+        )
     load_matching_state(model, state, str(weights), arch)
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
     meta = CheckpointMeta(
-        name=name, version=version, arch=arch, input_size=size,
+        name=name,
+        version=version,
+        arch=arch,
+        input_size=size,
         mean=list(mean) if mean is not None else list(IMAGENET_MEAN),
         std=list(std) if std is not None else list(IMAGENET_STD),
-        classes=list(classes), positive_class=positive_class, threshold=float(threshold),
+        classes=list(classes),
+        positive_class=positive_class,
+        threshold=float(threshold),
         normgrad_layers=default_normgrad_layers(arch),
         trained_on={"converted_from": str(Path(weights).name)},
         metrics={},
@@ -150,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m models.convert",
         description="Convert a trained 2-class torchvision state_dict (.pth via weights_only, or .safetensors) "
-                    "into a NormGate checkpoint folder (model.safetensors + model.json).")
-    p.add_argument("--weights", required=True, help="state_dict file: .pth/.pt (torch.save(model.state_dict())) "
-                                                    "or .safetensors")
+        "into a NormGate checkpoint folder (model.safetensors + model.json).",
+    )
+    p.add_argument(
+        "--weights", required=True, help="state_dict file: .pth/.pt (torch.save(model.state_dict())) or .safetensors"
+    )
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--arch", choices=SUPPORTED_ARCHS, help="architecture (default: inferred from the tensors)")
     p.add_argument("--name", default="converted")
@@ -160,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=320, help="model input grid (square), e.g. 600 for the papers")
     p.add_argument("--mean", type=_floats, default=None, help="normalisation mean (default ImageNet's)")
     p.add_argument("--std", type=_floats, default=None, help="normalisation std (default ImageNet's)")
-    p.add_argument("--classes", default="no_foreign_object,foreign_object",
-                   help="the two class names in output order")
+    p.add_argument("--classes", default="no_foreign_object,foreign_object", help="the two class names in output order")
     p.add_argument("--positive-class", default="foreign_object")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--fp16-weights", action="store_true", help="store float tensors as float16 (half the size)")
@@ -171,11 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        folder = convert(args.weights, args.out, arch=args.arch, name=args.name, version=args.version,
-                         input_size=args.input_size, mean=args.mean, std=args.std,
-                         classes=[c.strip() for c in args.classes.split(",")],
-                         positive_class=args.positive_class, threshold=args.threshold,
-                         dtype=torch.float16 if args.fp16_weights else torch.float32)
+        folder = convert(
+            args.weights,
+            args.out,
+            arch=args.arch,
+            name=args.name,
+            version=args.version,
+            input_size=args.input_size,
+            mean=args.mean,
+            std=args.std,
+            classes=[c.strip() for c in args.classes.split(",")],
+            positive_class=args.positive_class,
+            threshold=args.threshold,
+            dtype=torch.float16 if args.fp16_weights else torch.float32,
+        )
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

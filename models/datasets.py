@@ -19,9 +19,9 @@ import csv
 import hashlib
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,8 +52,10 @@ class Annotation:
             raise ValueError(f"annotation kind must be 0, 1 or 2, got {self.kind!r}")
         need = 3 if self.kind == POLYGON else 2
         if (self.kind == POLYGON and len(self.points) < need) or (self.kind != POLYGON and len(self.points) != 2):
-            raise ValueError(f"a {_KIND_NAMES[self.kind]} needs {'at least ' if self.kind == POLYGON else ''}"
-                             f"{need} points, got {len(self.points)}")
+            raise ValueError(
+                f"a {_KIND_NAMES[self.kind]} needs {'at least ' if self.kind == POLYGON else ''}"
+                f"{need} points, got {len(self.points)}"
+            )
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -109,8 +111,11 @@ def _point_in_polygon(x: float, y: float, points: Sequence[tuple[float, float]])
         xb, yb = points[(i + 1) % n]
         # On the edge: collinear and within the segment's extent.
         cross = (xb - xa) * (y - ya) - (yb - ya) * (x - xa)
-        if abs(cross) <= 1e-9 * max(1.0, abs(xb - xa) + abs(yb - ya)) and \
-                min(xa, xb) - 1e-9 <= x <= max(xa, xb) + 1e-9 and min(ya, yb) - 1e-9 <= y <= max(ya, yb) + 1e-9:
+        if (
+            abs(cross) <= 1e-9 * max(1.0, abs(xb - xa) + abs(yb - ya))
+            and min(xa, xb) - 1e-9 <= x <= max(xa, xb) + 1e-9
+            and min(ya, yb) - 1e-9 <= y <= max(ya, yb) + 1e-9
+        ):
             return True
         if (ya > y) != (yb > y):
             x_cross = xa + (y - ya) * (xb - xa) / (yb - ya)
@@ -152,8 +157,9 @@ def parse_object_cxr_annotation(text: str, where: str) -> tuple[Annotation, ...]
         points = tuple(zip(values[0::2], values[1::2]))
         if kind != POLYGON and len(points) != 2:
             article = "an" if kind == ELLIPSE else "a"
-            raise DatasetError(f"{here}: {article} {_KIND_NAMES[kind]} needs 4 coordinates (two corners), "
-                               f"got {len(values)}")
+            raise DatasetError(
+                f"{here}: {article} {_KIND_NAMES[kind]} needs 4 coordinates (two corners), got {len(values)}"
+            )
         if kind == POLYGON and len(points) < 3:
             raise DatasetError(f"{here}: a polygon needs at least 3 vertices, got {len(points)}")
         objects.append(Annotation(kind, points))
@@ -183,8 +189,10 @@ def _parse_label(text: str, where: str, positive_class: str | None) -> int:
         return 0
     if positive_class is not None and value:
         return 0  # any other class name is "not the positive class"
-    raise DatasetError(f"{where}: label {value!r} is not 0/1 or a known class name "
-                       f"({', '.join(sorted(POSITIVE_LABELS | NEGATIVE_LABELS))}); pass positive_class= for others")
+    raise DatasetError(
+        f"{where}: label {value!r} is not 0/1 or a known class name "
+        f"({', '.join(sorted(POSITIVE_LABELS | NEGATIVE_LABELS))}); pass positive_class= for others"
+    )
 
 
 def _resolve_image(name: str, image_root: Path, split: str, where: str, check_files: bool) -> Path:
@@ -203,8 +211,13 @@ def _resolve_image(name: str, image_root: Path, split: str, where: str, check_fi
     raise DatasetError(f"{where}: image {name!r} not found (looked at {', '.join(str(c) for c in candidates)})")
 
 
-def read_csv(csv_path: str | Path, image_root: str | Path | None = None, *,
-             positive_class: str | None = None, check_files: bool = True) -> list[Sample]:
+def read_csv(
+    csv_path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    positive_class: str | None = None,
+    check_files: bool = True,
+) -> list[Sample]:
     """Read an Object-CXR or generic CSV (auto-detected by its header) into samples.
 
     Images are resolved against ``image_root`` (default: the CSV's folder), then ``image_root/<csv stem>/``
@@ -237,8 +250,10 @@ def read_csv(csv_path: str | Path, image_root: str | Path | None = None, *,
             image_col, label_col = columns.index("image"), columns.index("label")
             boxes_col = columns.index("boxes") if "boxes" in columns else None
         else:
-            raise DatasetError(f"{name} line 1: header {header!r} is neither Object-CXR "
-                               f"(image_name|image_path, annotation) nor generic (image, label, boxes)")
+            raise DatasetError(
+                f"{name} line 1: header {header!r} is neither Object-CXR "
+                f"(image_name|image_path, annotation) nor generic (image, label, boxes)"
+            )
         split = csv_path.stem
         try:
             for row in reader:
@@ -248,13 +263,14 @@ def read_csv(csv_path: str | Path, image_root: str | Path | None = None, *,
                     continue
                 if len(row) < len(header):
                     # Object-CXR writes no trailing comma for some negatives: a missing last annotation is empty.
-                    if layout == "object-cxr" and len(row) == len(header) - 1 and ann_col == len(header) - 1:
-                        row = row + [""]
-                    elif layout == "generic" and boxes_col == len(header) - 1 and len(row) == len(header) - 1:
-                        row = row + [""]
+                    if (layout == "object-cxr" and len(row) == len(header) - 1 and ann_col == len(header) - 1) or (
+                        layout == "generic" and boxes_col == len(header) - 1 and len(row) == len(header) - 1
+                    ):
+                        row = [*row, ""]
                     else:
-                        raise DatasetError(f"{where}: expected {len(header)} columns ({', '.join(header)}), "
-                                           f"got {len(row)}")
+                        raise DatasetError(
+                            f"{where}: expected {len(header)} columns ({', '.join(header)}), got {len(row)}"
+                        )
                 image_name = row[image_col].strip()
                 if not image_name:
                     raise DatasetError(f"{where}: empty image name")
@@ -347,5 +363,5 @@ def dataset_fingerprint(samples: Iterable[Sample]) -> str:
         except OSError:
             size = -1
         anns = ";".join(a.to_object_cxr() for a in s.annotations)
-        h.update(f"{name}\t{size}\t{s.label}\t{anns}\n".encode("utf-8"))
+        h.update(f"{name}\t{size}\t{s.label}\t{anns}\n".encode())
     return h.hexdigest()

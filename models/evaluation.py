@@ -24,9 +24,9 @@ from __future__ import annotations
 import copy
 import math
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 # --- models under test ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class EvaluatedModel:
     """One model as evaluated: ``key`` names it in the results (checkpoint folder name, ``#k`` for repeats)."""
@@ -110,16 +111,22 @@ def initialise_model(checkpoint: Checkpoint, init: str, seed: int) -> nn.Module:
     return _freeze(model.to(device=device, dtype=torch.float32))
 
 
-def load_models(paths: Sequence[str | Path], init: str = "trained", seed: int = 0, repeat: int = 1,
-                device: str | torch.device = "cpu") -> list[EvaluatedModel]:
+def load_models(
+    paths: Sequence[str | Path],
+    init: str = "trained",
+    seed: int = 0,
+    repeat: int = 1,
+    device: str | torch.device = "cpu",
+) -> list[EvaluatedModel]:
     """Load checkpoint folders; ``repeat`` > 1 evaluates each randomised model with ``repeat`` seeds."""
     if not paths:
         raise EvaluationError("give at least one model checkpoint")
     if init not in INIT_MODES:
         raise EvaluationError(f"unknown init mode {init!r}; choose one of {', '.join(INIT_MODES)}")
     if repeat < 1 or (repeat > 1 and init == "trained"):
-        raise EvaluationError("repeat must be 1 for trained models (repeat by passing several checkpoints), "
-                              "and >= 1 for randomised ones")
+        raise EvaluationError(
+            "repeat must be 1 for trained models (repeat by passing several checkpoints), and >= 1 for randomised ones"
+        )
     names = [Path(p).name or str(p) for p in paths]
     out: list[EvaluatedModel] = []
     for index, path in enumerate(paths):
@@ -128,12 +135,21 @@ def load_models(paths: Sequence[str | Path], init: str = "trained", seed: int = 
         for k in range(repeat):
             model_seed = seed + 1000 * index + k
             key = base if repeat == 1 else f"{base}#{k}"
-            out.append(EvaluatedModel(key=key, model=initialise_model(checkpoint, init, model_seed),
-                                      meta=checkpoint.meta, init=init, seed=model_seed, source=str(path)))
+            out.append(
+                EvaluatedModel(
+                    key=key,
+                    model=initialise_model(checkpoint, init, model_seed),
+                    meta=checkpoint.meta,
+                    init=init,
+                    seed=model_seed,
+                    source=str(path),
+                )
+            )
     return out
 
 
 # --- smoothing ----------------------------------------------------------------------------------------------
+
 
 def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian; radius max(5, ⌈4σ⌉) — the seed code's 11-tap kernel at σ ≤ 1.25."""
@@ -162,6 +178,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 # --- per-image results ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ImageResult:
@@ -234,8 +251,9 @@ def _explain_many_function() -> Callable | None:
     return getattr(saliency, "explain_many", None)
 
 
-def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str],
-                  config: EvaluationConfig) -> dict[str, torch.Tensor]:
+def saliency_maps(
+    entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str], config: EvaluationConfig
+) -> dict[str, torch.Tensor]:
     """Unsmoothed maps [B, h, w] per method for a normalised batch, target = the positive class.
 
     ``explain_many`` of the saliency engine shares one forward+backward among all NormGrad variants and
@@ -249,15 +267,13 @@ def saliency_maps(entry: EvaluatedModel, images: torch.Tensor, methods: Sequence
     maps: dict[str, torch.Tensor] = {}
     explain_many = _explain_many_function()
     if wanted and explain_many is not None:
-        maps.update(explain_many(entry.model, images, wanted, target=target, layers=layers,
-                                 combine=config.combine))
+        maps.update(explain_many(entry.model, images, wanted, target=target, layers=layers, combine=config.combine))
     else:  # an engine without explain_many: one explain per method
         for method_id in wanted:
             spec = get_method(method_id)
             options = {"combine": config.combine} if "combine" in spec.options else {}
             method_layers = layers if method_id.startswith("normgrad-") else None
-            maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers,
-                                      **options)
+            maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers, **options)
     if RANDOM_CONTROL in methods:
         maps[RANDOM_CONTROL] = random_control_maps(keys, entry.key, images.shape[-2:], config.seed)
     return {m: maps[m].detach().to("cpu", torch.float32) for m in methods}
@@ -270,8 +286,9 @@ class DecodedBatch:
     grays: list[np.ndarray]
     _tensors: dict = field(default_factory=dict)
 
-    def tensor_for(self, meta: CheckpointMeta, indices: Sequence[int] | None = None,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
+    def tensor_for(
+        self, meta: CheckpointMeta, indices: Sequence[int] | None = None, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
         """The batch preprocessed for a model's grid (computed once per distinct grid/mean/std)."""
         cache_key = (tuple(meta.input_size), tuple(meta.mean), tuple(meta.std))
         if cache_key not in self._tensors:
@@ -283,8 +300,11 @@ class DecodedBatch:
 
 
 def decode_batch(samples: Sequence[Sample], root: str | Path | None = None) -> DecodedBatch:
-    return DecodedBatch(samples=list(samples), keys=[image_key(s, root) for s in samples],
-                        grays=[load_gray(s.image_path) for s in samples])
+    return DecodedBatch(
+        samples=list(samples),
+        keys=[image_key(s, root) for s in samples],
+        grays=[load_gray(s.image_path) for s in samples],
+    )
 
 
 def positive_probabilities(entry: EvaluatedModel, x: torch.Tensor) -> torch.Tensor:
@@ -297,9 +317,13 @@ def _has_boxes(sample: Sample) -> bool:
     return sample.label == 1 and len(sample.annotations) > 0
 
 
-def evaluate_decoded(batch: DecodedBatch, models: Sequence[EvaluatedModel], config: EvaluationConfig,
-                     device: str | torch.device = "cpu", keep_maps: bool = False
-                     ) -> tuple[list[ImageResult], dict]:
+def evaluate_decoded(
+    batch: DecodedBatch,
+    models: Sequence[EvaluatedModel],
+    config: EvaluationConfig,
+    device: str | torch.device = "cpu",
+    keep_maps: bool = False,
+) -> tuple[list[ImageResult], dict]:
     """Rows for every (image, model, method, σ) of one decoded batch; optionally the smoothed maps too."""
     rows: list[ImageResult] = []
     kept: dict = {}
@@ -309,8 +333,11 @@ def evaluate_decoded(batch: DecodedBatch, models: Sequence[EvaluatedModel], conf
         grid_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
         x = batch.tensor_for(meta, device=device)
         probabilities = positive_probabilities(entry, x)
-        raw_maps = (saliency_maps(entry, x[positives], config.methods, [batch.keys[i] for i in positives], config)
-                    if positives else {})
+        raw_maps = (
+            saliency_maps(entry, x[positives], config.methods, [batch.keys[i] for i in positives], config)
+            if positives
+            else {}
+        )
         for sigma in config.smooth_sigmas:
             for method_id in config.methods:
                 maps = smooth_maps(raw_maps[method_id], sigma) if positives else None
@@ -320,9 +347,22 @@ def evaluate_decoded(batch: DecodedBatch, models: Sequence[EvaluatedModel], conf
                 for i, sample in enumerate(batch.samples):
                     probability = float(probabilities[i])
                     if i not in position:
-                        rows.append(ImageResult(batch.keys[i], entry.key, method_id, int(sample.label),
-                                                probability, None, None, None, len(sample.annotations),
-                                                None, 0, sigma))
+                        rows.append(
+                            ImageResult(
+                                batch.keys[i],
+                                entry.key,
+                                method_id,
+                                int(sample.label),
+                                probability,
+                                None,
+                                None,
+                                None,
+                                len(sample.annotations),
+                                None,
+                                0,
+                                sigma,
+                            )
+                        )
                         continue
                     saliency = maps[position[i]]
                     px, py = argmax_point(saliency)
@@ -332,20 +372,37 @@ def evaluate_decoded(batch: DecodedBatch, models: Sequence[EvaluatedModel], conf
                     energy = energy_pointing_game(saliency, grid_boxes)
                     ox, oy = grid_point_to_original(px, py, grid_hw, original_hw)
                     objects_hit = sum(1 for a in sample.annotations if a.contains(ox, oy))
-                    rows.append(ImageResult(batch.keys[i], entry.key, method_id, int(sample.label), probability,
-                                            int(px), int(py), None if hit is None else int(hit),
-                                            len(sample.annotations), energy, objects_hit, sigma))
+                    rows.append(
+                        ImageResult(
+                            batch.keys[i],
+                            entry.key,
+                            method_id,
+                            int(sample.label),
+                            probability,
+                            int(px),
+                            int(py),
+                            None if hit is None else int(hit),
+                            len(sample.annotations),
+                            energy,
+                            objects_hit,
+                            sigma,
+                        )
+                    )
     return rows, kept
 
 
 def iter_batches(items: Sequence, batch_size: int) -> Iterator[list]:
     for start in range(0, len(items), batch_size):
-        yield list(items[start:start + batch_size])
+        yield list(items[start : start + batch_size])
 
 
-def evaluate(samples: Sequence[Sample], models: Sequence[EvaluatedModel], config: EvaluationConfig,
-             root: str | Path | None = None, device: str | torch.device = "cpu",
-             ) -> Iterator[tuple[list[str], list[ImageResult]]]:
+def evaluate(
+    samples: Sequence[Sample],
+    models: Sequence[EvaluatedModel],
+    config: EvaluationConfig,
+    root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[list[str], list[ImageResult]]]:
     """Yield ``(image keys, rows)`` batch by batch, so that callers can persist and report progress."""
     check_methods(config.methods)
     if not models:
@@ -365,6 +422,7 @@ def shard_samples(samples: Sequence[Sample], index: int, count: int) -> list[Sam
 
 # --- aggregation: per-image rows → results.json (SPEC §6) ------------------------------------------------------
 
+
 def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -373,16 +431,26 @@ def _get(row, name):
     return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
-def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds: dict[str, float],
-                   fp_rates: Sequence[float] | None = None, method_order: Sequence[str] | None = None) -> dict:
+def summarise_rows(
+    rows: Iterable,
+    model_archs: dict[str, str],
+    model_thresholds: dict[str, float],
+    fp_rates: Sequence[float] | None = None,
+    method_order: Sequence[str] | None = None,
+) -> dict:
     """Aggregate per-image rows into the SPEC §6 results: Pointing Game, energy PG, FROC, classification,
     mean ± std over several models of one architecture (sample std, ddof = 1) and the Difference of Means
     (|mean_A − mean_B|, Özer et al. 2023 §4.5) when exactly two architectures were evaluated.
 
     Rows are sorted first, so the same rows give bit-identical results whatever order they arrive in.
     """
-    from models.pointing_game import (OBJECT_CXR_FP_RATES, PointingGameResult, classification_accuracy,
-                                      froc_from_counts, roc_auc)
+    from models.pointing_game import (
+        OBJECT_CXR_FP_RATES,
+        PointingGameResult,
+        classification_accuracy,
+        froc_from_counts,
+        roc_auc,
+    )
 
     rates = tuple(fp_rates or OBJECT_CXR_FP_RATES)
     ordered = sorted(rows, key=lambda r: (_get(r, "model"), _get(r, "method"), _get(r, "image")))
@@ -402,14 +470,20 @@ def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds
             if not group:
                 continue
             pg = PointingGameResult.from_outcomes(
-                None if _get(r, "hit") is None else bool(_get(r, "hit")) for r in group)
+                None if _get(r, "hit") is None else bool(_get(r, "hit")) for r in group
+            )
             energies = [float(_get(r, "energy_pg")) for r in group if _get(r, "energy_pg") is not None]
             n_objects = sum(int(_get(r, "n_boxes")) for r in group)
-            froc_result = froc_from_counts([(float(_get(r, "probability")), int(_get(r, "objects_hit")))
-                                            for r in group], n_images=len(group), n_objects=n_objects,
-                                           fp_rates=rates)
+            froc_result = froc_from_counts(
+                [(float(_get(r, "probability")), int(_get(r, "objects_hit"))) for r in group],
+                n_images=len(group),
+                n_objects=n_objects,
+                fp_rates=rates,
+            )
             per_model[model_key] = {
-                "pointing_game": _round(pg.accuracy), "hits": pg.hits, "n": pg.n,
+                "pointing_game": _round(pg.accuracy),
+                "hits": pg.hits,
+                "n": pg.n,
                 "energy_pg": _round(float(np.mean(energies)) if energies else None),
                 "froc": _round(froc_result.froc),
                 "froc_sensitivities": {f"{rate:g}": _round(s) for rate, s in zip(rates, froc_result.sensitivities)},
@@ -425,7 +499,8 @@ def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds
         results["classification"][model_key] = {
             "accuracy": _round(classification_accuracy(labels, probabilities, model_thresholds.get(model_key, 0.5))),
             "auc": _round(roc_auc(labels, probabilities)),
-            "n": len(group), "n_positive": int(sum(labels)),
+            "n": len(group),
+            "n_positive": int(sum(labels)),
         }
 
     archs: dict[str, list[str]] = {}
@@ -434,9 +509,11 @@ def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds
     arch_means: dict[str, dict[str, float]] = {}
     for method_id in methods:
         for arch, members in archs.items():
-            values = [results["methods"][method_id][m]["pointing_game"] for m in members
-                      if m in results["methods"][method_id]
-                      and results["methods"][method_id][m]["pointing_game"] is not None]
+            values = [
+                results["methods"][method_id][m]["pointing_game"]
+                for m in members
+                if m in results["methods"][method_id] and results["methods"][method_id][m]["pointing_game"] is not None
+            ]
             if not values:
                 continue
             mean = float(np.mean(values))
@@ -444,7 +521,10 @@ def summarise_rows(rows: Iterable, model_archs: dict[str, str], model_thresholds
             if len(values) >= 2:
                 std = float(np.std(values, ddof=1))
                 results["repeated"].setdefault(method_id, {})[arch] = {
-                    "mean": _round(mean), "std": _round(std), "models": members}
+                    "mean": _round(mean),
+                    "std": _round(std),
+                    "models": members,
+                }
                 for m in members:
                     if m in results["methods"][method_id]:
                         results["methods"][method_id][m]["mean"] = _round(mean)

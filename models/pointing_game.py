@@ -26,9 +26,11 @@ ROC AUC is the Mann–Whitney statistic with mid-ranks for ties (equal to the tr
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -106,7 +108,7 @@ def boxes_mask(shape_hw: Sequence[int], boxes: Iterable[Sequence[float]]) -> np.
         c0, c1 = max(math.ceil(x1), 0), min(math.floor(x2), w - 1)
         r0, r1 = max(math.ceil(y1), 0), min(math.floor(y2), h - 1)
         if c0 <= c1 and r0 <= r1:
-            mask[r0:r1 + 1, c0:c1 + 1] = True
+            mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask
 
 
@@ -147,7 +149,7 @@ class PointingGameResult:
         return self.hits / self.n if self.n else None
 
     @classmethod
-    def from_outcomes(cls, outcomes: Iterable[bool | None]) -> "PointingGameResult":
+    def from_outcomes(cls, outcomes: Iterable[bool | None]) -> PointingGameResult:
         """Count hit/miss outcomes; ``None`` (no box) is left out."""
         hits = n = 0
         for outcome in outcomes:
@@ -159,6 +161,7 @@ class PointingGameResult:
 
 
 # --- classification --------------------------------------------------------------------------------------------
+
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     """Area under the ROC curve by ranks (Mann–Whitney U / (n_pos · n_neg)), ties as mid-ranks.
@@ -195,6 +198,7 @@ def classification_accuracy(labels: Sequence[int], probabilities: Sequence[float
 
 # --- FROC (Object-CXR challenge) ---------------------------------------------------------------------------------
 
+
 class ObjectShape(Protocol):
     """Anything that can say whether a point (original pixels) lies inside it, e.g. datasets.Annotation."""
 
@@ -222,8 +226,9 @@ class FrocResult:
         return float(np.mean(self.sensitivities)) if self.sensitivities else 0.0
 
 
-def froc_from_counts(items: Iterable[tuple[float, int]], n_images: int, n_objects: int,
-                     fp_rates: Sequence[float] = OBJECT_CXR_FP_RATES) -> FrocResult:
+def froc_from_counts(
+    items: Iterable[tuple[float, int]], n_images: int, n_objects: int, fp_rates: Sequence[float] = OBJECT_CXR_FP_RATES
+) -> FrocResult:
     """FROC from pre-matched predictions: ``(probability, objects newly detected)`` per prediction.
 
     ``objects newly detected = 0`` marks a false positive. Predictions are taken in decreasing probability
@@ -232,7 +237,7 @@ def froc_from_counts(items: Iterable[tuple[float, int]], n_images: int, n_object
     if n_images <= 0:
         raise ValueError("FROC needs at least one image")
     rates = tuple(float(r) for r in fp_rates)
-    if any(b <= a for a, b in zip(rates, rates[1:])) or not rates or rates[0] <= 0:
+    if any(b <= a for a, b in itertools.pairwise(rates)) or not rates or rates[0] <= 0:
         raise ValueError(f"fp_rates must be positive and increasing, got {fp_rates!r}")
     ordered = sorted(items, key=lambda item: -float(item[0]))
     hits = false_positives = 0
@@ -252,8 +257,12 @@ def froc_from_counts(items: Iterable[tuple[float, int]], n_images: int, n_object
     return FrocResult(fp_rates=rates, sensitivities=tuple(sensitivities))
 
 
-def froc(predictions: Iterable[FrocPrediction], objects: Mapping[Hashable, Sequence[ObjectShape]], n_images: int,
-         fp_rates: Sequence[float] = OBJECT_CXR_FP_RATES) -> FrocResult:
+def froc(
+    predictions: Iterable[FrocPrediction],
+    objects: Mapping[Hashable, Sequence[ObjectShape]],
+    n_images: int,
+    fp_rates: Sequence[float] = OBJECT_CXR_FP_RATES,
+) -> FrocResult:
     """The Object-CXR FROC of point predictions against annotation shapes.
 
     ``objects`` maps an image id to its annotated objects (images without objects may be absent);

@@ -7,7 +7,7 @@ to three channels as in the papers (grayscale → RGB), and normalised with the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
         out = gray.astype(np.float32, copy=False)
         # Decoders already deliver [0, 1]: checking costs two reads, clipping a 30 MB copy of a radiograph.
         # (NaN fails the test and goes through clip, as before.)
-        if out.size == 0 or not (0.0 <= out.min() and out.max() <= 1.0):
+        if out.size == 0 or not (out.min() >= 0.0 and out.max() <= 1.0):
             out = np.clip(out, 0.0, 1.0)
     return out
 
@@ -38,8 +38,9 @@ def resize_unit(gray: np.ndarray, size: Sequence[int]) -> torch.Tensor:
         return torch.tensor(unit, dtype=torch.float32)
     if not (unit.flags.c_contiguous and unit.flags.writeable):  # torch.from_numpy needs both
         unit = np.array(unit, dtype=np.float32, order="C")
-    t = F.interpolate(torch.from_numpy(unit)[None, None], size=(h, w), mode="bilinear", align_corners=False,
-                      antialias=True)
+    t = F.interpolate(
+        torch.from_numpy(unit)[None, None], size=(h, w), mode="bilinear", align_corners=False, antialias=True
+    )
     return t[0, 0].clamp_(0.0, 1.0)
 
 
@@ -51,15 +52,15 @@ def normalise(batch_unit: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     return (x - m) / s
 
 
-def preprocess_batch(images: Sequence[np.ndarray], input_size: Sequence[int],
-                     mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def preprocess_batch(
+    images: Sequence[np.ndarray], input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """Several grayscale radiographs → one normalised model batch [B, 3, h, w]."""
     unit = torch.stack([resize_unit(img, input_size) for img in images])
     return normalise(unit, mean, std)
 
 
-def grid_point_to_original(x: float, y: float, grid_hw: Sequence[int],
-                           original_hw: Sequence[int]) -> tuple[int, int]:
+def grid_point_to_original(x: float, y: float, grid_hw: Sequence[int], original_hw: Sequence[int]) -> tuple[int, int]:
     """Map a pixel of the model grid to the original image (pixel centres align; x = column, y = row)."""
     gh, gw = grid_hw
     oh, ow = original_hw
@@ -68,8 +69,9 @@ def grid_point_to_original(x: float, y: float, grid_hw: Sequence[int],
     return int(min(max(round(ox), 0), ow - 1)), int(min(max(round(oy), 0), oh - 1))
 
 
-def original_box_to_grid(box: Sequence[float], original_hw: Sequence[int],
-                         grid_hw: Sequence[int]) -> tuple[float, float, float, float]:
+def original_box_to_grid(
+    box: Sequence[float], original_hw: Sequence[int], grid_hw: Sequence[int]
+) -> tuple[float, float, float, float]:
     """Scale an (x1, y1, x2, y2) box in original pixels to the model grid."""
     oh, ow = original_hw
     gh, gw = grid_hw

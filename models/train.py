@@ -31,20 +31,21 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.device import resolve_device
 from models.architectures import SUPPORTED_ARCHS, build_model, default_normgrad_layers, reset_classifier_head
-from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_state_dict
+from models.device import resolve_device
 from models.preprocess import normalise, resize_unit
 
 CLASSES = ["no_foreign_object", "foreign_object"]
@@ -125,8 +126,9 @@ def read_samples(root: Path, split: str):
     return read_split(root, split)
 
 
-def build_cache(samples, input_size: Sequence[int], workers: int = 2, dtype: torch.dtype = torch.uint8,
-                desc: str = "cache") -> torch.Tensor:
+def build_cache(
+    samples, input_size: Sequence[int], workers: int = 2, dtype: torch.dtype = torch.uint8, desc: str = "cache"
+) -> torch.Tensor:
     """Decode + resize every image once to the model grid: [N, h, w] (uint8 0–255, or float in [0, 1]).
 
     The resize is models.preprocess.resize_unit, the same antialiased stretch the service applies. uint8 (the
@@ -217,16 +219,24 @@ def augment(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, cache: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-            positive_index: int = 1, batch_size: int = 32, device: torch.device | str = "cpu",
-            amp: bool = False, channels_last: bool = False) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    cache: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    positive_index: int = 1,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
     """P(positive class) for every cached image, in eval mode (the model's mode is restored afterwards)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     probs = []
     for i in range(0, cache.shape[0], batch_size):
-        x = normalise(cache_to_unit(cache[i:i + batch_size]).to(device), mean, std)
+        x = normalise(cache_to_unit(cache[i : i + batch_size]).to(device), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -243,8 +253,13 @@ def _seed_for(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
-def save_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, info: dict[str, Any]) -> None:
+def save_train_state(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    info: dict[str, Any],
+) -> None:
     """Model + optimizer tensors to safetensors, everything else to JSON; written atomically (tmp + rename)."""
     from safetensors.torch import save_file
 
@@ -267,8 +282,9 @@ def save_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Opti
     os.replace(tmp_j, folder / "last.json")
 
 
-def load_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+def load_train_state(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     json_path, weights_path = folder / "last.json", folder / "last.safetensors"
@@ -276,7 +292,7 @@ def load_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Opti
         raise TrainError(f"--resume: no saved state in {folder} (expected last.json and last.safetensors)")
     info = json.loads(json_path.read_text(encoding="utf-8"))
     tensors = load_file(str(weights_path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = {
         int(i): {key: tensors[f"optimizer.{i}.{key}"] for key in keys}
         for i, keys in info["optimizer_state_keys"].items()
@@ -303,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m models.train",
         description="Train NormGate's foreign-object classifier with the papers' recipe (Ozer et al. 2021/2023) "
-                    "on an Object-CXR-layout data set (ROOT/train.csv, ROOT/dev.csv, optional ROOT/test.csv).")
+        "on an Object-CXR-layout data set (ROOT/train.csv, ROOT/dev.csv, optional ROOT/test.csv).",
+    )
     p.add_argument("--data", required=True, help="data set root (Object-CXR layout, or generic CSVs)")
     p.add_argument("--out", required=True, help="checkpoint folder to write (model.safetensors + model.json)")
     p.add_argument("--arch", default="resnet18", choices=SUPPORTED_ARCHS)
@@ -315,28 +332,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrained", help="torchvision state_dict (.pth read with weights_only, or .safetensors); "
-                                        "the classifier head is replaced")
-    p.add_argument("--test-data", default=None,
-                   help="root whose test.csv is the held-out test split (default: --data); e.g. a set generated "
-                        "with another seed")
+    p.add_argument(
+        "--pretrained",
+        help="torchvision state_dict (.pth read with weights_only, or .safetensors); the classifier head is replaced",
+    )
+    p.add_argument(
+        "--test-data",
+        default=None,
+        help="root whose test.csv is the held-out test split (default: --data); e.g. a set generated with another seed",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/state/last.* (exactly)")
     p.add_argument("--workers", type=int, default=2, help="threads decoding images into the cache")
-    p.add_argument("--amp", choices=("none", "bf16"), default="none",
-                   help="bfloat16 autocast for forward/backward (weights stay float32)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0 = torch's default). On a shared, oversubscribed CPU 1 thread "
-                        "can be several times faster than 2: idle OpenMP threads spin while their partner waits")
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16"),
+        default="none",
+        help="bfloat16 autocast for forward/backward (weights stay float32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0 = torch's default). On a shared, oversubscribed CPU 1 thread "
+        "can be several times faster than 2: idle OpenMP threads spin while their partner waits",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--fp16-weights", action="store_true", help="store the checkpoint's floats as float16")
     p.add_argument("--name", default="default")
     p.add_argument("--version", default="1")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: 0.5, or "
-                                                                      "ImageNet's with --pretrained)")
+    p.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        help="normalisation mean (default: 0.5, or ImageNet's with --pretrained)",
+    )
     p.add_argument("--std", type=float, nargs=3, default=None)
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
-    p.add_argument("--clean-state", action="store_true",
-                   help="delete OUT/state once the checkpoint is written (for a folder that ships)")
+    p.add_argument(
+        "--clean-state",
+        action="store_true",
+        help="delete OUT/state once the checkpoint is written (for a folder that ships)",
+    )
     return p
 
 
@@ -355,8 +392,21 @@ def _log(msg: str) -> None:
 
 def _settings_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     """Settings that must match for --resume to continue the same run (epochs may grow)."""
-    return {k: getattr(args, k) for k in ("arch", "input_size", "batch_size", "lr", "lr_step", "momentum",
-                                          "weight_decay", "seed", "amp", "pretrained")}
+    return {
+        k: getattr(args, k)
+        for k in (
+            "arch",
+            "input_size",
+            "batch_size",
+            "lr",
+            "lr_step",
+            "momentum",
+            "weight_decay",
+            "seed",
+            "amp",
+            "pretrained",
+        )
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
@@ -423,8 +473,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
 
     start_epoch = 0
@@ -437,11 +486,10 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         if info["settings"] != settings:
             diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
             raise TrainError(f"--resume: settings differ from the saved run (saved, now): {diff}")
-        if info["fingerprints"]["train"] != fingerprints["train"] or \
-                info["fingerprints"]["dev"] != fingerprints["dev"]:
+        if info["fingerprints"]["train"] != fingerprints["train"] or info["fingerprints"]["dev"] != fingerprints["dev"]:
             raise TrainError(f"--resume: the data in {root} differs from the saved run's (fingerprint mismatch)")
         start_epoch, best, history = info["epoch"], info["best"], info["history"]
-        commands = info.get("commands", []) + [command]
+        commands = [*info.get("commands", []), command]
         if start_epoch >= args.epochs:
             _log(f"resume: already trained {start_epoch} epoch(s) ≥ --epochs {args.epochs}; writing the checkpoint")
     elif (state_dir / "last.json").exists():
@@ -452,8 +500,10 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     train_cache = build_cache(splits["train"], size, args.workers, torch.uint8, desc="train cache")
     dev_cache = build_cache(splits["dev"], size, args.workers, torch.float32, desc="dev cache")
     dev_labels = np.array([s.label for s in splits["dev"]])
-    _log(f"cached {len(train_cache)} train + {len(dev_cache)} dev images at {size[0]}×{size[1]} "
-         f"in {time.perf_counter() - t0:.1f}s")
+    _log(
+        f"cached {len(train_cache)} train + {len(dev_cache)} dev images at {size[0]}×{size[1]} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
     n = train_cache.shape[0]
     bs = args.batch_size
@@ -467,7 +517,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         torch.manual_seed(epoch_seed)  # dropout / stochastic depth (EfficientNet) draw from the global RNG
         order = torch.randperm(n, generator=gen)
         # A last batch of one image would give BatchNorm a single value per channel: fold it into the previous.
-        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        batches = [order[i : i + bs] for i in range(0, n, bs)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches[-2] = torch.cat([batches[-2], batches.pop()])
         lr = optimizer.param_groups[0]["lr"]
@@ -496,8 +546,9 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         scheduler.step()
         train_seconds = time.perf_counter() - t_epoch
 
-        dev_probs = predict(model, dev_cache, mean, std, positive_index, device=device, amp=amp,
-                            channels_last=channels_last)
+        dev_probs = predict(
+            model, dev_cache, mean, std, positive_index, device=device, amp=amp, channels_last=channels_last
+        )
         dev = classification_metrics(dev_labels, dev_probs)
         dev_auc = dev["auc"] if dev["auc"] is not None else -1.0
         improved = (dev["accuracy"], dev_auc) > (best["dev_accuracy"], best["dev_auc"])
@@ -505,26 +556,43 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
             from safetensors.torch import save_file
 
             state_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                      str(best_state_path))
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_state_path))
             best = {"epoch": epoch + 1, "dev_accuracy": dev["accuracy"], "dev_auc": dev_auc}
         seconds = time.perf_counter() - t_epoch
         entry = {
-            "epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-            "dev_accuracy": dev["accuracy"], "dev_auc": dev["auc"], "lr": lr, "seconds": round(seconds, 2),
-            "train_images_per_second": round(seen / train_seconds, 2), "best": improved,
+            "epoch": epoch + 1,
+            "loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "dev_accuracy": dev["accuracy"],
+            "dev_auc": dev["auc"],
+            "lr": lr,
+            "seconds": round(seconds, 2),
+            "train_images_per_second": round(seen / train_seconds, 2),
+            "best": improved,
         }
         history.append(entry)
         with log_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
-        _log(f"epoch {epoch + 1}/{args.epochs}  loss {entry['loss']:.4f}  train acc {entry['train_accuracy']:.3f}  "
-             f"dev acc {dev['accuracy']:.3f}  dev AUC {dev_auc:.4f}  lr {lr:g}  {seconds:.1f}s "
-             f"({entry['train_images_per_second']:.1f} img/s){'  *best*' if improved else ''}")
-        save_train_state(state_dir, model, optimizer, scheduler, {
-            "epoch": epoch + 1, "best": best, "history": history, "settings": settings,
-            "fingerprints": fingerprints, "commands": commands,
-            "epoch_seeds": [_seed_for(args.seed, e + 1) for e in range(epoch + 1)],
-        })
+        _log(
+            f"epoch {epoch + 1}/{args.epochs}  loss {entry['loss']:.4f}  train acc {entry['train_accuracy']:.3f}  "
+            f"dev acc {dev['accuracy']:.3f}  dev AUC {dev_auc:.4f}  lr {lr:g}  {seconds:.1f}s "
+            f"({entry['train_images_per_second']:.1f} img/s){'  *best*' if improved else ''}"
+        )
+        save_train_state(
+            state_dir,
+            model,
+            optimizer,
+            scheduler,
+            {
+                "epoch": epoch + 1,
+                "best": best,
+                "history": history,
+                "settings": settings,
+                "fingerprints": fingerprints,
+                "commands": commands,
+                "epoch_seeds": [_seed_for(args.seed, e + 1) for e in range(epoch + 1)],
+            },
+        )
 
     # ---- the best epoch becomes the checkpoint; its metrics are measured on the saved folder itself
     if best["epoch"] is None or not best_state_path.is_file():
@@ -550,9 +618,18 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
     }
     meta = CheckpointMeta(
-        name=args.name, version=args.version, arch=args.arch, input_size=size, mean=list(mean), std=list(std),
-        classes=list(CLASSES), positive_class=POSITIVE_CLASS, threshold=0.5,
-        normgrad_layers=default_normgrad_layers(args.arch), trained_on=trained_on, metrics={},
+        name=args.name,
+        version=args.version,
+        arch=args.arch,
+        input_size=size,
+        mean=list(mean),
+        std=list(std),
+        classes=list(CLASSES),
+        positive_class=POSITIVE_CLASS,
+        threshold=0.5,
+        normgrad_layers=default_normgrad_layers(args.arch),
+        trained_on=trained_on,
+        metrics={},
     )
     dtype = torch.float16 if args.fp16_weights else torch.float32
     save_checkpoint(model, meta, out, dtype=dtype)
@@ -560,18 +637,23 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     shipped = load_checkpoint(out, device=device)
     metrics: dict[str, Any] = {"best_epoch": best["epoch"], "weights_dtype": str(dtype).replace("torch.", "")}
     metrics["dev"] = classification_metrics(
-        dev_labels, predict(shipped.model, dev_cache, mean, std, positive_index, device=device))
+        dev_labels, predict(shipped.model, dev_cache, mean, std, positive_index, device=device)
+    )
     del dev_cache, train_cache
     if "test" in splits:
         test_cache = build_cache(splits["test"], size, args.workers, torch.float32, desc="test cache")
         test_labels = np.array([s.label for s in splits["test"]])
         metrics["test"] = classification_metrics(
-            test_labels, predict(shipped.model, test_cache, mean, std, positive_index, device=device))
+            test_labels, predict(shipped.model, test_cache, mean, std, positive_index, device=device)
+        )
         del test_cache
     meta.metrics = metrics
     (out / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
-    summary = "  ".join(f"{k} acc {v['accuracy']:.4f} AUC {v['auc'] if v['auc'] is None else round(v['auc'], 4)} "
-                        f"(n={v['n']})" for k, v in metrics.items() if isinstance(v, dict))
+    summary = "  ".join(
+        f"{k} acc {v['accuracy']:.4f} AUC {v['auc'] if v['auc'] is None else round(v['auc'], 4)} (n={v['n']})"
+        for k, v in metrics.items()
+        if isinstance(v, dict)
+    )
     _log(f"best epoch {best['epoch']}: {summary}; checkpoint in {out}")
     if args.clean_state:
         shutil.rmtree(state_dir, ignore_errors=True)

@@ -21,11 +21,17 @@ def uvicorn_options(settings: Settings) -> dict:
     SIGTERM: uvicorn stops accepting at once, lets accepted requests finish for shutdown_grace_s, then runs
     the lifespan shutdown (queues closed and drained, workers joined).
     """
-    return dict(host=settings.host, port=settings.port, log_level="info", proxy_headers=False,
-                timeout_graceful_shutdown=settings.shutdown_grace_s,
-                # C parser and libuv loop (pyproject): the event loop reads 15 MB DICOM bodies with less Python,
-                # which is time the model thread does not wait for the GIL (docs/benchmarks.md).
-                http="httptools", loop="uvloop")
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        # C parser and libuv loop (pyproject): the event loop reads 15 MB DICOM bodies with less Python,
+        # which is time the model thread does not wait for the GIL (docs/benchmarks.md).
+        "http": "httptools",
+        "loop": "uvloop",
+    }
 
 
 if __name__ == "__main__":

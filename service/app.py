@@ -14,18 +14,18 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openapi as service_openapi
 from service.assessment import Assessor
 from service.config import Settings, get_settings
 from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
 from service.inference import BatchHook, DecodePool, ModelRegistry, decode_thread_count
 from service.metrics import ServiceMetrics
-from service import openapi as service_openapi
 from service.routes import assess, health, models, viewer
 from service.routes import dicomweb as dicomweb_routes
 from service.routes import evaluate as evaluate_routes
@@ -58,11 +58,25 @@ class RequestContextMiddleware:
         self.in_progress = 0  # only touched on the event loop
 
     async def _refuse_busy(self, send: Send, request_id: str) -> None:
-        body = json.dumps(error_body("overloaded", f"{self.in_progress} requests are in progress, the most this "
-                                     "server takes at once; try again shortly", request_id)).encode()
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", b"1"), (b"x-request-id", request_id.encode())]})
+        body = json.dumps(
+            error_body(
+                "overloaded",
+                f"{self.in_progress} requests are in progress, the most this server takes at once; try again shortly",
+                request_id,
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"1"),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,23 +116,44 @@ class RequestContextMiddleware:
             state["error_code"] = "not_ready"
             if not response_started:
                 status = 503
-                body = json.dumps(error_body("not_ready", "the service shut down before this request was "
-                                             "completed; send it again", request_id)).encode()
-                await send({"type": "http.response.start", "status": 503,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()), (b"retry-after", b"5"),
-                                        (b"connection", b"close"), (b"x-request-id", request_id.encode())]})
+                body = json.dumps(
+                    error_body(
+                        "not_ready",
+                        "the service shut down before this request was completed; send it again",
+                        request_id,
+                    )
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 503,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"5"),
+                            (b"connection", b"close"),
+                            (b"x-request-id", request_id.encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
-        except Exception:  # noqa: BLE001 - the client gets a sentence, the log gets the traceback
+        except Exception:
             log.exception("unhandled error, request %s %s %s", request_id, scope.get("method"), scope.get("path"))
             state["error_code"] = "internal"
             if not response_started:
                 status = 500
                 body = json.dumps(error_body("internal", INTERNAL_DETAIL, request_id)).encode()
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"x-request-id", request_id.encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", request_id.encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         finally:
             if limited:
@@ -137,8 +172,9 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
-    decode_pool = DecodePool(decode_thread_count(settings.decode_workers), max_waiting=settings.max_queue_size,
-                             nice=settings.decode_nice)
+    decode_pool = DecodePool(
+        decode_thread_count(settings.decode_workers), max_waiting=settings.max_queue_size, nice=settings.decode_nice
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,6 +202,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(viewer.router)
     app.include_router(evaluate_routes.router)
     app.include_router(dicomweb_routes.router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics,
-                       max_concurrent_requests=settings.max_concurrent_requests)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_concurrent_requests=settings.max_concurrent_requests
+    )
     return app

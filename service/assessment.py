@@ -31,9 +31,11 @@ from service.metrics import ServiceMetrics
 from service.schemas import AssessResponse, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
 from service.upload import Upload
 
+
 class ClientDisconnected(ApiError):
     # nginx's 499: nobody reads this answer, but logs and metrics should say why the request ended.
     status, code = 499, "client_disconnected"
+
 
 @dataclass(frozen=True)
 class AssessParams:
@@ -41,15 +43,20 @@ class AssessParams:
     method: str
     heatmap: HeatmapMode
 
+
 class Assessor:
-    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics,
-                 decode_pool: DecodePool) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics, decode_pool: DecodePool
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.decode_pool = decode_pool
-        self.limits = IngestLimits(max_body_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
-                                   max_dicom_element_bytes=settings.max_dicom_element_bytes)
+        self.limits = IngestLimits(
+            max_body_bytes=settings.max_body_bytes,
+            max_pixels=settings.max_pixels,
+            max_dicom_element_bytes=settings.max_dicom_element_bytes,
+        )
         self.methods = frozenset(saliency.list_methods())
 
     def deadline_from(self, arrived_monotonic: float) -> float:
@@ -64,8 +71,9 @@ class Assessor:
         if params.method not in self.methods:
             raise BadParameter(f"unknown saliency method {params.method!r}; GET /methods lists them")
         if not worker.ready:
-            raise NotReady(f"model {name!r} is {worker.describe_state()}; try again shortly",
-                           headers={"Retry-After": "5"})
+            raise NotReady(
+                f"model {name!r} is {worker.describe_state()}; try again shortly", headers={"Retry-After": "5"}
+            )
         return worker
 
     def _decode_and_prepare(self, upload: Upload, worker: ModelWorker, method: str | None):
@@ -76,14 +84,27 @@ class Assessor:
         self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
         return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
 
-    async def assess(self, upload: Upload, params: AssessParams, worker: ModelWorker, request_id: str,
-                     arrived: float, disconnected: asyncio.Future | None) -> AssessResponse:
+    async def assess(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+    ) -> AssessResponse:
         _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
         return response
 
-    async def assess_keeping_image(self, upload: Upload, params: AssessParams, worker: ModelWorker,
-                                   request_id: str, arrived: float, disconnected: asyncio.Future | None,
-                                   ) -> tuple[DecodedImage, AssessResponse]:
+    async def assess_keeping_image(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+    ) -> tuple[DecodedImage, AssessResponse]:
         """``assess`` that also hands back the decoded image, for callers that derive images from it
         (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
         deadline = self.deadline_from(arrived)
@@ -94,26 +115,39 @@ class Assessor:
         try:
             pending = worker.queue.put(model_input, deadline)
         except QueueFull:
-            raise Overloaded(f"model {worker.name!r} has {worker.settings.max_queue_size} requests queued",
-                             headers={"Retry-After": str(worker.retry_after_seconds())}) from None
+            raise Overloaded(
+                f"model {worker.name!r} has {worker.settings.max_queue_size} requests queued",
+                headers={"Retry-After": str(worker.retry_after_seconds())},
+            ) from None
         except QueueClosed:
             raise NotReady("the service is shutting down", headers={"Retry-After": "5"}) from None
         try:
             output = await await_output(worker, pending, disconnected)
         except DeadlineExceeded:
-            raise RequestTimeout(f"the request waited longer than {self.settings.request_timeout_ms:g} ms "
-                                 "in the queue and was not computed") from None
+            raise RequestTimeout(
+                f"the request waited longer than {self.settings.request_timeout_ms:g} ms "
+                "in the queue and was not computed"
+            ) from None
         except ClientGone:
             raise ClientDisconnected("the client disconnected before its request was computed") from None
         except ApiError:
             raise
         except Exception as exc:  # the batch failed; every request of it gets this
-            raise InternalError(f"model computation failed ({type(exc).__name__}); quote the request_id "
-                                "when reporting it") from exc
+            raise InternalError(
+                f"model computation failed ({type(exc).__name__}); quote the request_id when reporting it"
+            ) from exc
         return decoded, self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
 
-    def _response(self, output: ModelOutput, worker: ModelWorker, params: AssessParams, width: int,
-                  height: int, request_id: str, arrived: float) -> AssessResponse:
+    def _response(
+        self,
+        output: ModelOutput,
+        worker: ModelWorker,
+        params: AssessParams,
+        width: int,
+        height: int,
+        request_id: str,
+        arrived: float,
+    ) -> AssessResponse:
         meta = worker.meta
         reacquire = output.probability >= meta.threshold
         decision = "reacquire" if reacquire else "accept"
@@ -121,8 +155,12 @@ class Assessor:
         heatmap = None
         point = None
         if output.heatmap_png is not None:
-            heatmap = Heatmap(method=params.method, width=output.heatmap_hw[1], height=output.heatmap_hw[0],
-                              png_base64=base64.b64encode(output.heatmap_png).decode("ascii"))
+            heatmap = Heatmap(
+                method=params.method,
+                width=output.heatmap_hw[1],
+                height=output.heatmap_hw[0],
+                png_base64=base64.b64encode(output.heatmap_png).decode("ascii"),
+            )
             point = Point(x=output.point[0], y=output.point[1])
         return AssessResponse(
             request_id=request_id,
@@ -134,7 +172,9 @@ class Assessor:
             point=point,
             image=ImageSize(width=width, height=height),
             heatmap=heatmap,
-            timings_ms=Timings(queue=round(output.queue_seconds * 1000, 3),
-                               compute=round(output.compute_seconds * 1000, 3),
-                               total=round((time.monotonic() - arrived) * 1000, 3)),
+            timings_ms=Timings(
+                queue=round(output.queue_seconds * 1000, 3),
+                compute=round(output.compute_seconds * 1000, 3),
+                total=round((time.monotonic() - arrived) * 1000, 3),
+            ),
         )

@@ -17,9 +17,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger("normgate.batching")
 
@@ -55,8 +56,13 @@ class PendingRequest(Generic[P]):
 class BatchQueue(Generic[P]):
     """Requests in arrival order; ``next_batch`` hands the worker up to ``max_batch_size`` of them."""
 
-    def __init__(self, max_batch_size: int, max_wait_s: float, max_size: int,
-                 on_depth_change: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_size: int,
+        on_depth_change: Callable[[int], None] | None = None,
+    ) -> None:
         if max_batch_size < 1 or max_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_size must be >= 1 and max_wait_s >= 0")
         self.max_batch_size = max_batch_size
@@ -152,9 +158,11 @@ class BatchQueue(Generic[P]):
         return batch
 
 
-def run_batch(batch: Sequence[PendingRequest[P]],
-              handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
-              before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None) -> None:
+def run_batch(
+    batch: Sequence[PendingRequest[P]],
+    handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
+    before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None,
+) -> None:
     """Handle one batch and answer every future exactly once.
 
     ``handle_batch`` returns one result per request, in order; a result that is an exception is set on that
@@ -167,7 +175,7 @@ def run_batch(batch: Sequence[PendingRequest[P]],
         results = handle_batch(batch)
         if len(results) != len(batch):
             raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} requests")
-    except Exception as exc:  # noqa: BLE001 - every request must hear about the failure
+    except Exception as exc:
         log.exception("batch of %d failed", len(batch))
         for pending in batch:
             pending.future.set_exception(exc)
@@ -179,9 +187,11 @@ def run_batch(batch: Sequence[PendingRequest[P]],
             pending.future.set_result(result)
 
 
-def serve_forever(queue: BatchQueue[P],
-                  handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
-                  before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None) -> None:
+def serve_forever(
+    queue: BatchQueue[P],
+    handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
+    before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None,
+) -> None:
     """The worker loop: drain batches until the queue is closed and empty."""
     while (batch := queue.next_batch()) is not None:
         run_batch(batch, handle_batch, before_batch)

@@ -29,76 +29,108 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
-    models_dir: Path = Field(REPO_ROOT / "models" / "checkpoints",
-                             description="Folder whose sub-folders are checkpoints; every one is loaded.")
+    models_dir: Path = Field(
+        REPO_ROOT / "models" / "checkpoints",
+        description="Folder whose sub-folders are checkpoints; every one is loaded.",
+    )
     default_model: str = Field("default", description="Model used when /assess is called without ?model=.")
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
     max_batch_size: int = Field(
-        4, ge=1, le=256,
+        4,
+        ge=1,
+        le=256,
         description="Largest batch one forward pass takes. 4 served the most under overload on CPU, with the "
-                    "shortest tail (docs/benchmarks.md, \"Batching study\"); a GPU may take more.")
+        'shortest tail (docs/benchmarks.md, "Batching study"); a GPU may take more.',
+    )
     max_batch_wait_ms: float = Field(
-        5.0, ge=0, le=10_000,
-        description="How long the oldest queued request may wait for others to fill its batch.")
+        5.0, ge=0, le=10_000, description="How long the oldest queued request may wait for others to fill its batch."
+    )
     max_queue_size: int = Field(64, ge=1, description="Queued requests per model; beyond it 503 overloaded.")
     request_timeout_ms: float = Field(
-        10_000.0, gt=0, description="Per-request deadline from arrival; still queued after it → 504 timeout.")
+        10_000.0, gt=0, description="Per-request deadline from arrival; still queued after it → 504 timeout."
+    )
     max_body_mb: float = Field(64.0, gt=0, description="Largest accepted request body (413 beyond it).")
-    max_pixels: int = Field(60_000_000, ge=1,
-                            description="Largest decoded image, width × height (413 beyond it).")
+    max_pixels: int = Field(60_000_000, ge=1, description="Largest decoded image, width × height (413 beyond it).")
     max_dicom_element_mb: float = Field(
-        64.0, gt=0, description="Largest declared DICOM element length (413 beyond it).")
+        64.0, gt=0, description="Largest declared DICOM element length (413 beyond it)."
+    )
     decode_workers: int = Field(
-        0, ge=0, le=64,
+        0,
+        ge=0,
+        le=64,
         description="Threads that decode and resize uploads; 0: one fewer than the CPUs this process may use "
-                    "(at least 1, at most 8), so the model thread keeps a core to itself.")
+        "(at least 1, at most 8), so the model thread keeps a core to itself.",
+    )
     decode_nice: int = Field(
-        10, ge=0, le=19,
+        10,
+        ge=0,
+        le=19,
         description="Scheduling niceness added to the decode threads (Linux; 0: same as the model). The decode "
-                    "pool should use the cycles the model leaves, not take them: with 2 decode threads and the "
-                    "model thread on 2 cores the model pass ran 1.7× slower at 0 and 1.1× at 10 "
-                    "(docs/benchmarks.md, \"Decode priority\").")
+        "pool should use the cycles the model leaves, not take them: with 2 decode threads and the "
+        "model thread on 2 cores the model pass ran 1.7× slower at 0 and 1.1× at 10 "
+        '(docs/benchmarks.md, "Decode priority").',
+    )
     torch_threads: int = Field(
-        0, ge=0, le=256,
+        0,
+        ge=0,
+        le=256,
         description="Intra-op threads for model compute; 0 keeps torch's default (one per core). On an "
-                    "oversubscribed CPU 1 can be several times faster (no spinning threads fighting for cores).")
+        "oversubscribed CPU 1 can be several times faster (no spinning threads fighting for cores).",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API key entries, each 'sha256:<hex digest>' (python -m service.keys hash KEY) "
-                    "or a plain key (hashed at load, with a warning). When set, /assess, /render, /evaluate… and "
-                    "/dicomweb… need 'Authorization: Bearer <key>'.")
+        "or a plain key (hashed at load, with a warning). When set, /assess, /render, /evaluate… and "
+        "/dicomweb… need 'Authorization: Bearer <key>'.",
+    )
     public_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["healthz", "readyz", "metrics", "models"],
         description="Comma-separated endpoints that stay open when API keys are set: any of healthz, readyz, "
-                    "metrics, models (GET /models and /methods); the viewer page and the OpenAPI schema are "
-                    "always open, every endpoint that takes an image or a job never is.")
+        "metrics, models (GET /models and /methods); the viewer page and the OpenAPI schema are "
+        "always open, every endpoint that takes an image or a job never is.",
+    )
     body_read_timeout_s: float = Field(
-        30.0, gt=0, description="Longest time to receive a request body; a client that trickles it gets 408.")
+        30.0, gt=0, description="Longest time to receive a request body; a client that trickles it gets 408."
+    )
     max_concurrent_requests: int = Field(
-        0, ge=0, description="HTTP requests in progress at once (probes not counted); one more is answered 503 "
-                             "overloaded before its body is read; 0: no limit.")
+        0,
+        ge=0,
+        description="HTTP requests in progress at once (probes not counted); one more is answered 503 "
+        "overloaded before its body is read; 0: no limit.",
+    )
     shutdown_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish.")
+        30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish."
+    )
     worker_restart_delay_s: float = Field(
-        1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again.")
+        1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again."
+    )
     data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
     # DICOMweb (POST /dicomweb/studies, docs/integration.md).
     dicomweb_max_instances: int = Field(
-        32, ge=1, le=1024, description="Most instances (multipart parts) one STOW-RS request may carry (413 beyond).")
+        32, ge=1, le=1024, description="Most instances (multipart parts) one STOW-RS request may carry (413 beyond)."
+    )
     dicomweb_push_url: str | None = Field(
-        None, description="DICOMweb root (e.g. http://pacs:8042/dicom-web) the Secondary Capture and SR of every "
-                          "STOW-RS assessment are stored to (STOW-RS); unset: no push.")
+        None,
+        description="DICOMweb root (e.g. http://pacs:8042/dicom-web) the Secondary Capture and SR of every "
+        "STOW-RS assessment are stored to (STOW-RS); unset: no push.",
+    )
     dicomweb_push_authorization: SecretStr | None = Field(
-        None, description="Authorization header value for the push server, e.g. 'Basic …' or 'Bearer …'.")
+        None, description="Authorization header value for the push server, e.g. 'Basic …' or 'Bearer …'."
+    )
     dicomweb_push_queue_size: int = Field(
-        64, ge=1, description="Result sets waiting to be pushed; beyond it new ones are dropped (and counted).")
+        64, ge=1, description="Result sets waiting to be pushed; beyond it new ones are dropped (and counted)."
+    )
     dicomweb_push_max_attempts: int = Field(5, ge=1, le=20, description="Tries per push before giving up.")
     dicomweb_push_backoff_s: float = Field(
-        0.5, ge=0, description="Wait before the second try; doubles after each failure (capped at 30 s).")
+        0.5, ge=0, description="Wait before the second try; doubles after each failure (capped at 30 s)."
+    )
     dicomweb_push_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one push request.")
     dicomweb_result_cache_mb: float = Field(
-        256.0, ge=0, description="Memory for recent result instances served by WADO-RS GET /dicomweb/…/instances/"
-                                 "{uid}; oldest dropped first; 0 disables.")
+        256.0,
+        ge=0,
+        description="Memory for recent result instances served by WADO-RS GET /dicomweb/…/instances/"
+        "{uid}; oldest dropped first; 0 disables.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -54,8 +54,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from service.schemas import AssessResponse
 
 __all__ = [
-    "COMPREHENSIVE_SR", "SECONDARY_CAPTURE", "SC_MAX_SIDE", "DicomResults", "ResultUids", "build_results",
-    "dataset_bytes", "heatmap_overlay", "read_source_header",
+    "COMPREHENSIVE_SR",
+    "SC_MAX_SIDE",
+    "SECONDARY_CAPTURE",
+    "DicomResults",
+    "ResultUids",
+    "build_results",
+    "dataset_bytes",
+    "heatmap_overlay",
+    "read_source_header",
 ]
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -72,20 +79,70 @@ SR_SERIES_NUMBER = 9902
 # Patient (C.7.1.1), Patient Study (C.7.2.2) and General Study (C.7.2.1) attributes copied from the original;
 # the type 2 ones are written empty when the original lacks them.
 _PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence",
-    "PatientAge", "PatientSize", "PatientWeight",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "StudyDescription", "IssuerOfAccessionNumberSequence",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
 )
-_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 # matplotlib "inferno", 32 stops: the radiographer viewer's colour map (service/static/viewer/viewer.js).
 _INFERNO_STOPS = [
-    0x000004, 0x040312, 0x0B0724, 0x150B37, 0x230C4C, 0x310A5C, 0x3E0966, 0x4C0C6B,
-    0x5A116E, 0x67166E, 0x741A6E, 0x801F6C, 0x8F2469, 0x9B2964, 0xA82E5F, 0xB43359,
-    0xC13A50, 0xCC4248, 0xD74B3F, 0xE05536, 0xE9612B, 0xEF6E21, 0xF57B17, 0xF8890C,
-    0xFB9906, 0xFCA80D, 0xFBB81D, 0xF9C72F, 0xF5D949, 0xF2E865, 0xF3F586, 0xFCFFA4,
+    0x000004,
+    0x040312,
+    0x0B0724,
+    0x150B37,
+    0x230C4C,
+    0x310A5C,
+    0x3E0966,
+    0x4C0C6B,
+    0x5A116E,
+    0x67166E,
+    0x741A6E,
+    0x801F6C,
+    0x8F2469,
+    0x9B2964,
+    0xA82E5F,
+    0xB43359,
+    0xC13A50,
+    0xCC4248,
+    0xD74B3F,
+    0xE05536,
+    0xE9612B,
+    0xEF6E21,
+    0xF57B17,
+    0xF8890C,
+    0xFB9906,
+    0xFCA80D,
+    0xFBB81D,
+    0xF9C72F,
+    0xF5D949,
+    0xF2E865,
+    0xF3F586,
+    0xFCFFA4,
 ]
 HEATMAP_OPACITY = 0.6  # the viewer's default layer opacity
 
@@ -132,16 +189,19 @@ def read_source_header(body: bytes) -> Dataset:
 
 def result_uids(source_sop_instance_uid: str, model_name: str, model_version: str, method: str) -> ResultUids:
     """UIDs that depend only on (original instance, model, method): a re-sent image maps onto the same results."""
+
     def uid(role: str) -> str:
-        return generate_uid(entropy_srcs=["normgate", source_sop_instance_uid, model_name, model_version, method,
-                                          role])
-    return ResultUids(sc_series=uid("sc-series"), sc_instance=uid("sc"), sr_series=uid("sr-series"),
-                      sr_instance=uid("sr"))
+        return generate_uid(entropy_srcs=["normgate", source_sop_instance_uid, model_name, model_version, method, role])
+
+    return ResultUids(
+        sc_series=uid("sc-series"), sc_instance=uid("sc"), sr_series=uid("sr-series"), sr_instance=uid("sr")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The picture
 # ---------------------------------------------------------------------------------------------------------
+
 
 def heatmap_overlay(display: np.ndarray, heatmap: np.ndarray, point: tuple[int, int] | None) -> np.ndarray:
     """[h, w, 3] uint8: ``display`` (float [H, W] in [0, 1], the model's view of the image) scaled so its long
@@ -216,6 +276,7 @@ def banner_lines(answer: AssessResponse, positive_class: str) -> list[str]:
 # The datasets
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue = value
@@ -263,8 +324,14 @@ def _stamp(ds: Dataset, now: dt.datetime, software_versions: list[str]) -> None:
     ds.InstanceNumber = 1
 
 
-def build_secondary_capture(source: Dataset, picture: np.ndarray, answer: AssessResponse, uids: ResultUids,
-                            now: dt.datetime, software_versions: list[str]) -> FileDataset:
+def build_secondary_capture(
+    source: Dataset,
+    picture: np.ndarray,
+    answer: AssessResponse,
+    uids: ResultUids,
+    now: dt.datetime,
+    software_versions: list[str],
+) -> FileDataset:
     ds = _new_file_dataset(SECONDARY_CAPTURE, uids.sc_instance, source)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Modality = "OT"  # General Series (C.7.3.1): SC images of a non-acquisition origin
@@ -278,7 +345,8 @@ def build_secondary_capture(source: Dataset, picture: np.ndarray, answer: Assess
     method = answer.heatmap.method if answer.heatmap else "none"
     ds.DerivationDescription = (
         f"NormGate {answer.model.name} {answer.model.version}: {method} saliency heatmap overlaid on the "
-        f"windowed original, argmax marked, decision {answer.decision} (P={answer.probability:.4f}) burned in")[:1024]
+        f"windowed original, argmax marked, decision {answer.decision} (P={answer.probability:.4f}) burned in"
+    )[:1024]
     source_ref = _sop_reference(str(source.SOPClassUID), str(source.SOPInstanceUID))
     source_ref.PurposeOfReferenceCodeSequence = [_from_codedict(codes.DCM.SourceImageForImageProcessingOperation)]
     ds.SourceImageSequence = [source_ref]
@@ -362,8 +430,15 @@ def _evidence(study_uid: str, series_uid: str, sop_class_uid: str, sop_instance_
     return study
 
 
-def build_structured_report(source: Dataset, answer: AssessResponse, positive_class: str, input_size: list[int],
-                            uids: ResultUids, now: dt.datetime, software_versions: list[str]) -> FileDataset:
+def build_structured_report(
+    source: Dataset,
+    answer: AssessResponse,
+    positive_class: str,
+    input_size: list[int],
+    uids: ResultUids,
+    now: dt.datetime,
+    software_versions: list[str],
+) -> FileDataset:
     ds = _new_file_dataset(COMPREHENSIVE_SR, uids.sr_instance, source)
     ds.Modality = "SR"
     ds.SeriesInstanceUID = uids.sr_series
@@ -378,16 +453,19 @@ def build_structured_report(source: Dataset, answer: AssessResponse, positive_cl
     study_uid = str(source.StudyInstanceUID)
     # The original is the evidence of the requested procedure; the SC is other evidence this report cites.
     ds.CurrentRequestedProcedureEvidenceSequence = [
-        _evidence(study_uid, str(source.SeriesInstanceUID), source_class, source_instance)]
-    ds.PertinentOtherEvidenceSequence = [
-        _evidence(study_uid, uids.sc_series, SECONDARY_CAPTURE, uids.sc_instance)]
+        _evidence(study_uid, str(source.SeriesInstanceUID), source_class, source_instance)
+    ]
+    ds.PertinentOtherEvidenceSequence = [_evidence(study_uid, uids.sc_series, SECONDARY_CAPTURE, uids.sc_instance)]
 
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = [_from_codedict(codes.DCM.QualityAssessment)]
     ds.ContinuityOfContent = "SEPARATE"
     reacquire = answer.decision == "reacquire"
-    recommendation = (_code("REACQUIRE", LOCAL_SCHEME, "Reacquire image") if reacquire
-                      else _code("ACCEPT", LOCAL_SCHEME, "Accept image"))
+    recommendation = (
+        _code("REACQUIRE", LOCAL_SCHEME, "Reacquire image")
+        if reacquire
+        else _code("ACCEPT", LOCAL_SCHEME, "Accept image")
+    )
     method = answer.heatmap.method if answer.heatmap else "none"
     relation = ">=" if reacquire else "<"
     content = [
@@ -395,14 +473,18 @@ def build_structured_report(source: Dataset, answer: AssessResponse, positive_cl
         _coded(_from_codedict(codes.DCM.Finding), _finding_code(answer.label)),
         _numeric(_from_codedict(codes.DCM.Probability), answer.probability),
         _numeric(_from_codedict(codes.DCM.ThresholdValue), answer.threshold),
-        _text(_from_codedict(codes.DCM.Conclusion),
-              f"{answer.decision}: P({positive_class}) = {answer.probability:.4f} {relation} threshold "
-              f"{answer.threshold:g}"),
+        _text(
+            _from_codedict(codes.DCM.Conclusion),
+            f"{answer.decision}: P({positive_class}) = {answer.probability:.4f} {relation} threshold "
+            f"{answer.threshold:g}",
+        ),
         _text(_from_codedict(codes.DCM.AlgorithmName), answer.model.name),
         _text(_from_codedict(codes.DCM.AlgorithmVersion), answer.model.version),
-        _text(_from_codedict(codes.DCM.AlgorithmParameters),
-              f"arch={answer.model.arch}; saliency={method}; input={input_size[0]}x{input_size[1]}; "
-              f"positive_class={positive_class}"),
+        _text(
+            _from_codedict(codes.DCM.AlgorithmParameters),
+            f"arch={answer.model.arch}; saliency={method}; input={input_size[0]}x{input_size[1]}; "
+            f"positive_class={positive_class}",
+        ),
     ]
     if answer.point is not None:
         peak = _content_item("CONTAINS", "SCOORD", _code("SALIENCY-PEAK", LOCAL_SCHEME, "Saliency map maximum"))
@@ -422,8 +504,15 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def build_results(source: Dataset, display: np.ndarray, answer: AssessResponse, positive_class: str,
-                  input_size: list[int], app_version: str, now: dt.datetime | None = None) -> DicomResults:
+def build_results(
+    source: Dataset,
+    display: np.ndarray,
+    answer: AssessResponse,
+    positive_class: str,
+    input_size: list[int],
+    app_version: str,
+    now: dt.datetime | None = None,
+) -> DicomResults:
     """The Secondary Capture and the SR for one assessed image.
 
     ``source``: the original's header (``read_source_header``); ``display``: the decoded pixels the model saw
@@ -437,8 +526,11 @@ def build_results(source: Dataset, display: np.ndarray, answer: AssessResponse, 
     else:
         heatmap = np.zeros((8, 8), dtype=np.uint8)
     point = (answer.point.x, answer.point.y) if answer.point else None
-    picture = burn_in_banner(heatmap_overlay(display, heatmap, point), banner_lines(answer, positive_class),
-                             reacquire=answer.decision == "reacquire")
+    picture = burn_in_banner(
+        heatmap_overlay(display, heatmap, point),
+        banner_lines(answer, positive_class),
+        reacquire=answer.decision == "reacquire",
+    )
     versions = [f"NormGate {app_version}", f"model {answer.model.name} {answer.model.version}"]
     sc = build_secondary_capture(source, picture, answer, uids, now, versions)
     sr = build_structured_report(source, answer, positive_class, input_size, uids, now, versions)

@@ -30,9 +30,19 @@ from service.errors import ApiError, BadImageRequest, UnsupportedMediaType
 from service.ingest import DICOM_MEDIA_TYPE
 
 __all__ = [
-    "DICOM_JSON", "DICOM_MEDIA_TYPE", "MULTIPART_RELATED", "FailureReason", "InstanceIds", "Part",
-    "StowRequestError", "StowOutcome", "build_multipart_related", "parse_multipart_related",
-    "read_instance_ids", "store_instances_response", "stow_status",
+    "DICOM_JSON",
+    "DICOM_MEDIA_TYPE",
+    "MULTIPART_RELATED",
+    "FailureReason",
+    "InstanceIds",
+    "Part",
+    "StowOutcome",
+    "StowRequestError",
+    "build_multipart_related",
+    "parse_multipart_related",
+    "read_instance_ids",
+    "store_instances_response",
+    "stow_status",
 ]
 
 MULTIPART_RELATED = "multipart/related"
@@ -70,6 +80,7 @@ def _bad_request(detail: str) -> BadImageRequest:
 # ---------------------------------------------------------------------------------------------------------
 # Request: Content-Type header and multipart/related body
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _split_parameters(header_value: str) -> tuple[str, dict[str, str]]:
     """``type/subtype; a=b; c="d;e"`` → (``type/subtype`` lower case, {a: b, c: "d;e"}), quotes honoured."""
@@ -110,12 +121,13 @@ def stow_boundary(content_type: str | None) -> str:
     media_type, parameters = _split_parameters(content_type or "")
     if media_type != MULTIPART_RELATED:
         raise UnsupportedMediaType(
-            f"STOW-RS needs Content-Type multipart/related; type=\"application/dicom\", not {media_type or 'none'!r}")
+            f'STOW-RS needs Content-Type multipart/related; type="application/dicom", not {media_type or "none"!r}'
+        )
     root_type = parameters.get("type", DICOM_MEDIA_TYPE).lower()
     if root_type != DICOM_MEDIA_TYPE:
         raise UnsupportedMediaType(
-            f"multipart/related type {root_type!r} is not supported; send binary instances "
-            f"(type=\"{DICOM_MEDIA_TYPE}\")")
+            f'multipart/related type {root_type!r} is not supported; send binary instances (type="{DICOM_MEDIA_TYPE}")'
+        )
     boundary = parameters.get("boundary", "")
     # RFC 2046 §5.1.1 says 1–70 characters, but Orthanc's DICOMweb client sends 73 (two UUIDs); a looser
     # bound still keeps the delimiter search cheap.
@@ -149,13 +161,13 @@ def parse_multipart_related(body: bytes, boundary: str, max_parts: int) -> list[
     separator = b"\r\n" + delimiter
     while True:
         after = position + len(delimiter)
-        if body[after:after + 2] == b"--":
+        if body[after : after + 2] == b"--":
             break  # close delimiter
         line_end = body.find(b"\r\n", after)
         if line_end < 0 or body[after:line_end].strip(b" \t"):
             raise _bad_request("a boundary line is not followed by CRLF (or the body ends early)")
         headers_end = body.find(b"\r\n\r\n", line_end)
-        if body[line_end:line_end + 4] == b"\r\n\r\n":
+        if body[line_end : line_end + 4] == b"\r\n\r\n":
             headers_end = line_end  # a part with no headers at all
         if headers_end < 0:
             raise _bad_request(f"part {len(parts) + 1} has no blank line after its headers")
@@ -163,11 +175,15 @@ def parse_multipart_related(body: bytes, boundary: str, max_parts: int) -> list[
         if next_delimiter < 0:
             raise _bad_request(f"part {len(parts) + 1} is not closed by a boundary (truncated body?)")
         if len(parts) >= max_parts:
-            raise StowTooManyParts(f"the request has more than {max_parts} parts; send at most {max_parts} "
-                                   "instances per request")
-        headers = _parse_part_headers(body[line_end + 2:headers_end])
-        parts.append(Part(content_type=headers.get("content-type"), body=body[headers_end + 4:next_delimiter],
-                          index=len(parts)))
+            raise StowTooManyParts(
+                f"the request has more than {max_parts} parts; send at most {max_parts} instances per request"
+            )
+        headers = _parse_part_headers(body[line_end + 2 : headers_end])
+        parts.append(
+            Part(
+                content_type=headers.get("content-type"), body=body[headers_end + 4 : next_delimiter], index=len(parts)
+            )
+        )
         position = next_delimiter + 2
     if not parts:
         raise _bad_request("the multipart body has no parts")
@@ -210,6 +226,7 @@ def build_multipart_related(instances: list[bytes], boundary: str) -> tuple[byte
 # Instance identifiers, read before any pixel work
 # ---------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class InstanceIds:
     """What the Store Instances Response needs to name an instance, plus whether it carries pixels."""
@@ -222,8 +239,15 @@ class InstanceIds:
     readable: bool = False  # False: not a DICOM dataset pydicom could walk
 
 
-_IDENTIFYING_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PixelData", "FloatPixelData",
-                     "DoubleFloatPixelData"]
+_IDENTIFYING_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+]
 _CONTROL_FLOW = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
@@ -238,12 +262,12 @@ def read_instance_ids(body: bytes) -> InstanceIds:
     try:
         ds = pydicom.dcmread(io.BytesIO(body), force=True, specific_tags=_IDENTIFYING_TAGS, defer_size=1024)
         file_meta = ds.get("file_meta") or {}
-        uids = dict(
-            sop_class_uid=_uid(ds, "SOPClassUID") or _uid(file_meta, "MediaStorageSOPClassUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID") or _uid(file_meta, "MediaStorageSOPInstanceUID"),
-            study_instance_uid=_uid(ds, "StudyInstanceUID"),
-            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-        )
+        uids = {
+            "sop_class_uid": _uid(ds, "SOPClassUID") or _uid(file_meta, "MediaStorageSOPClassUID"),
+            "sop_instance_uid": _uid(ds, "SOPInstanceUID") or _uid(file_meta, "MediaStorageSOPInstanceUID"),
+            "study_instance_uid": _uid(ds, "StudyInstanceUID"),
+            "series_instance_uid": _uid(ds, "SeriesInstanceUID"),
+        }
         # force=True turns any bytes into *some* dataset; only a valid UID shows it is really DICOM.
         return InstanceIds(
             **uids,
@@ -252,7 +276,7 @@ def read_instance_ids(body: bytes) -> InstanceIds:
         )
     except _CONTROL_FLOW:
         raise
-    except BaseException:  # noqa: BLE001 - includes pyo3 panics; a bad part is that part's failure only
+    except BaseException:
         return InstanceIds()
 
 
@@ -271,6 +295,7 @@ def _uid(ds: Any, keyword: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 # Response: the Store Instances Response Module in DICOM JSON
 # ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class StowOutcome:
@@ -306,15 +331,24 @@ def store_instances_response(outcomes: list[StowOutcome], study_retrieve_url: st
     failed = [o for o in outcomes if not o.stored]
     stored = [o for o in outcomes if o.stored]
     if failed:
-        response[TAG_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [
-            {TAG_REFERENCED_SOP_CLASS_UID: _ui(o.ids.sop_class_uid),
-             TAG_REFERENCED_SOP_INSTANCE_UID: _ui(o.ids.sop_instance_uid),
-             TAG_FAILURE_REASON: {"vr": "US", "Value": [o.failure_reason]}} for o in failed]}
+        response[TAG_FAILED_SOP_SEQUENCE] = {
+            "vr": "SQ",
+            "Value": [
+                {
+                    TAG_REFERENCED_SOP_CLASS_UID: _ui(o.ids.sop_class_uid),
+                    TAG_REFERENCED_SOP_INSTANCE_UID: _ui(o.ids.sop_instance_uid),
+                    TAG_FAILURE_REASON: {"vr": "US", "Value": [o.failure_reason]},
+                }
+                for o in failed
+            ],
+        }
     if stored:
         items = []
         for o in stored:
-            item = {TAG_REFERENCED_SOP_CLASS_UID: _ui(o.ids.sop_class_uid),
-                    TAG_REFERENCED_SOP_INSTANCE_UID: _ui(o.ids.sop_instance_uid)}
+            item = {
+                TAG_REFERENCED_SOP_CLASS_UID: _ui(o.ids.sop_class_uid),
+                TAG_REFERENCED_SOP_INSTANCE_UID: _ui(o.ids.sop_instance_uid),
+            }
             if o.retrieve_url:
                 item[TAG_RETRIEVE_URL] = {"vr": "UR", "Value": [o.retrieve_url]}
             items.append(item)

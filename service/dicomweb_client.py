@@ -40,10 +40,18 @@ class PushJob:
 
 
 class DicomwebPusher:
-    def __init__(self, root_url: str, *, queue_size: int = 64, max_attempts: int = 5, backoff_s: float = 0.5,
-                 timeout_s: float = 30.0, authorization: str | None = None,
-                 registry: CollectorRegistry | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        root_url: str,
+        *,
+        queue_size: int = 64,
+        max_attempts: int = 5,
+        backoff_s: float = 0.5,
+        timeout_s: float = 30.0,
+        authorization: str | None = None,
+        registry: CollectorRegistry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.studies_url = root_url.rstrip("/") + "/studies"
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
@@ -55,11 +63,15 @@ class DicomwebPusher:
         self._queue: asyncio.Queue[PushJob] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
-        self.outcomes = Counter("normgate_dicomweb_push_total",
-                                "Result sets (SC + SR of one image) pushed to the DICOMweb server, by outcome.",
-                                ["outcome"], registry=registry)
-        self.queue_depth = Gauge("normgate_dicomweb_push_queue_depth", "Result sets waiting to be pushed.",
-                                 registry=registry)
+        self.outcomes = Counter(
+            "normgate_dicomweb_push_total",
+            "Result sets (SC + SR of one image) pushed to the DICOMweb server, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "normgate_dicomweb_push_queue_depth", "Result sets waiting to be pushed.", registry=registry
+        )
 
     # -- lifecycle (event loop) ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,7 +84,7 @@ class DicomwebPusher:
             return
         try:
             await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             log.warning("dicomweb push: %d result sets not pushed at shutdown", self._queue.qsize())
         self._task.cancel()
         try:
@@ -107,7 +119,7 @@ class DicomwebPusher:
                 self.outcomes.labels(outcome).inc()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad set must not stop the sender
+            except Exception as exc:
                 self.outcomes.labels("failed").inc()
                 log.error("dicomweb push of %s failed: %s", ", ".join(job.sop_instance_uids), type(exc).__name__)
             finally:
@@ -155,5 +167,5 @@ def _failed_reasons(response: httpx.Response) -> list[str]:
     try:
         items = response.json().get(TAG_FAILED_SOP_SEQUENCE, {}).get("Value", [])
         return [f"0x{int(item[TAG_FAILURE_REASON]['Value'][0]):04X}" for item in items]
-    except Exception:  # noqa: BLE001 - an unreadable body is not a failure of the store itself
+    except Exception:
         return []

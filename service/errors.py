@@ -90,8 +90,9 @@ def error_body(code: str, detail: str, request_id: str | None = None) -> dict[st
     return body
 
 
-def error_response(request: Request, status: int, code: str, detail: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     request.state.error_code = code  # read by the request middleware for normgate_rejected_total
     return JSONResponse(error_body(code, detail, request_id), status_code=status, headers=headers)
@@ -105,8 +106,15 @@ def _validation_sentence(exc: RequestValidationError) -> str:
     return "invalid request parameter(s): " + "; ".join(parts)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large",
-               415: "unsupported_media_type", 422: "bad_parameter", 503: "not_ready"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "bad_parameter",
+    503: "not_ready",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

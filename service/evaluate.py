@@ -23,13 +23,25 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from service.jobs import ROW_COLUMNS, Job, JobStore
 
-CSV_COLUMNS = ("image", "model", "method", "label", "probability", "point_x", "point_y", "hit", "n_boxes",
-               "energy_pg", "objects_hit")
+CSV_COLUMNS = (
+    "image",
+    "model",
+    "method",
+    "label",
+    "probability",
+    "point_x",
+    "point_y",
+    "hit",
+    "n_boxes",
+    "energy_pg",
+    "objects_hit",
+)
 
 
 class EvaluateUsageError(ValueError):
@@ -53,10 +65,23 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def build_params(*, data: str | Path, split: str, models: Sequence[str], methods: Sequence[str], tau: float,
-                 smooth_sigma: float, init: str, combine: str, batch_size: int, shard: tuple[int, int],
-                 seed: int = 0, repeat: int = 1, device: str = "cpu", out: str | Path | None = None
-                 ) -> dict[str, Any]:
+def build_params(
+    *,
+    data: str | Path,
+    split: str,
+    models: Sequence[str],
+    methods: Sequence[str],
+    tau: float,
+    smooth_sigma: float,
+    init: str,
+    combine: str,
+    batch_size: int,
+    shard: tuple[int, int],
+    seed: int = 0,
+    repeat: int = 1,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Validated, JSON-ready job parameters (paths made absolute). Raises EvaluateUsageError."""
     from models.evaluation import COMBINE_MODES, INIT_MODES, EvaluationError, check_methods
 
@@ -77,20 +102,32 @@ def build_params(*, data: str | Path, split: str, models: Sequence[str], methods
     if int(batch_size) < 1 or int(batch_size) > 1024:
         raise EvaluateUsageError(f"--batch-size must be in 1..1024, got {batch_size!r}")
     if int(repeat) < 1 or (int(repeat) > 1 and init == "trained"):
-        raise EvaluateUsageError("--repeat N > 1 is for --init semi-random/full-random (several seeds); "
-                                 "repeat trained models by passing several checkpoints")
+        raise EvaluateUsageError(
+            "--repeat N > 1 is for --init semi-random/full-random (several seeds); "
+            "repeat trained models by passing several checkpoints"
+        )
     if not split or "/" in split or "\\" in split or split.startswith("."):
         raise EvaluateUsageError(f"--split must be a plain name such as test, got {split!r}")
     return {
-        "data": str(Path(data).resolve()), "split": split,
-        "models": [str(Path(m).resolve()) for m in models], "methods": methods,
-        "tau": float(tau), "smooth_sigma": float(smooth_sigma), "init": init, "combine": combine,
-        "batch_size": int(batch_size), "shard": list(shard), "seed": int(seed), "repeat": int(repeat),
-        "device": device, "out": None if out is None else str(Path(out).resolve()),
+        "data": str(Path(data).resolve()),
+        "split": split,
+        "models": [str(Path(m).resolve()) for m in models],
+        "methods": methods,
+        "tau": float(tau),
+        "smooth_sigma": float(smooth_sigma),
+        "init": init,
+        "combine": combine,
+        "batch_size": int(batch_size),
+        "shard": list(shard),
+        "seed": int(seed),
+        "repeat": int(repeat),
+        "device": device,
+        "out": None if out is None else str(Path(out).resolve()),
     }
 
 
 # --- running a job -----------------------------------------------------------------------------------------
+
 
 def run_job(store: JobStore, job_id: str, show_progress: bool = True) -> Job:
     """Run (or resume) one job to the end; returns its final state. Never raises for a failing job."""
@@ -102,7 +139,7 @@ def run_job(store: JobStore, job_id: str, show_progress: bool = True) -> Job:
         _run_job(store, store.get(job_id), show_progress)
     except KeyboardInterrupt:
         raise  # stays 'running': a later run resumes it
-    except Exception as exc:  # noqa: BLE001 — every failure becomes the job's error sentence
+    except Exception as exc:
         store.finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
     return store.get(job_id)
 
@@ -130,15 +167,28 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
         raise ValueError("two images of the split have the same name; image names must be unique")
     device = resolve_device(p.get("device", "cpu"))
     models = load_models(p["models"], init=p["init"], seed=p["seed"], repeat=p["repeat"], device=device)
-    config = EvaluationConfig(methods=tuple(p["methods"]), tau=p["tau"], smooth_sigmas=(p["smooth_sigma"],),
-                              combine=p["combine"], batch_size=p["batch_size"], seed=p["seed"])
+    config = EvaluationConfig(
+        methods=tuple(p["methods"]),
+        tau=p["tau"],
+        smooth_sigmas=(p["smooth_sigma"],),
+        combine=p["combine"],
+        batch_size=p["batch_size"],
+        seed=p["seed"],
+    )
     rows_per_image = len(models) * len(config.methods)
     completed = store.completed_images(job.id, rows_per_image)
     remaining = [s for s, k in zip(samples, keys) if k not in completed]
     store.set_total(job.id, total=len(samples), done=len(samples) - len(remaining))
 
-    bar = tqdm(total=len(samples), initial=len(samples) - len(remaining), unit="img", desc="pointing game",
-               disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(remaining),
+        unit="img",
+        desc="pointing game",
+        disable=not show_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         for batch_keys, rows in evaluate(remaining, models, config, root=p["data"], device=device):
             store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in rows], len(batch_keys))
@@ -152,17 +202,28 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
         store.finish(job.id, "cancelled")
         return
 
-    model_info = {m.key: {"arch": m.meta.arch, "name": m.meta.name, "version": m.meta.version,
-                          "input_size": list(m.meta.input_size), "threshold": m.meta.threshold,
-                          "init": m.init, "seed": m.seed, "source": m.source} for m in models}
+    model_info = {
+        m.key: {
+            "arch": m.meta.arch,
+            "name": m.meta.name,
+            "version": m.meta.version,
+            "input_size": list(m.meta.input_size),
+            "threshold": m.meta.threshold,
+            "init": m.init,
+            "seed": m.seed,
+            "source": m.source,
+        }
+        for m in models
+    }
     rows = store.rows(job.id)
     gallery = build_gallery(rows, models, samples, keys, config, p["data"], device)
     write_outputs(out_dir, p, rows, model_info, gallery, elapsed_s=time.monotonic() - started)
     store.finish(job.id, "done")
 
 
-def build_gallery(rows: list[dict], models, samples, keys, config, data_root, device, per_side: int = 3,
-                  max_methods: int = 6) -> list[dict]:
+def build_gallery(
+    rows: list[dict], models, samples, keys, config, data_root, device, per_side: int = 3, max_methods: int = 6
+) -> list[dict]:
     """Best and worst Pointing Game cases of the first model and first saliency method, with every method's
     map for those images (recomputed: maps are not stored)."""
     import numpy as np
@@ -196,16 +257,28 @@ def build_gallery(rows: list[dict], models, samples, keys, config, data_root, de
         panels = []
         boxes = [original_box_to_grid(b, grays[i].shape[:2], grid_hw) for b in sample.boxes]
         for method_id in shown:
-            m = smooth_maps(maps[method_id][i:i + 1], config.smooth_sigmas[0])[0].numpy()
+            m = smooth_maps(maps[method_id][i : i + 1], config.smooth_sigmas[0])[0].numpy()
             y, xpos = np.unravel_index(int(np.argmax(m)), m.shape)
             panels.append({"method": method_id, "map": m, "point": (int(xpos), int(y))})
-        cases.append({"kind": kind, "image": row["image"], "model": entry.key, "primary_method": primary,
-                      "energy_pg": row["energy_pg"], "hit": row["hit"], "probability": row["probability"],
-                      "gray": resize_unit(grays[i], grid_hw).numpy(), "boxes": boxes, "panels": panels})
+        cases.append(
+            {
+                "kind": kind,
+                "image": row["image"],
+                "model": entry.key,
+                "primary_method": primary,
+                "energy_pg": row["energy_pg"],
+                "hit": row["hit"],
+                "probability": row["probability"],
+                "gray": resize_unit(grays[i], grid_hw).numpy(),
+                "boxes": boxes,
+                "panels": panels,
+            }
+        )
     return cases
 
 
 # --- outputs -----------------------------------------------------------------------------------------------
+
 
 def _csv_value(value: Any) -> str:
     if value is None:
@@ -252,26 +325,37 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(out_dir: Path, params: dict, rows: list[dict], model_info: dict[str, dict],
-                  gallery: list[dict] | None = None, elapsed_s: float | None = None,
-                  merged_from: list[str] | None = None) -> dict:
+def write_outputs(
+    out_dir: Path,
+    params: dict,
+    rows: list[dict],
+    model_info: dict[str, dict],
+    gallery: list[dict] | None = None,
+    elapsed_s: float | None = None,
+    merged_from: list[str] | None = None,
+) -> dict:
     from models.evaluation import summarise_rows
     from service.report import render_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise_rows(rows, {k: v["arch"] for k, v in model_info.items()},
-                             {k: float(v.get("threshold", 0.5)) for k, v in model_info.items()},
-                             method_order=params.get("methods"))
+    summary = summarise_rows(
+        rows,
+        {k: v["arch"] for k, v in model_info.items()},
+        {k: float(v.get("threshold", 0.5)) for k, v in model_info.items()},
+        method_order=params.get("methods"),
+    )
     images = sorted({r["image"] for r in rows})
     results = {
         "methods": summary["methods"],
         "classification": summary["classification"],
         "dom": summary["dom"],
         "repeated": summary["repeated"],
-        "counts": {"images": len(images),
-                   "images_with_boxes": len({r["image"] for r in rows if r["hit"] is not None}),
-                   "rows": len(rows)},
+        "counts": {
+            "images": len(images),
+            "images_with_boxes": len({r["image"] for r in rows if r["hit"] is not None}),
+            "rows": len(rows),
+        },
         "models": model_info,
         "params": params,
         "run": {"elapsed_s": None if elapsed_s is None else round(elapsed_s, 3), "merged_from": merged_from},
@@ -286,6 +370,7 @@ def write_outputs(out_dir: Path, params: dict, rows: list[dict], model_info: dic
 
 
 # --- merge -------------------------------------------------------------------------------------------------
+
 
 def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict:
     """Join shard outputs into the outputs one unsharded run gives. Checks the shards belong together."""
@@ -307,8 +392,9 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
             rows[key] = r
     same = [{k: v for k, v in p.items() if k not in ("shard", "out", "batch_size", "device")} for p in params_list]
     if any(s != same[0] for s in same[1:]):
-        raise EvaluateUsageError("the shard folders come from jobs with different parameters; merge only "
-                                 "shards of one evaluation")
+        raise EvaluateUsageError(
+            "the shard folders come from jobs with different parameters; merge only shards of one evaluation"
+        )
     counts = {p["shard"][1] for p in params_list}
     indices = sorted(p["shard"][0] for p in params_list)
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
@@ -317,8 +403,14 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     gallery: list[dict] = []
     if with_gallery:
         gallery = _gallery_for_params(params, list(rows.values()))
-    return write_outputs(Path(out_dir), params, list(rows.values()), model_info, gallery,
-                         merged_from=[str(Path(d).resolve()) for d in shard_dirs])
+    return write_outputs(
+        Path(out_dir),
+        params,
+        list(rows.values()),
+        model_info,
+        gallery,
+        merged_from=[str(Path(d).resolve()) for d in shard_dirs],
+    )
 
 
 def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
@@ -331,26 +423,36 @@ def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
         models = load_models(params["models"], init=params["init"], seed=params["seed"], repeat=params["repeat"])
     except (OSError, ValueError):
         return []
-    config = EvaluationConfig(methods=tuple(params["methods"]), tau=params["tau"],
-                              smooth_sigmas=(params["smooth_sigma"],), combine=params["combine"],
-                              batch_size=params["batch_size"], seed=params["seed"])
+    config = EvaluationConfig(
+        methods=tuple(params["methods"]),
+        tau=params["tau"],
+        smooth_sigmas=(params["smooth_sigma"],),
+        combine=params["combine"],
+        batch_size=params["batch_size"],
+        seed=params["seed"],
+    )
     keys = [image_key(s, params["data"]) for s in samples]
     return build_gallery(rows, models, samples, keys, config, params["data"], "cpu")
 
 
 # --- command line ------------------------------------------------------------------------------------------
 
+
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m service.evaluate",
         description="Pointing Game of saliency methods on a data set in Object-CXR layout (SPEC §6). "
-                    "Subcommands: 'merge --out DIR SHARD_DIR…', 'compare --out FILE [LABEL=]RUN_DIR…' and "
-                    "'run-job --job-db FILE --job-id ID'.")
+        "Subcommands: 'merge --out DIR SHARD_DIR…', 'compare --out FILE [LABEL=]RUN_DIR…' and "
+        "'run-job --job-db FILE --job-id ID'.",
+    )
     p.add_argument("--data", required=True, help="data set root (ROOT/<split>.csv, images under ROOT/<split>/)")
     p.add_argument("--split", default="test", help="split name (default: test)")
     p.add_argument("--model", required=True, help="checkpoint folder(s), comma-separated")
-    p.add_argument("--methods", default="normgrad-conv1x1-combined",
-                   help="saliency method ids, comma-separated; 'random' adds the random-map control")
+    p.add_argument(
+        "--methods",
+        default="normgrad-conv1x1-combined",
+        help="saliency method ids, comma-separated; 'random' adds the random-map control",
+    )
     p.add_argument("--tau", type=float, default=15.0, help="hit tolerance in model-grid pixels (default 15)")
     p.add_argument("--smooth-sigma", type=float, default=0.0, help="Gaussian σ on the map before argmax (0 = off)")
     p.add_argument("--init", default="trained", help="trained | semi-random | full-random")
@@ -369,8 +471,10 @@ def _run_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
-        p = argparse.ArgumentParser(prog="python -m service.evaluate merge",
-                                    description="Merge shard outputs into one results.json/per_image.csv/report.")
+        p = argparse.ArgumentParser(
+            prog="python -m service.evaluate merge",
+            description="Merge shard outputs into one results.json/per_image.csv/report.",
+        )
         p.add_argument("--out", required=True)
         p.add_argument("--no-gallery", action="store_true", help="do not reload models/images for the gallery")
         p.add_argument("shards", nargs="+")
@@ -386,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = argparse.ArgumentParser(
             prog="python -m service.evaluate compare",
             description="Put finished runs side by side (rows = methods; columns = runs, e.g. trained / "
-                        "semi-random / full-random, σ 0 / 1), like the papers' Tables 2 and 4.")
+            "semi-random / full-random, σ 0 / 1), like the papers' Tables 2 and 4.",
+        )
         p.add_argument("--out", required=True, help="HTML file to write")
         p.add_argument("--metric", default="pointing_game", choices=("pointing_game", "energy_pg", "froc"))
         p.add_argument("runs", nargs="+", help="run folders, each optionally LABEL=FOLDER")
@@ -424,10 +529,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _run_parser().parse_args(argv)
     try:
-        params = build_params(data=args.data, split=args.split, models=args.model, methods=args.methods,
-                              tau=args.tau, smooth_sigma=args.smooth_sigma, init=args.init, combine=args.combine,
-                              batch_size=args.batch_size, shard=parse_shard(args.shard), seed=args.seed,
-                              repeat=args.repeat, device=args.device, out=args.out)
+        params = build_params(
+            data=args.data,
+            split=args.split,
+            models=args.model,
+            methods=args.methods,
+            tau=args.tau,
+            smooth_sigma=args.smooth_sigma,
+            init=args.init,
+            combine=args.combine,
+            batch_size=args.batch_size,
+            shard=parse_shard(args.shard),
+            seed=args.seed,
+            repeat=args.repeat,
+            device=args.device,
+            out=args.out,
+        )
     except EvaluateUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

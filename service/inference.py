@@ -25,18 +25,18 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from models import saliency
-from models.device import resolve_device as models_resolve_device
 from models.checkpoint import META_FILE, CheckpointMeta, load_checkpoint
+from models.device import resolve_device as models_resolve_device
 from models.preprocess import grid_point_to_original, preprocess_batch
 from service.batching import (
     BatchQueue,
@@ -129,8 +129,9 @@ def argmax_point(saliency_map: np.ndarray) -> tuple[int, int]:
 class ModelRunner:
     """Runs batches of ``ModelInput`` through one checkpoint on one device."""
 
-    def __init__(self, name: str, model: torch.nn.Module, meta: CheckpointMeta, device: torch.device,
-                 metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, name: str, model: torch.nn.Module, meta: CheckpointMeta, device: torch.device, metrics: ServiceMetrics
+    ) -> None:
         self.name = name
         self.model = model
         self.meta = meta
@@ -187,9 +188,17 @@ class ModelRunner:
                 t2 = time.perf_counter()
                 self.metrics.compute_duration.labels(self.name, "saliency").observe(t1 - t0)
                 self.metrics.compute_duration.labels(self.name, "encode").observe(t2 - t1)
-            outputs.append(ModelOutput(probability=probability, point=point, heatmap_png=png,
-                                       heatmap_hw=self.grid_hw, queue_seconds=pending.queue_seconds,
-                                       compute_seconds=compute_seconds, batch_size=len(batch)))
+            outputs.append(
+                ModelOutput(
+                    probability=probability,
+                    point=point,
+                    heatmap_png=png,
+                    heatmap_hw=self.grid_hw,
+                    queue_seconds=pending.queue_seconds,
+                    compute_seconds=compute_seconds,
+                    batch_size=len(batch),
+                )
+            )
         return outputs
 
 
@@ -204,8 +213,15 @@ class ModelState:
 class ModelWorker:
     """One checkpoint, its batching queue and the thread that owns the model."""
 
-    def __init__(self, name: str, folder: Path, device: torch.device, settings: Settings,
-                 metrics: ServiceMetrics, batch_hook: BatchHook | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        device: torch.device,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        batch_hook: BatchHook | None = None,
+    ) -> None:
         self.name = name
         self.folder = folder
         self.device = device
@@ -259,8 +275,9 @@ class ModelWorker:
         self._fail_in_flight(WorkerDied("the model worker stopped while this request was being computed"))
         self.restarts += 1
         self.metrics.worker_restarts.labels(self.name).inc()
-        self._thread = threading.Thread(target=self._serve_guarded, name=f"normgate-model-{self.name}-"
-                                        f"{self.restarts}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve_guarded, name=f"normgate-model-{self.name}-{self.restarts}", daemon=True
+        )
         self.died_at = None
         self._thread.start()
         log.warning("model %s: worker thread restarted (restart %d)", self.name, self.restarts)
@@ -280,7 +297,7 @@ class ModelWorker:
     def _run(self) -> None:
         try:
             checkpoint = load_checkpoint(self.folder, device=self.device)
-        except Exception as exc:  # noqa: BLE001 - a broken checkpoint makes the service not ready, not crash
+        except Exception as exc:
             log.exception("model %s: loading %s failed", self.name, self.folder)
             self.error = str(exc)
             self.state = ModelState.FAILED
@@ -307,9 +324,13 @@ class ModelWorker:
                 self._in_flight = batch
                 run_batch(batch, self._handle_batch, self._before_batch)
                 self._in_flight = None
-        except BaseException as exc:  # noqa: BLE001 - a dying thread must not leave requests unanswered
-            log.critical("model %s: worker thread died (%s); the supervisor restarts it", self.name,
-                         type(exc).__name__, exc_info=True)
+        except BaseException as exc:
+            log.critical(
+                "model %s: worker thread died (%s); the supervisor restarts it",
+                self.name,
+                type(exc).__name__,
+                exc_info=True,
+            )
             self.died_at = time.monotonic()
             self._fail_in_flight(WorkerDied(f"the model worker died ({type(exc).__name__})"))
 
@@ -345,11 +366,20 @@ class ModelWorker:
         release_memory(self.device)
         if len(batch) == 1:
             log.warning("model %s: out of memory on a single image; answered 503", self.name)
-            return [ImageTooLargeForMemory("the model ran out of memory on this image; try again shortly",
-                                           headers={"Retry-After": str(self.retry_after_seconds())})]
+            return [
+                ImageTooLargeForMemory(
+                    "the model ran out of memory on this image; try again shortly",
+                    headers={"Retry-After": str(self.retry_after_seconds())},
+                )
+            ]
         half = len(batch) // 2
-        log.warning("model %s: out of memory on a batch of %d; retrying as %d + %d", self.name, len(batch),
-                    half, len(batch) - half)
+        log.warning(
+            "model %s: out of memory on a batch of %d; retrying as %d + %d",
+            self.name,
+            len(batch),
+            half,
+            len(batch) - half,
+        )
         return self._run_splitting_on_oom(batch[:half]) + self._run_splitting_on_oom(batch[half:])
 
     def _warm_up(self) -> None:
@@ -364,8 +394,9 @@ class ModelWorker:
         gray = np.full((h, w), 0.5, dtype=np.float32)
         image = preprocess_batch([gray], self.meta.input_size, self.meta.mean, self.meta.std)[0]
         for method in (DEFAULT_METHOD, None):
-            pending = PendingRequest(payload=ModelInput(image=image, original_hw=(h, w), method=method),
-                                     deadline=math.inf)
+            pending = PendingRequest(
+                payload=ModelInput(image=image, original_hw=(h, w), method=method), deadline=math.inf
+            )
             pending.future.set_running_or_notify_cancel()
             pending.started_at = pending.enqueued_at
             run_batch([pending], self._handle_batch, self._before_batch)
@@ -403,8 +434,10 @@ class ModelRegistry:
             raise RuntimeError(f"no checkpoint folders (with {META_FILE}) under NORMGATE_MODELS_DIR={root}")
         names = [name for name, _ in found]
         if self.default_name not in names:
-            raise RuntimeError(f"NORMGATE_DEFAULT_MODEL={self.default_name!r} is not one of the checkpoints "
-                               f"under {root}: {', '.join(names)}")
+            raise RuntimeError(
+                f"NORMGATE_DEFAULT_MODEL={self.default_name!r} is not one of the checkpoints "
+                f"under {root}: {', '.join(names)}"
+            )
         return found
 
     def start(self) -> None:
@@ -422,8 +455,9 @@ class ModelRegistry:
             worker.start()
         # Made here, not in __init__: an app's lifespan may run more than once (tests), a thread only once.
         self._stop_supervising = threading.Event()
-        threading.Thread(target=self._supervise, args=(self._stop_supervising,), name="normgate-supervisor",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._supervise, args=(self._stop_supervising,), name="normgate-supervisor", daemon=True
+        ).start()
 
     # Seconds between the supervisor's looks at the workers (a death is noticed within this).
     SUPERVISE_INTERVAL_S = 0.05
@@ -443,7 +477,7 @@ class ModelRegistry:
                 if time.monotonic() - worker.died_at >= self.settings.worker_restart_delay_s:
                     try:
                         worker.restart()
-                    except Exception:  # noqa: BLE001 - keep supervising the others; try again next round
+                    except Exception:
                         log.exception("model %s: restarting the worker failed", worker.name)
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -475,8 +509,9 @@ class ClientGone(Exception):
     """The client disconnected while its request was queued; its slot was freed."""
 
 
-async def await_output(worker: ModelWorker, pending: PendingRequest[ModelInput],
-                       disconnected: asyncio.Future | None) -> ModelOutput:
+async def await_output(
+    worker: ModelWorker, pending: PendingRequest[ModelInput], disconnected: asyncio.Future | None
+) -> ModelOutput:
     """Wait for a queued request's answer, its deadline, or its client leaving — whichever comes first.
 
     Deadline or disconnect while still queued: the request is withdrawn (never computed, slot freed).
@@ -548,15 +583,20 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, max_waiting: int, nice: int = 0) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normgate-decode",
-                                           initializer=lower_thread_priority, initargs=(nice,))
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="normgate-decode",
+            initializer=lower_thread_priority,
+            initargs=(nice,),
+        )
         self.capacity = workers + max_waiting
         self.in_flight = 0  # only touched on the event loop thread
 
     async def run(self, fn, *args):
         if self.in_flight >= self.capacity:
-            raise DecodeBacklogFull(f"{self.in_flight} uploads are already being decoded or waiting to be; "
-                                    "try again shortly")
+            raise DecodeBacklogFull(
+                f"{self.in_flight} uploads are already being decoded or waiting to be; try again shortly"
+            )
         self.in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -568,8 +608,24 @@ class DecodePool:
 
 
 __all__ = [
-    "ClientGone", "DecodeBacklogFull", "DecodePool", "ImageTooLargeForMemory", "ModelInput", "ModelOutput",
-    "ModelRegistry", "ModelRunner", "ModelWorker", "OUT_OF_MEMORY", "QueueClosed", "QueueFull", "WorkerDied",
-    "argmax_point", "await_output", "decode_thread_count", "heatmap_to_png", "lower_thread_priority",
-    "release_memory", "resolve_device",
+    "OUT_OF_MEMORY",
+    "ClientGone",
+    "DecodeBacklogFull",
+    "DecodePool",
+    "ImageTooLargeForMemory",
+    "ModelInput",
+    "ModelOutput",
+    "ModelRegistry",
+    "ModelRunner",
+    "ModelWorker",
+    "QueueClosed",
+    "QueueFull",
+    "WorkerDied",
+    "argmax_point",
+    "await_output",
+    "decode_thread_count",
+    "heatmap_to_png",
+    "lower_thread_priority",
+    "release_memory",
+    "resolve_device",
 ]

@@ -48,20 +48,29 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
-
 import pydicom
+from PIL import ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+from pydicom import uid as dicom_uid
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
-from pydicom import uid as dicom_uid
 
 __all__ = [
-    "IngestLimits", "DecodedImage", "IngestError", "BadImage", "TooLarge", "UnsupportedMediaType",
-    "BadParameter", "sniff_media_type", "decode_image", "to_display_png",
-    "DICOM_MEDIA_TYPE", "PNG_MEDIA_TYPE", "JPEG_MEDIA_TYPE",
+    "DICOM_MEDIA_TYPE",
+    "JPEG_MEDIA_TYPE",
+    "PNG_MEDIA_TYPE",
+    "BadImage",
+    "BadParameter",
+    "DecodedImage",
+    "IngestError",
+    "IngestLimits",
+    "TooLarge",
+    "UnsupportedMediaType",
+    "decode_image",
+    "sniff_media_type",
+    "to_display_png",
 ]
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -189,7 +198,7 @@ def _looks_like_raw_dataset(head: bytes, total: int) -> bool:
 
 
 def _declared_kind(content_type: str | None) -> str | None:
-    """"dicom" | "png" | "jpeg" for a supported Content-Type, None for "sniff"; 415 for anything else."""
+    """ "dicom" | "png" | "jpeg" for a supported Content-Type, None for "sniff"; 415 for anything else."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type in _SNIFFED_TYPES:
         return None
@@ -204,6 +213,7 @@ def _declared_kind(content_type: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------------------
+
 
 def decode_image(body: bytes, content_type: str | None, limits: IngestLimits = IngestLimits()) -> DecodedImage:
     """Request body → :class:`DecodedImage`, or an :class:`IngestError` (never another exception)."""
@@ -308,8 +318,7 @@ def _decode_raster(body: bytes, kind: str, limits: IngestLimits) -> DecodedImage
         except Exception as exc:
             raise BadImage(f"the {name} image could not be decoded: {_library_failure(exc)}") from exc
     pixels = _finish(gray)
-    return DecodedImage(pixels=pixels, width=pixels.shape[1], height=pixels.shape[0], source=kind,
-                        bits_stored=bits)
+    return DecodedImage(pixels=pixels, width=pixels.shape[1], height=pixels.shape[0], source=kind, bits_stored=bits)
 
 
 def _raster_to_gray(im) -> tuple[np.ndarray, int]:
@@ -352,8 +361,11 @@ _DEFER_BYTES = 1 * 2**20
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _REQUIRED_PIXEL_ELEMENTS = (
-    ("Rows", "0028,0010"), ("Columns", "0028,0011"), ("BitsAllocated", "0028,0100"),
-    ("BitsStored", "0028,0101"), ("PhotometricInterpretation", "0028,0004"),
+    ("Rows", "0028,0010"),
+    ("Columns", "0028,0011"),
+    ("BitsAllocated", "0028,0100"),
+    ("BitsStored", "0028,0101"),
+    ("PhotometricInterpretation", "0028,0004"),
 )
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 
@@ -400,7 +412,7 @@ def _dicom_to_image(ds, stream_length: int, limits: IngestLimits) -> DecodedImag
         raise BadImage(f"DICOM Bits Stored {bits_stored} is outside 1–32")
     if photometric not in _MONOCHROME + _COLOUR:
         raise UnsupportedMediaType(f"DICOM Photometric Interpretation {photometric!r} is not supported")
-    if (samples == 1) != (photometric in _MONOCHROME + ("PALETTE COLOR",)):
+    if (samples == 1) != (photometric in (*_MONOCHROME, "PALETTE COLOR")):
         raise BadImage(f"DICOM Samples per Pixel {samples} contradicts Photometric Interpretation {photometric}")
 
     transfer_syntax = ds.file_meta.TransferSyntaxUID
@@ -444,11 +456,16 @@ def _dicom_to_image(ds, stream_length: int, limits: IngestLimits) -> DecodedImag
 
     pixels = _finish(pixels)
     return DecodedImage(
-        pixels=pixels, width=columns, height=rows, source="dicom", bits_stored=bits_stored,
+        pixels=pixels,
+        width=columns,
+        height=rows,
+        source="dicom",
+        bits_stored=bits_stored,
         sop_instance_uid=_uid_or_none(ds, "SOPInstanceUID"),
         study_instance_uid=_uid_or_none(ds, "StudyInstanceUID"),
         series_instance_uid=_uid_or_none(ds, "SeriesInstanceUID"),
-        photometric=photometric, window=window,
+        photometric=photometric,
+        window=window,
     )
 
 
@@ -475,8 +492,10 @@ def _read_dicom(body: bytes, limits: IngestLimits):
             ds = pydicom.dcmread(io.BytesIO(body), defer_size=defer_size, force=False)
         except InvalidDicomError:
             if not _looks_like_raw_dataset(body[:16], len(body)):
-                raise BadImage("not a DICOM file: no 'DICM' prefix after a 128-byte preamble, "
-                               "and the bytes do not start like a raw DICOM dataset") from None
+                raise BadImage(
+                    "not a DICOM file: no 'DICM' prefix after a 128-byte preamble, "
+                    "and the bytes do not start like a raw DICOM dataset"
+                ) from None
             ds = pydicom.dcmread(io.BytesIO(body), defer_size=defer_size, force=True)
         if len(ds) == 0:
             raise BadImage("the DICOM file holds no data elements")
@@ -516,7 +535,7 @@ def _scan_file_meta(body: bytes) -> tuple[int, str | None]:
         group, element = struct.unpack_from("<HH", body, offset)
         if group != 0x0002:
             break
-        vr = body[offset + 4:offset + 6]
+        vr = body[offset + 4 : offset + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"):
             if offset + 12 > len(body):
                 break
@@ -528,7 +547,7 @@ def _scan_file_meta(body: bytes) -> tuple[int, str | None]:
         if length == _UNDEFINED_LENGTH or value_at + length > len(body):
             break
         if element == 0x0010:
-            syntax = body[value_at:value_at + length].rstrip(b"\x00 ").decode("ascii", "replace")
+            syntax = body[value_at : value_at + length].rstrip(b"\x00 ").decode("ascii", "replace")
         offset = value_at + length
     return offset, syntax
 
@@ -544,9 +563,7 @@ def _bounded_inflated_size(deflated: bytes, limits: IngestLimits) -> int:
             out = inflater.decompress(pending, chunk)
             total += len(out)
             if total > limits.max_dicom_element_bytes:
-                raise TooLarge(
-                    f"the Deflated DICOM dataset inflates past {limits.max_dicom_element_bytes} bytes"
-                )
+                raise TooLarge(f"the Deflated DICOM dataset inflates past {limits.max_dicom_element_bytes} bytes")
             pending = inflater.unconsumed_tail
             if not pending or not out:
                 break
@@ -608,9 +625,7 @@ def _check_codestream_size(ds, transfer_syntax, rows: int, columns: int) -> None
         return  # unparsable headers are left to the codec, which then fails on its own
     width, height = declared
     if (width, height) != (columns, rows):
-        raise BadImage(
-            f"the compressed frame declares {width}×{height} but Rows × Columns say {columns}×{rows}"
-        )
+        raise BadImage(f"the compressed frame declares {width}×{height} but Rows × Columns say {columns}×{rows}")
 
 
 def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
@@ -643,13 +658,13 @@ def _jpeg2000_size(stream: bytes) -> tuple[int, int] | None:
         offset = 12
         while offset + 8 <= len(stream):
             (box_length,) = struct.unpack_from(">I", stream, offset)
-            if stream[offset + 4:offset + 8] == b"jp2c":
+            if stream[offset + 4 : offset + 8] == b"jp2c":
                 offset += 8
                 break
             if box_length < 8:
                 return None
             offset += box_length
-    if stream[offset:offset + 4] != b"\xff\x4f\xff\x51" or offset + 24 > len(stream):
+    if stream[offset : offset + 4] != b"\xff\x4f\xff\x51" or offset + 24 > len(stream):
         return None
     xsiz, ysiz, x_origin, y_origin = struct.unpack_from(">IIII", stream, offset + 8)
     return xsiz - x_origin, ysiz - y_origin
@@ -657,10 +672,15 @@ def _jpeg2000_size(stream: bytes) -> tuple[int, int] | None:
 
 # ---- monochrome pixel pipeline (PS3.3 C.11) -----------------------------------------------------------------
 
+
 def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
     padding = _padding_mask(stored, ds)
-    if padding is None and stored.dtype.itemsize <= 2 and stored.size > _TABLE_MIN_PIXELS \
-            and not ds.get("ModalityLUTSequence"):
+    if (
+        padding is None
+        and stored.dtype.itemsize <= 2
+        and stored.size > _TABLE_MIN_PIXELS
+        and not ds.get("ModalityLUTSequence")
+    ):
         return _monochrome_by_table(stored, ds, photometric)
     values = _modality_lut(stored, ds)
     display, window = _voi(values, ds, padding)
@@ -696,7 +716,7 @@ def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.n
     unsigned = np.dtype(f"u{stored.dtype.itemsize}")
     full = np.zeros(1 << (8 * stored.dtype.itemsize), dtype=np.float32)
     if stored.dtype == unsigned:
-        full[low: high + 1] = table
+        full[low : high + 1] = table
     else:  # signed: index by the same bits read as unsigned
         full[levels.view(unsigned)] = table
     return _look_up_in_strips(full, stored.view(unsigned)), window
@@ -711,7 +731,7 @@ _LOOKUP_STRIP_ROWS = 16
 def _look_up_in_strips(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     out = np.empty(index.shape, dtype=table.dtype)
     for row in range(0, index.shape[0], _LOOKUP_STRIP_ROWS):
-        np.take(table, index[row: row + _LOOKUP_STRIP_ROWS], out=out[row: row + _LOOKUP_STRIP_ROWS])
+        np.take(table, index[row : row + _LOOKUP_STRIP_ROWS], out=out[row : row + _LOOKUP_STRIP_ROWS])
     return out
 
 

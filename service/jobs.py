@@ -25,18 +25,30 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 log = logging.getLogger("normgate.jobs")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATUSES = ("done", "failed", "cancelled")
 
-ROW_COLUMNS = ("image", "model", "method", "label", "probability", "point_x", "point_y", "hit", "n_boxes",
-               "energy_pg", "objects_hit")
+ROW_COLUMNS = (
+    "image",
+    "model",
+    "method",
+    "label",
+    "probability",
+    "point_x",
+    "point_y",
+    "hit",
+    "n_boxes",
+    "energy_pg",
+    "objects_hit",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -92,9 +104,16 @@ class Job:
     finished_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.id, "status": self.status, "progress": {"done": self.done, "total": self.total},
-                "params": self.params, "error": self.error, "created_at": self.created_at,
-                "started_at": self.started_at, "finished_at": self.finished_at}
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "progress": {"done": self.done, "total": self.total},
+            "params": self.params,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -137,10 +156,19 @@ class JobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        return Job(id=row["id"], params=json.loads(row["params"]), status=row["status"], done=row["done"],
-                   total=row["total"], out_dir=row["out_dir"], error=row["error"],
-                   cancel_requested=bool(row["cancel_requested"]), created_at=row["created_at"],
-                   started_at=row["started_at"], finished_at=row["finished_at"])
+        return Job(
+            id=row["id"],
+            params=json.loads(row["params"]),
+            status=row["status"],
+            done=row["done"],
+            total=row["total"],
+            out_dir=row["out_dir"],
+            error=row["error"],
+            cancel_requested=bool(row["cancel_requested"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
 
     # --- jobs -----------------------------------------------------------------------------------------------
     def create(self, params: dict[str, Any], out_dir: str | Path | None = None, status: str = "queued") -> Job:
@@ -148,8 +176,15 @@ class JobStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, params_key, params, status, out_dir, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, params_key(params), json.dumps(params, sort_keys=True), status,
-                 None if out_dir is None else str(out_dir), time.time()))
+                (
+                    job_id,
+                    params_key(params),
+                    json.dumps(params, sort_keys=True),
+                    status,
+                    None if out_dir is None else str(out_dir),
+                    time.time(),
+                ),
+            )
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
@@ -169,7 +204,9 @@ class JobStore:
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT * FROM jobs WHERE params_key = ? AND status IN ('queued', 'running', 'failed') "
-                "ORDER BY created_at DESC LIMIT 1", (params_key(params),)).fetchone()
+                "ORDER BY created_at DESC LIMIT 1",
+                (params_key(params),),
+            ).fetchone()
         return None if row is None else self._job(row)
 
     def claim_next(self) -> Job | None:
@@ -178,14 +215,18 @@ class JobStore:
             row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1").fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?",
-                         (time.time(), row["id"]))
+            conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (time.time(), row["id"]),
+            )
         return self.get(row["id"])
 
     def mark_running(self, job_id: str) -> None:
         with self._transaction() as conn:
-            conn.execute("UPDATE jobs SET status = 'running', error = NULL, started_at = COALESCE(started_at, ?) "
-                         "WHERE id = ?", (time.time(), job_id))
+            conn.execute(
+                "UPDATE jobs SET status = 'running', error = NULL, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (time.time(), job_id),
+            )
 
     def set_out_dir(self, job_id: str, out_dir: str | Path) -> None:
         with self._transaction() as conn:
@@ -199,8 +240,10 @@ class JobStore:
         if status not in FINAL_STATUSES:
             raise ValueError(f"not a final status: {status!r}")
         with self._transaction() as conn:
-            conn.execute("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-                         (status, error, time.time(), job_id))
+            conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, error, time.time(), job_id),
+            )
 
     def request_cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; flag a running one (it stops between batches)."""
@@ -209,8 +252,10 @@ class JobStore:
             if row is None:
                 raise JobNotFound(job_id)
             if row["status"] == "queued":
-                conn.execute("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? "
-                             "WHERE id = ?", (time.time(), job_id))
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?",
+                    (time.time(), job_id),
+                )
             elif row["status"] == "running":
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return self.get(job_id)
@@ -224,8 +269,11 @@ class JobStore:
         """Jobs left 'running' by a process that died go back to the queue (they resume where they stopped)."""
         with self._transaction() as conn:
             ids = [r["id"] for r in conn.execute("SELECT id FROM jobs WHERE status = 'running'").fetchall()]
-            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? "
-                         "WHERE status = 'running' AND cancel_requested = 1", (time.time(),))
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ? "
+                "WHERE status = 'running' AND cancel_requested = 1",
+                (time.time(),),
+            )
             conn.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
         return ids
 
@@ -236,20 +284,23 @@ class JobStore:
         with self._transaction() as conn:
             conn.executemany(
                 f"INSERT OR IGNORE INTO rows (job_id, {', '.join(ROW_COLUMNS)}) VALUES ({placeholders})",
-                [(job_id, *r) for r in rows])
+                [(job_id, *r) for r in rows],
+            )
             conn.execute("UPDATE jobs SET done = done + ? WHERE id = ?", (images_done, job_id))
 
     def completed_images(self, job_id: str, rows_per_image: int) -> set[str]:
         """Images whose every (model, method) row is stored."""
         with self._connect() as conn:
-            found = conn.execute("SELECT image FROM rows WHERE job_id = ? GROUP BY image HAVING COUNT(*) >= ?",
-                                 (job_id, rows_per_image)).fetchall()
+            found = conn.execute(
+                "SELECT image FROM rows WHERE job_id = ? GROUP BY image HAVING COUNT(*) >= ?", (job_id, rows_per_image)
+            ).fetchall()
         return {r["image"] for r in found}
 
     def rows(self, job_id: str) -> list[dict[str, Any]]:
         with self._connect() as conn:
-            found = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM rows WHERE job_id = ? "
-                                 "ORDER BY model, method, image", (job_id,)).fetchall()
+            found = conn.execute(
+                f"SELECT {', '.join(ROW_COLUMNS)} FROM rows WHERE job_id = ? ORDER BY model, method, image", (job_id,)
+            ).fetchall()
         return [dict(r) for r in found]
 
 
@@ -262,9 +313,17 @@ class EvaluationRunner:
     it if it has not stopped after ``cancel_grace_s``.
     """
 
-    def __init__(self, db_path: str | Path, jobs_dir: str | Path, data_roots: Sequence[str | Path],
-                 models_dir: str | Path, nice: int = 10, poll_interval_s: float = 0.5,
-                 cancel_grace_s: float = 10.0, torch_threads: int = 1):
+    def __init__(
+        self,
+        db_path: str | Path,
+        jobs_dir: str | Path,
+        data_roots: Sequence[str | Path],
+        models_dir: str | Path,
+        nice: int = 10,
+        poll_interval_s: float = 0.5,
+        cancel_grace_s: float = 10.0,
+        torch_threads: int = 1,
+    ):
         self.db_path = Path(db_path)
         self._store: JobStore | None = None
         self._store_lock = threading.Lock()
@@ -281,10 +340,14 @@ class EvaluationRunner:
         self._child: subprocess.Popen | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "EvaluationRunner":
+    def from_settings(cls, settings: Any) -> EvaluationRunner:
         data_dir = Path(settings.data_dir)
-        return cls(db_path=data_dir / "evaluate" / "jobs.sqlite3", jobs_dir=data_dir / "evaluate" / "jobs",
-                   data_roots=[data_dir], models_dir=Path(settings.models_dir))
+        return cls(
+            db_path=data_dir / "evaluate" / "jobs.sqlite3",
+            jobs_dir=data_dir / "evaluate" / "jobs",
+            data_roots=[data_dir],
+            models_dir=Path(settings.models_dir),
+        )
 
     @property
     def store(self) -> JobStore:
@@ -322,14 +385,17 @@ class EvaluationRunner:
         return self.store.get(job.id)
 
     def _child_command(self, job_id: str) -> list[str]:
-        return [sys.executable, "-m", "service.evaluate", "run-job", "--job-db", str(self.db_path),
-                "--job-id", job_id]
+        return [sys.executable, "-m", "service.evaluate", "run-job", "--job-db", str(self.db_path), "--job-id", job_id]
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         threads = str(self.torch_threads)
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, NORMGATE_EVAL_TORCH_THREADS=threads,
-                   NORMGATE_EVAL_NICE=str(self.nice))
+        env.update(
+            OMP_NUM_THREADS=threads,
+            MKL_NUM_THREADS=threads,
+            NORMGATE_EVAL_TORCH_THREADS=threads,
+            NORMGATE_EVAL_NICE=str(self.nice),
+        )
         # The child imports the service package from wherever this process found it.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -355,8 +421,9 @@ class EvaluationRunner:
             log_path = out_dir / "job.log"
             # A file, not a pipe: the child's progress output must never block on a full pipe.
             with open(log_path, "ab") as log_file:
-                self._child = subprocess.Popen(self._child_command(job.id), env=self._child_env(),
-                                               stdout=log_file, stderr=subprocess.STDOUT)
+                self._child = subprocess.Popen(
+                    self._child_command(job.id), env=self._child_env(), stdout=log_file, stderr=subprocess.STDOUT
+                )
         except OSError as exc:
             self.store.finish(job.id, "failed", f"could not start the evaluation process: {exc}")
             return
@@ -380,5 +447,8 @@ class EvaluationRunner:
             if current.cancel_requested:
                 self.store.finish(job.id, "cancelled")
             else:
-                self.store.finish(job.id, "failed", "evaluation process ended unexpectedly "
-                                  f"(exit status {child.returncode}; see {log_path})")
+                self.store.finish(
+                    job.id,
+                    "failed",
+                    f"evaluation process ended unexpectedly (exit status {child.returncode}; see {log_path})",
+                )

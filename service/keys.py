@@ -21,7 +21,7 @@ import logging
 import re
 import secrets
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger("normgate.keys")
 
@@ -38,19 +38,20 @@ def normalise_entry(entry: str) -> str:
     """A config entry as ``sha256:<hex>``: digests are checked and kept, plain keys hashed (with a warning)."""
     entry = entry.strip()
     if entry.lower().startswith(PREFIX):
-        digest = entry[len(PREFIX):].lower()
+        digest = entry[len(PREFIX) :].lower()
         if not _HEX_DIGEST.match(digest):
             # Never echo the value: it might be a real key pasted with the prefix by mistake.
             raise ValueError("an API key entry starting with 'sha256:' must have exactly 64 hex digits after it")
         return PREFIX + digest
-    log.warning("NORMGATE_API_KEYS holds a plain API key; store its digest instead "
-                "(python -m service.keys hash KEY prints it)")
+    log.warning(
+        "NORMGATE_API_KEYS holds a plain API key; store its digest instead (python -m service.keys hash KEY prints it)"
+    )
     return hash_key(entry)
 
 
 def digests_of(entries: Iterable[str]) -> list[bytes]:
     """The raw 32-byte digests of normalised entries."""
-    return [bytes.fromhex(entry[len(PREFIX):]) for entry in entries]
+    return [bytes.fromhex(entry[len(PREFIX) :]) for entry in entries]
 
 
 def key_matches(given: str, digests: Iterable[bytes]) -> bool:
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.keys", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     hash_cmd = sub.add_parser("hash", help="print the NORMGATE_API_KEYS entry (sha256:<hex>) of a key")
-    hash_cmd.add_argument("key", nargs="?", help="the key; read from stdin when left out (keeps it out of "
-                                                 "the shell history)")
+    hash_cmd.add_argument(
+        "key", nargs="?", help="the key; read from stdin when left out (keeps it out of the shell history)"
+    )
     sub.add_parser("new", help="make a random key; print the key and its NORMGATE_API_KEYS entry")
     args = parser.parse_args(argv)
     if args.command == "new":

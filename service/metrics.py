@@ -6,8 +6,7 @@ builds many — without "Duplicated timeseries" errors, and ``/metrics`` shows e
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
@@ -21,33 +20,60 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(
-            "normgate_request_duration_seconds", "HTTP request latency, arrival to last byte.",
-            ["endpoint", "status"], buckets=_SECONDS_BUCKETS, registry=r)
+            "normgate_request_duration_seconds",
+            "HTTP request latency, arrival to last byte.",
+            ["endpoint", "status"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "normgate_queue_wait_seconds", "Time a request waited in its model's batching queue.",
-            ["model"], buckets=_SECONDS_BUCKETS, registry=r)
+            "normgate_queue_wait_seconds",
+            "Time a request waited in its model's batching queue.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.compute_duration = Histogram(
             "normgate_compute_duration_seconds",
-            "Time spent per stage: decode (per image), forward_backward (per batch), saliency and encode "
-            "(per image).", ["model", "stage"], buckets=_SECONDS_BUCKETS, registry=r)
+            "Time spent per stage: decode (per image), forward_backward (per batch), saliency and encode (per image).",
+            ["model", "stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "normgate_batch_size", "Requests per batch handed to a model.", ["model"],
-            buckets=_BATCH_BUCKETS, registry=r)
+            "normgate_batch_size",
+            "Requests per batch handed to a model.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "normgate_queue_depth", "Requests waiting in a model's batching queue.", ["model"], registry=r)
+            "normgate_queue_depth", "Requests waiting in a model's batching queue.", ["model"], registry=r
+        )
         self.rejected = Counter(
-            "normgate_rejected_total", "Submitted work (POST /assess, …) answered with an error, by error code.",
-            ["reason"], registry=r)
+            "normgate_rejected_total",
+            "Submitted work (POST /assess, …) answered with an error, by error code.",
+            ["reason"],
+            registry=r,
+        )
         self.decisions = Counter(
-            "normgate_decisions_total", "Assessments answered, by decision.", ["model", "decision"], registry=r)
+            "normgate_decisions_total", "Assessments answered, by decision.", ["model", "decision"], registry=r
+        )
         self.worker_restarts = Counter(
-            "normgate_worker_restarts_total", "Model worker threads that died and were started again.",
-            ["model"], registry=r)
+            "normgate_worker_restarts_total",
+            "Model worker threads that died and were started again.",
+            ["model"],
+            registry=r,
+        )
         self.out_of_memory = Counter(
-            "normgate_out_of_memory_total", "Batches that ran out of memory (each is split and retried; a "
-            "single image out of memory is answered 503).", ["model"], registry=r)
+            "normgate_out_of_memory_total",
+            "Batches that ran out of memory (each is split and retried; a single image out of memory is answered 503).",
+            ["model"],
+            registry=r,
+        )
         self.model_info = Gauge(
-            "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r)
+            "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,8 @@ NORMGATE_MAX_CONCURRENT_REQUESTS cap, before routing), and for operations that r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,8 +21,10 @@ _PROBES = {"/healthz", "/readyz", "/metrics"}
 
 _ALWAYS = {"500": "internal: unexpected error; the body has the request_id to quote"}
 _CAPPED = {"503": "overloaded: too many requests in progress (Retry-After), or not_ready"}
-_WITH_BODY = {"408": "request_timeout: the body did not arrive within NORMGATE_BODY_READ_TIMEOUT_S",
-              "413": "too_large: the body is over the limit"}
+_WITH_BODY = {
+    "408": "request_timeout: the body did not arrive within NORMGATE_BODY_READ_TIMEOUT_S",
+    "413": "too_large: the body is over the limit",
+}
 
 
 def _error_response(description: str) -> dict[str, Any]:

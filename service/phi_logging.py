@@ -28,7 +28,7 @@ class RedactQuotedValues(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format must not leak its arguments either
+        except Exception:
             message = str(record.msg)
         record.msg = redact(message)
         record.args = None

@@ -13,7 +13,8 @@ import base64
 import html
 import io
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,8 +131,9 @@ def _bar_chart(results: dict) -> str:
         e = np.array([0.0 if a is None else a for a in errs], dtype=float)
         ax.bar(x + (k - (len(series) - 1) / 2) * width, v, width, yerr=e, capsize=3, label=label)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{m}\n(control)" if m in CONTROL_METHODS else m for m in methods], rotation=35,
-                       ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{m}\n(control)" if m in CONTROL_METHODS else m for m in methods], rotation=35, ha="right", fontsize=8
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("Pointing Game accuracy")
     ax.grid(axis="y", alpha=0.3)
@@ -147,7 +149,7 @@ def _case_figure(case: dict) -> str:
     fig = Figure(figsize=(2.3 * (len(panels) + 1), 2.6))
     ax = fig.add_subplot(1, len(panels) + 1, 1)
     ax.imshow(case["gray"], cmap="gray", vmin=0, vmax=1)
-    for (x1, y1, x2, y2) in case["boxes"]:
+    for x1, y1, x2, y2 in case["boxes"]:
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.2))
     ax.set_title("image + boxes", fontsize=8)
     ax.axis("off")
@@ -157,7 +159,7 @@ def _case_figure(case: dict) -> str:
         m = panel["map"]
         span = float(m.max() - m.min())
         ax.imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        for (x1, y1, x2, y2) in case["boxes"]:
+        for x1, y1, x2, y2 in case["boxes"]:
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.0))
         px, py = panel["point"]
         ax.plot([px], [py], marker="x", color="white", markersize=8, mew=2)
@@ -169,18 +171,23 @@ def _case_figure(case: dict) -> str:
 
 def _gallery(cases: list[dict], tau: float) -> str:
     if not cases:
-        return ("<p class='note'>No gallery: no image with a box was evaluated, or (after a merge) the models "
-                "and images were not reachable to redraw the maps.</p>")
-    parts = [f"<p class='note'>Best (hits with the most saliency inside the boxes) and worst (misses with the "
-             f"least) images for <code>{_esc(cases[0]['primary_method'])}</code> on model "
-             f"<code>{_esc(cases[0]['model'])}</code>; every evaluated method's map for the same image. Green: "
-             f"ground-truth boxes; ×: the map's maximum (a hit when within τ = {tau:g} px of a box).</p>"]
+        return (
+            "<p class='note'>No gallery: no image with a box was evaluated, or (after a merge) the models "
+            "and images were not reachable to redraw the maps.</p>"
+        )
+    parts = [
+        f"<p class='note'>Best (hits with the most saliency inside the boxes) and worst (misses with the "
+        f"least) images for <code>{_esc(cases[0]['primary_method'])}</code> on model "
+        f"<code>{_esc(cases[0]['model'])}</code>; every evaluated method's map for the same image. Green: "
+        f"ground-truth boxes; ×: the map's maximum (a hit when within τ = {tau:g} px of a box).</p>"
+    ]
     for case in cases:
         verdict = "hit" if case["hit"] else "miss"
         parts.append(
             f"<div class='case'><h3>{_esc(case['kind'])}: {_esc(case['image'])} — {verdict}, energy "
             f"{_fmt(case['energy_pg'])}, P(positive) {_fmt(case['probability'])}</h3>"
-            f"<img alt='saliency maps for {_esc(case['image'])}' src='{_case_figure(case)}'></div>")
+            f"<img alt='saliency maps for {_esc(case['image'])}' src='{_case_figure(case)}'></div>"
+        )
     return "\n".join(parts)
 
 
@@ -193,11 +200,13 @@ def render_report(results: dict, rows: list[dict], gallery: list[dict]) -> str:
         f"<li><code>{_esc(k)}</code>: {_esc(v.get('arch'))} {_esc(v.get('name'))} v{_esc(v.get('version'))}, "
         f"input {_esc('×'.join(str(s) for s in v.get('input_size', [])))}, init {_esc(v.get('init'))}"
         f"{', seed ' + _esc(v.get('seed')) if v.get('init') != 'trained' else ''}</li>"
-        for k, v in sorted(models.items()))
+        for k, v in sorted(models.items())
+    )
     classification = "".join(
         f"<tr><td>{_esc(k)}</td><td>{_fmt(v.get('accuracy'))}</td><td>{_fmt(v.get('auc'))}</td>"
         f"<td>{v.get('n')}</td><td>{v.get('n_positive')}</td></tr>"
-        for k, v in sorted(results.get("classification", {}).items()))
+        for k, v in sorted(results.get("classification", {}).items())
+    )
     elapsed = run.get("elapsed_s")
     merged = run.get("merged_from")
     sections = [
@@ -210,24 +219,36 @@ def render_report(results: dict, rows: list[dict], gallery: list[dict]) -> str:
         f"τ = {params.get('tau', 15):g} px · smoothing σ = {params.get('smooth_sigma', 0):g} · init "
         f"<code>{_esc(params.get('init'))}</code> · NormGrad combine <code>{_esc(params.get('combine'))}</code>"
         + (f" · {elapsed:.1f} s" if elapsed is not None else "")
-        + (f" · merged from {len(merged)} shards" if merged else "") + "</p>",
+        + (f" · merged from {len(merged)} shards" if merged else "")
+        + "</p>",
         f"<ul class='meta'>{model_lines}</ul>",
         "<h2>Pointing Game</h2>",
-        _metric_table(results, "pointing_game",
-                      "Accuracy = hits / (hits + misses) over images with at least one box: a hit when the map's "
-                      "maximum lies within τ pixels (model input grid) of the nearest ground-truth box. "
-                      "Bold: best saliency method per model. <em>random</em> is a control: a seeded uniform-noise "
-                      "map, i.e. the chance level on these images.", with_counts=True),
+        _metric_table(
+            results,
+            "pointing_game",
+            "Accuracy = hits / (hits + misses) over images with at least one box: a hit when the map's "
+            "maximum lies within τ pixels (model input grid) of the nearest ground-truth box. "
+            "Bold: best saliency method per model. <em>random</em> is a control: a seeded uniform-noise "
+            "map, i.e. the chance level on these images.",
+            with_counts=True,
+        ),
         f"<img alt='Pointing Game bar chart' src='{_bar_chart(results)}'>",
         "<h2>Energy-based Pointing Game</h2>",
-        _metric_table(results, "energy_pg", "Mean share of the saliency mass inside the boxes (Score-CAM's "
-                      "energy-based Pointing Game), same images."),
+        _metric_table(
+            results,
+            "energy_pg",
+            "Mean share of the saliency mass inside the boxes (Score-CAM's energy-based Pointing Game), same images.",
+        ),
         "<h2>FROC (Object-CXR challenge metric)</h2>",
-        _metric_table(results, "froc", "Each image's map maximum, mapped to original pixels and scored with the "
-                      "model's probability, is one point prediction; an object is detected when a point lies in "
-                      "its annotation shape. Mean sensitivity at 0.125, 0.25, 0.5, 1, 2, 4, 8 false positives per "
-                      "image (one point per image never reaches more than 1 FP per image; higher rates take the "
-                      "final sensitivity)."),
+        _metric_table(
+            results,
+            "froc",
+            "Each image's map maximum, mapped to original pixels and scored with the "
+            "model's probability, is one point prediction; an object is detected when a point lies in "
+            "its annotation shape. Mean sensitivity at 0.125, 0.25, 0.5, 1, 2, 4, 8 false positives per "
+            "image (one point per image never reaches more than 1 FP per image; higher rates take the "
+            "final sensitivity).",
+        ),
         "<h2>Classification</h2>",
         "<table><thead><tr><th>model</th><th>accuracy</th><th>ROC AUC</th><th>images</th><th>positives</th>"
         f"</tr></thead><tbody>{classification}</tbody></table>",
@@ -266,11 +287,16 @@ def render_comparison(runs: Sequence[tuple[str, dict]], metric: str = "pointing_
             else:
                 model = label.split(" · ", 1)[1]
                 entry = res["methods"].get(m, {}).get(model, {})
-                counts = f" <span class='meta'>({entry['hits']}/{entry['n']})</span>" if (
-                    metric == "pointing_game" and entry.get("n")) else ""
+                counts = (
+                    f" <span class='meta'>({entry['hits']}/{entry['n']})</span>"
+                    if (metric == "pointing_game" and entry.get("n"))
+                    else ""
+                )
                 cells.append(f"<td>{_fmt(entry.get(metric))}{counts}</td>")
         body.append(f"<tr><td>{_esc(m + (' (control)' if m in CONTROL_METHODS else ''))}</td>{''.join(cells)}</tr>")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>NormGate comparison</title>"
-            f"<style>{_CSS}</style></head><body><h1>Comparison: {_esc(metric)}</h1>"
-            f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            "</body></html>")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>NormGate comparison</title>"
+        f"<style>{_CSS}</style></head><body><h1>Comparison: {_esc(metric)}</h1>"
+        f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        "</body></html>"
+    )

@@ -15,8 +15,17 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="A sentence for a person.")
     request_id: str | None = Field(None, description="Present when the request got an id; quote it in reports.")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": "bad_image", "detail": "the PNG data is truncated", "request_id": "5b0d8c0e3f0a4a52b1f7b0f6d1f0b8e2"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "bad_image",
+                    "detail": "the PNG data is truncated",
+                    "request_id": "5b0d8c0e3f0a4a52b1f7b0f6d1f0b8e2",
+                }
+            ]
+        }
+    )
 
 
 class ModelRef(BaseModel):
@@ -60,13 +69,25 @@ class AssessResponse(BaseModel):
     heatmap: Heatmap | None = Field(description="Explanation of the positive class; null with heatmap=none.")
     timings_ms: Timings
 
-    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
-        "request_id": "9f1c2a7d4e3b4c5d8e9f0a1b2c3d4e5f",
-        "model": {"name": "default", "version": "1.0.0", "arch": "resnet18"},
-        "label": "foreign_object", "probability": 0.97, "threshold": 0.5, "decision": "reacquire",
-        "point": {"x": 812, "y": 433}, "image": {"width": 2048, "height": 2500},
-        "heatmap": {"method": DEFAULT_METHOD, "width": 320, "height": 320, "png_base64": "iVBORw0KGgo…"},
-        "timings_ms": {"queue": 3.1, "compute": 41.0, "total": 52.7}}]})
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "9f1c2a7d4e3b4c5d8e9f0a1b2c3d4e5f",
+                    "model": {"name": "default", "version": "1.0.0", "arch": "resnet18"},
+                    "label": "foreign_object",
+                    "probability": 0.97,
+                    "threshold": 0.5,
+                    "decision": "reacquire",
+                    "point": {"x": 812, "y": 433},
+                    "image": {"width": 2048, "height": 2500},
+                    "heatmap": {"method": DEFAULT_METHOD, "width": 320, "height": 320, "png_base64": "iVBORw0KGgo…"},
+                    "timings_ms": {"queue": 3.1, "compute": 41.0, "total": 52.7},
+                }
+            ]
+        },
+    )
 
 
 class ModelInfo(BaseModel):

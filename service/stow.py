@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from service.assessment import AssessParams, Assessor
+from service.assessment import Assessor, AssessParams
 from service.dicom_results import DicomResults, build_results, read_source_header
 from service.dicomweb import DICOM_MEDIA_TYPE, FailureReason, InstanceIds, Part, StowOutcome, read_instance_ids
 from service.dicomweb_client import DicomwebPusher, PushJob
@@ -94,27 +94,49 @@ def _failure_for(exc: Exception) -> tuple[int, str]:
 
 
 class StowService:
-    def __init__(self, assessor: Assessor, results: ResultStore, pusher: DicomwebPusher | None,
-                 app_version: str) -> None:
+    def __init__(
+        self, assessor: Assessor, results: ResultStore, pusher: DicomwebPusher | None, app_version: str
+    ) -> None:
         self.assessor = assessor
         self.results = results
         self.pusher = pusher
         self.app_version = app_version
 
-    async def store(self, parts: list[Part], study_uid: str | None, params: AssessParams, request_id: str,
-                    arrived: float, disconnected: asyncio.Future | None, retrieve_base: str) -> list[StowOutcome]:
+    async def store(
+        self,
+        parts: list[Part],
+        study_uid: str | None,
+        params: AssessParams,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+        retrieve_base: str,
+    ) -> list[StowOutcome]:
         """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``)."""
         worker = self.assessor.check(params)
-        outcomes = await asyncio.gather(*(
-            self._store_one(part, study_uid, params, worker, request_id, arrived, disconnected, retrieve_base)
-            for part in parts))
+        outcomes = await asyncio.gather(
+            *(
+                self._store_one(part, study_uid, params, worker, request_id, arrived, disconnected, retrieve_base)
+                for part in parts
+            )
+        )
         stored = sum(o.stored for o in outcomes)
-        log.info("stow %s: %d instances, %d assessed, %d failed", request_id, len(outcomes), stored,
-                 len(outcomes) - stored)
+        log.info(
+            "stow %s: %d instances, %d assessed, %d failed", request_id, len(outcomes), stored, len(outcomes) - stored
+        )
         return list(outcomes)
 
-    async def _store_one(self, part: Part, study_uid: str | None, params: AssessParams, worker, request_id: str,
-                         arrived: float, disconnected: asyncio.Future | None, retrieve_base: str) -> StowOutcome:
+    async def _store_one(
+        self,
+        part: Part,
+        study_uid: str | None,
+        params: AssessParams,
+        worker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+        retrieve_base: str,
+    ) -> StowOutcome:
         ids = await asyncio.to_thread(read_instance_ids, part.body)
         outcome = StowOutcome(index=part.index, ids=ids)
         refusal = _refusal(part, ids, study_uid)
@@ -124,14 +146,19 @@ class StowService:
             return outcome
         try:
             decoded, answer = await self.assessor.assess_keeping_image(
-                Upload(body=part.body, content_type=DICOM_MEDIA_TYPE), params, worker,
-                f"{request_id}-{part.index}", arrived, disconnected)
+                Upload(body=part.body, content_type=DICOM_MEDIA_TYPE),
+                params,
+                worker,
+                f"{request_id}-{part.index}",
+                arrived,
+                disconnected,
+            )
         except (IngestError, ApiError) as exc:
             outcome.failure_reason, outcome.error = _failure_for(exc)
             outcome.detail = exc.detail
             self._log_failure(request_id, outcome)
             return outcome
-        except Exception as exc:  # noqa: BLE001 - a bug on one instance must not turn the others into a 500
+        except Exception as exc:
             outcome.failure_reason, outcome.error = FailureReason.PROCESSING_FAILURE, "internal"
             outcome.detail = f"assessing the instance failed ({type(exc).__name__}); quote the request id"
             self._log_failure(request_id, outcome)
@@ -144,66 +171,114 @@ class StowService:
         meta = worker.meta
         try:
             results: DicomResults = await asyncio.to_thread(
-                lambda: build_results(read_source_header(part.body), decoded.pixels, answer, meta.positive_class,
-                                      list(meta.input_size), self.app_version))
+                lambda: build_results(
+                    read_source_header(part.body),
+                    decoded.pixels,
+                    answer,
+                    meta.positive_class,
+                    list(meta.input_size),
+                    self.app_version,
+                )
+            )
             files = await asyncio.to_thread(results.part10_files)
-        except Exception as exc:  # noqa: BLE001 - the type only: a library message may quote patient data
+        except Exception as exc:
             outcome.failure_reason, outcome.error = FailureReason.PROCESSING_FAILURE, "internal"
             outcome.detail = f"building the result instances failed ({type(exc).__name__})"
             self._log_failure(request_id, outcome)
             return outcome
         outcome.extras = self._publish(ids, answer.model_dump(mode="json"), results, files, retrieve_base)
-        log.info("stow %s: instance %s assessed: %s (SC %s, SR %s)", request_id, ids.sop_instance_uid,
-                 answer.decision, results.uids.sc_instance, results.uids.sr_instance)
+        log.info(
+            "stow %s: instance %s assessed: %s (SC %s, SR %s)",
+            request_id,
+            ids.sop_instance_uid,
+            answer.decision,
+            results.uids.sc_instance,
+            results.uids.sr_instance,
+        )
         return outcome
 
-    def _publish(self, ids: InstanceIds, answer: dict[str, Any], results: DicomResults, files: list[bytes],
-                 retrieve_base: str) -> dict[str, Any]:
+    def _publish(
+        self, ids: InstanceIds, answer: dict[str, Any], results: DicomResults, files: list[bytes], retrieve_base: str
+    ) -> dict[str, Any]:
         """Keep the results for WADO-RS, queue them for the push server; the instance's JSON result."""
         study = ids.study_instance_uid
         described = {}
-        for role, ds, part10 in (("secondary_capture", results.secondary_capture, files[0]),
-                                 ("structured_report", results.structured_report, files[1])):
+        for role, ds, part10 in (
+            ("secondary_capture", results.secondary_capture, files[0]),
+            ("structured_report", results.structured_report, files[1]),
+        ):
             item = StoredResult(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), part10)
             kept = self.results.put(item)
             described[role] = {
-                "sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": item.sop_instance_uid,
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": item.sop_instance_uid,
                 "series_instance_uid": item.series_instance_uid,
-                "retrieve_url": (f"{retrieve_base}/studies/{study}/series/{item.series_instance_uid}/instances/"
-                                 f"{item.sop_instance_uid}") if kept else None}
+                "retrieve_url": (
+                    f"{retrieve_base}/studies/{study}/series/{item.series_instance_uid}/instances/"
+                    f"{item.sop_instance_uid}"
+                )
+                if kept
+                else None,
+            }
         if self.pusher is None:
             push = "not_configured"
         else:
-            queued = self.pusher.submit(PushJob(instances=files, sop_instance_uids=[
-                described["secondary_capture"]["sop_instance_uid"], described["structured_report"]["sop_instance_uid"]]))
+            queued = self.pusher.submit(
+                PushJob(
+                    instances=files,
+                    sop_instance_uids=[
+                        described["secondary_capture"]["sop_instance_uid"],
+                        described["structured_report"]["sop_instance_uid"],
+                    ],
+                )
+            )
             push = "queued" if queued else "dropped"
         return {"assessment": answer, **described, "push": push}
 
     @staticmethod
     def _log_failure(request_id: str, outcome: StowOutcome) -> None:
-        log.warning("stow %s: instance %s (part %d) failed: %s, 0x%04X", request_id,
-                    outcome.ids.sop_instance_uid or "?", outcome.index, outcome.error, outcome.failure_reason)
+        log.warning(
+            "stow %s: instance %s (part %d) failed: %s, 0x%04X",
+            request_id,
+            outcome.ids.sop_instance_uid or "?",
+            outcome.index,
+            outcome.error,
+            outcome.failure_reason,
+        )
 
 
 def _refusal(part: Part, ids: InstanceIds, study_uid: str | None) -> tuple[int, str, str] | None:
     """(Failure Reason, code, detail) when the identifiers alone rule the instance out, else None."""
     if part.content_type not in (None, DICOM_MEDIA_TYPE):
-        return (FailureReason.CANNOT_UNDERSTAND, "unsupported_media_type",
-                f"part {part.index + 1} is {part.content_type}; STOW-RS parts must be application/dicom")
+        return (
+            FailureReason.CANNOT_UNDERSTAND,
+            "unsupported_media_type",
+            f"part {part.index + 1} is {part.content_type}; STOW-RS parts must be application/dicom",
+        )
     if not ids.readable:
         return None  # let the decoder say what is wrong with the bytes
     if not ids.has_pixel_data:
-        return (FailureReason.SOP_CLASS_NOT_SUPPORTED, "bad_image",
-                f"SOP Class {ids.sop_class_uid or 'unknown'} instance has no Pixel Data: NormGate assesses images")
-    missing = [name for name, value in (("SOP Class UID", ids.sop_class_uid),
-                                        ("SOP Instance UID", ids.sop_instance_uid),
-                                        ("Study Instance UID", ids.study_instance_uid),
-                                        ("Series Instance UID", ids.series_instance_uid)) if not value]
+        return (
+            FailureReason.SOP_CLASS_NOT_SUPPORTED,
+            "bad_image",
+            f"SOP Class {ids.sop_class_uid or 'unknown'} instance has no Pixel Data: NormGate assesses images",
+        )
+    missing = [
+        name
+        for name, value in (
+            ("SOP Class UID", ids.sop_class_uid),
+            ("SOP Instance UID", ids.sop_instance_uid),
+            ("Study Instance UID", ids.study_instance_uid),
+            ("Series Instance UID", ids.series_instance_uid),
+        )
+        if not value
+    ]
     if missing:
-        return (FailureReason.DATA_SET_MISMATCH, "bad_image",
-                "the instance lacks a valid " + ", ".join(missing))
+        return (FailureReason.DATA_SET_MISMATCH, "bad_image", "the instance lacks a valid " + ", ".join(missing))
     if study_uid is not None and ids.study_instance_uid != study_uid:
-        return (FailureReason.DATA_SET_MISMATCH, "study_mismatch",
-                f"the instance belongs to study {ids.study_instance_uid}, not {study_uid} named in the URL")
+        return (
+            FailureReason.DATA_SET_MISMATCH,
+            "study_mismatch",
+            f"the instance belongs to study {ids.study_instance_uid}, not {study_uid} named in the URL",
+        )
     return None
-

@@ -35,8 +35,9 @@ from models.saliency.targets import (
 )
 
 
-def _forward_backward_to_input(model: nn.Module, images: torch.Tensor,
-                               target: TargetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_backward_to_input(
+    model: nn.Module, images: torch.Tensor, target: TargetSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient wrt the images, targets) with one forward and one backward."""
     inputs = images.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -86,11 +87,18 @@ def guided_gradcam_map(model: nn.Module, images: torch.Tensor, target: TargetSpe
     return cam * guided
 
 
-def smoothgrad_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, samples: int = 25,
-                   noise_level: float = 0.15, seed: int = 0, max_batch: int = 32) -> torch.Tensor:
+def smoothgrad_map(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: TargetSpec,
+    samples: int = 25,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    max_batch: int = 32,
+) -> torch.Tensor:
     samples = check_positive_int("samples", samples)
     max_batch = check_positive_int("max_batch", max_batch)
-    if not (isinstance(noise_level, (int, float)) and 0 <= noise_level):
+    if not (isinstance(noise_level, (int, float)) and noise_level >= 0):
         raise ValueError(f"noise_level must be a non-negative number, got {noise_level!r}")
     targets = predicted_targets(model, images, target)
     batch = images.shape[0]
@@ -104,10 +112,10 @@ def smoothgrad_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, s
     done = 0
     while done < samples:
         k = min(per_chunk, samples - done)
-        unit_noise = torch.randn((k, 1) + tuple(images.shape[1:]), generator=generator).to(images.device)
+        unit_noise = torch.randn((k, 1, *tuple(images.shape[1:])), generator=generator).to(images.device)
         noisy = (images.float()[None] + unit_noise * sigma[None]).to(images.dtype).flatten(0, 1)
         grads = input_gradients(model, noisy, targets.repeat(k))
-        total += grads.float().view((k,) + tuple(images.shape)).sum(0)
+        total += grads.float().view((k, *tuple(images.shape))).sum(0)
         done += k
     return reduce_channels_abs(total / samples)
 
@@ -123,9 +131,14 @@ def trapezoid_alphas_and_weights(steps: int) -> tuple[torch.Tensor, torch.Tensor
     return alphas, weights
 
 
-def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                         baseline: torch.Tensor | float = 0.0, steps: int = 32,
-                         max_batch: int = 32) -> torch.Tensor:
+def integrated_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    baseline: torch.Tensor | float = 0.0,
+    steps: int = 32,
+    max_batch: int = 32,
+) -> torch.Tensor:
     """The IG attribution [B, C, H, W] (float32) for given targets."""
     max_batch = check_positive_int("max_batch", max_batch)
     alphas, weights = trapezoid_alphas_and_weights(steps)
@@ -136,17 +149,22 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.
     total = torch.zeros_like(x)
     per_chunk = max(1, max_batch // batch)
     for start in range(0, steps, per_chunk):
-        a = alphas[start:start + per_chunk].to(device=images.device, dtype=torch.float32)
-        w = weights[start:start + per_chunk].to(device=images.device, dtype=torch.float32)
+        a = alphas[start : start + per_chunk].to(device=images.device, dtype=torch.float32)
+        w = weights[start : start + per_chunk].to(device=images.device, dtype=torch.float32)
         k = a.numel()
         path = (base[None] + a.view(k, 1, 1, 1, 1) * delta[None]).to(images.dtype).flatten(0, 1)
-        grads = input_gradients(model, path, targets.repeat(k)).float().view((k,) + tuple(x.shape))
+        grads = input_gradients(model, path, targets.repeat(k)).float().view((k, *tuple(x.shape)))
         total += (w.view(k, 1, 1, 1, 1) * grads).sum(0)
     return delta * total
 
 
-def integrated_gradients_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32,
-                             baseline: float = 0.0, max_batch: int = 32) -> torch.Tensor:
+def integrated_gradients_map(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: TargetSpec,
+    steps: int = 32,
+    baseline: float = 0.0,
+    max_batch: int = 32,
+) -> torch.Tensor:
     targets = predicted_targets(model, images, target)
     return reduce_channels_abs(integrated_gradients(model, images, targets, baseline, steps, max_batch))
-

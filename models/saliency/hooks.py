@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -70,9 +70,7 @@ def resolve_modules(model: nn.Module, names: Sequence[str]) -> list[tuple[str, n
     unknown = [n for n in names if n not in by_name or n == ""]
     if unknown:
         examples = [n for n in by_name if n and n.count(".") <= 1][:12]
-        raise ValueError(
-            f"unknown layer name(s) {unknown}; module names look like {examples}"
-        )
+        raise ValueError(f"unknown layer name(s) {unknown}; module names look like {examples}")
     return [(n, by_name[n]) for n in names]
 
 
@@ -137,7 +135,7 @@ class LayerRecorder:
             raise RuntimeError(f"layer(s) {missing} did not run in the forward pass")
         return [self.outputs[n] for n in self.names]
 
-    def __enter__(self) -> "LayerRecorder":
+    def __enter__(self) -> LayerRecorder:
         self._owner = threading.get_ident()
         try:
             for name, module in self.modules:
@@ -191,7 +189,7 @@ class GuidedActivations:
 
         return hook
 
-    def __enter__(self) -> "GuidedActivations":
+    def __enter__(self) -> GuidedActivations:
         self._owner = threading.get_ident()
         try:
             for module in self.model.modules():
@@ -231,13 +229,19 @@ class ModelOutputRecorder:
         self._owner: int | None = None
 
     def _hook(self, module: nn.Module, inputs, output):
-        if (self.logits is None and threading.get_ident() == self._owner and inputs
-                and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor)
-                and inputs[0].data_ptr() == self._pointer and inputs[0].shape == self._shape):
+        if (
+            self.logits is None
+            and threading.get_ident() == self._owner
+            and inputs
+            and isinstance(inputs[0], torch.Tensor)
+            and isinstance(output, torch.Tensor)
+            and inputs[0].data_ptr() == self._pointer
+            and inputs[0].shape == self._shape
+        ):
             self.logits = output.detach().float()
         return None
 
-    def __enter__(self) -> "ModelOutputRecorder":
+    def __enter__(self) -> ModelOutputRecorder:
         self._owner = threading.get_ident()
         self._handle = self.model.register_forward_hook(self._hook)
         return self

@@ -7,8 +7,8 @@ the gradients from the target logits down to that layer: no weight gradients, no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,8 +28,9 @@ class LayerGradients:
     targets: torch.Tensor  # [B] long
 
 
-def layer_activations_and_gradients(model: nn.Module, images: torch.Tensor, layer_names: Sequence[str],
-                                    target: TargetSpec) -> LayerGradients:
+def layer_activations_and_gradients(
+    model: nn.Module, images: torch.Tensor, layer_names: Sequence[str], target: TargetSpec
+) -> LayerGradients:
     """The caller holds ``frozen_for_explanation(model)``."""
     with LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
         logits = check_logits(model(images))

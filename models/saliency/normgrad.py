@@ -18,7 +18,7 @@ map of the last block left out.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,7 @@ def layer_map(kind: str, activation: torch.Tensor, gradient: torch.Tensor) -> to
     return grad_norm * neighbourhood_sq[:, 0].sqrt()
 
 
-def combine_maps(maps: Sequence[torch.Tensor], mode: str = "geometric-mean",
-                 skip_last: bool = False) -> torch.Tensor:
+def combine_maps(maps: Sequence[torch.Tensor], mode: str = "geometric-mean", skip_last: bool = False) -> torch.Tensor:
     """J upsampled [B, H, W] maps → one [B, H, W] map."""
     if mode not in COMBINE_MODES:
         raise ValueError(f"unknown combine mode {mode!r}; choose one of {COMBINE_MODES}")
@@ -66,15 +65,20 @@ def combine_maps(maps: Sequence[torch.Tensor], mode: str = "geometric-mean",
     for m in used:
         flat = m.flatten(1)
         low = flat.min(dim=1).values[:, None, None]
-        span = (flat.max(dim=1).values[:, None, None] - low)
+        span = flat.max(dim=1).values[:, None, None] - low
         # A constant map carries no location; the seed code would divide by zero here.
         scaled = torch.where(span > 0, (m - low) / span.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
         out = scaled if out is None else out * scaled
     return out
 
 
-def normgrad_maps(kind: str, activations: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
-                  input_size: Sequence[int], combine: str = "geometric-mean") -> torch.Tensor:
+def normgrad_maps(
+    kind: str,
+    activations: Sequence[torch.Tensor],
+    gradients: Sequence[torch.Tensor],
+    input_size: Sequence[int],
+    combine: str = "geometric-mean",
+) -> torch.Tensor:
     """Per-layer maps, upsampled to ``input_size`` and combined ([B, H, W] float32, ≥ 0)."""
     upsampled = [upsample_maps(layer_map(kind, a, g), input_size) for a, g in zip(activations, gradients)]
     if len(upsampled) == 1 and combine == "geometric-mean":

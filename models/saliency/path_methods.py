@@ -61,9 +61,19 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
     return image.detach().float().permute(1, 2, 0).cpu().numpy()
 
 
-def _guided_ig_image_step(x: torch.Tensor, x_input: torch.Tensor, x_baseline: torch.Tensor,
-                          grad_actual: torch.Tensor, attribution: torch.Tensor, step: int, steps: int,
-                          l1_total: float, fraction: float, max_dist: float, max_rounds: int = 1000) -> None:
+def _guided_ig_image_step(
+    x: torch.Tensor,
+    x_input: torch.Tensor,
+    x_baseline: torch.Tensor,
+    grad_actual: torch.Tensor,
+    attribution: torch.Tensor,
+    step: int,
+    steps: int,
+    l1_total: float,
+    fraction: float,
+    max_dist: float,
+    max_rounds: int = 1000,
+) -> None:
     """Advance one image's Guided IG path by one step, in place (Kapishnikov et al. 2021, algorithm 1)."""
     alpha = (step + 1.0) / steps
     alpha_min, alpha_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
@@ -74,11 +84,12 @@ def _guided_ig_image_step(x: torch.Tensor, x_input: torch.Tensor, x_baseline: to
     grad = grad_actual.clone()
     flat_count = grad.numel()
     # np.quantile(..., 'lower') is the element of sorted rank floor(q·(n−1)); kthvalue counts from 1.
-    rank = int(math.floor(fraction * (flat_count - 1))) + 1
+    rank = math.floor(fraction * (flat_count - 1)) + 1
     for _ in range(max_rounds):
         x_old = x.clone()
-        x_alpha = torch.where(span != 0, (x - x_baseline) / torch.where(span != 0, span, 1.0),
-                              torch.full_like(x, alpha_max))
+        x_alpha = torch.where(
+            span != 0, (x - x_baseline) / torch.where(span != 0, span, 1.0), torch.full_like(x, alpha_max)
+        )
         behind = x_alpha < alpha_min  # features that fell more than max_dist behind the straight line
         x[behind] = x_min[behind]
         l1_current = float((x - x_input).abs().sum())
@@ -100,8 +111,15 @@ def _guided_ig_image_step(x: torch.Tensor, x_input: torch.Tensor, x_baseline: to
             return
 
 
-def guided_ig_attribution(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 32,
-                          fraction: float = 0.25, max_dist: float = 0.02, max_batch: int = 32) -> torch.Tensor:
+def guided_ig_attribution(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = 32,
+    fraction: float = 0.25,
+    max_dist: float = 0.02,
+    max_batch: int = 32,
+) -> torch.Tensor:
     """Guided IG [B, C, H, W] from a black (zero) baseline; one batched gradient call per path step.
 
     At each step the fraction of features with the smallest |gradient| moves towards the input until the
@@ -121,26 +139,42 @@ def guided_ig_attribution(model: nn.Module, images: torch.Tensor, targets: torch
     l1_totals = (x_input - x_baseline).abs().flatten(1).sum(1).tolist()
     attribution = torch.zeros_like(x_input)
     for step in range(steps):
-        grads = torch.cat([
-            input_gradients(model, x[i:i + max_batch].to(images.dtype), targets[i:i + max_batch])
-            for i in range(0, x.shape[0], max_batch)
-        ]).double()
+        grads = torch.cat(
+            [
+                input_gradients(model, x[i : i + max_batch].to(images.dtype), targets[i : i + max_batch])
+                for i in range(0, x.shape[0], max_batch)
+            ]
+        ).double()
         for b, l1_total in enumerate(l1_totals):
             if l1_total == 0:
                 continue
-            _guided_ig_image_step(x[b], x_input[b], x_baseline[b], grads[b], attribution[b], step, steps,
-                                  l1_total, fraction, max_dist)
+            _guided_ig_image_step(
+                x[b], x_input[b], x_baseline[b], grads[b], attribution[b], step, steps, l1_total, fraction, max_dist
+            )
     return attribution.float()
 
 
-def guided_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32,
-                  fraction: float = 0.25, max_dist: float = 0.02, max_batch: int = 32) -> torch.Tensor:
+def guided_ig_map(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: TargetSpec,
+    steps: int = 32,
+    fraction: float = 0.25,
+    max_dist: float = 0.02,
+    max_batch: int = 32,
+) -> torch.Tensor:
     targets = predicted_targets(model, images, target)
     return reduce_channels_abs(guided_ig_attribution(model, images, targets, steps, fraction, max_dist, max_batch))
 
 
-def blur_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32,
-                max_sigma: float = 50.0, max_batch: int = 32) -> torch.Tensor:
+def blur_ig_map(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: TargetSpec,
+    steps: int = 32,
+    max_sigma: float = 50.0,
+    max_batch: int = 32,
+) -> torch.Tensor:
     steps = check_positive_int("steps", steps)
     max_batch = check_positive_int("max_batch", max_batch)
     targets = predicted_targets(model, images, target)
@@ -148,20 +182,24 @@ def blur_ig_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, step
     maps = []
     for image, t in zip(images, targets.tolist()):
         x = _to_hwc(image)
-        attribution = method.GetMask(x, _gradient_callback(model, images, t), max_sigma=max_sigma,
-                                     steps=steps, batch_size=max_batch)
+        attribution = method.GetMask(
+            x, _gradient_callback(model, images, t), max_sigma=max_sigma, steps=steps, batch_size=max_batch
+        )
         maps.append(torch.from_numpy(np.asarray(attribution, dtype=np.float32)).permute(2, 0, 1))
     return reduce_channels_abs(torch.stack(maps)).to(images.device)
 
 
-def xrai_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32,
-             max_batch: int = 32) -> torch.Tensor:
+def xrai_map(
+    model: nn.Module, images: torch.Tensor, target: TargetSpec, steps: int = 32, max_batch: int = 32
+) -> torch.Tensor:
     targets = predicted_targets(model, images, target)
     x = images.float()
     low = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x)
     high = x.flatten(1).amax(1).view(-1, 1, 1, 1).expand_as(x)
-    attribution = 0.5 * (integrated_gradients(model, images, targets, low, steps, max_batch)
-                         + integrated_gradients(model, images, targets, high, steps, max_batch))
+    attribution = 0.5 * (
+        integrated_gradients(model, images, targets, low, steps, max_batch)
+        + integrated_gradients(model, images, targets, high, steps, max_batch)
+    )
     method = _pair().XRAI()
     maps = []
     for image, attr in zip(images, attribution):

@@ -8,8 +8,8 @@ method and checks the result; methods themselves only compute.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,8 +38,13 @@ class SaliencyMethod:
 _REGISTRY: dict[str, SaliencyMethod] = {}
 
 
-def register_method(method_id: str, compute: Callable[..., torch.Tensor], layer_use: str, summary: str,
-                    options: Sequence[str] | None = None) -> SaliencyMethod:
+def register_method(
+    method_id: str,
+    compute: Callable[..., torch.Tensor],
+    layer_use: str,
+    summary: str,
+    options: Sequence[str] | None = None,
+) -> SaliencyMethod:
     """Add a method; its options default to the keyword parameters of ``compute`` after the fixed ones."""
     if method_id in _REGISTRY:
         raise ValueError(f"saliency method {method_id!r} is already registered")
@@ -91,8 +96,14 @@ def _layers_for(method: SaliencyMethod, model: nn.Module, layers: Sequence[str] 
     return [chosen[-1]] if method.layer_use == LAYERS_SINGLE else chosen
 
 
-def explain(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD, target: TargetSpec = None,
-            layers: Sequence[str] | str | None = None, **options) -> torch.Tensor:
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = DEFAULT_METHOD,
+    target: TargetSpec = None,
+    layers: Sequence[str] | str | None = None,
+    **options,
+) -> torch.Tensor:
     """Saliency maps [B, H, W] (float32, ≥ 0, input resolution) for a normalised batch [B, 3, H, W].
 
     ``target``: a class index or a [B] tensor; default the predicted class. ``layers``: module names; NormGrad
@@ -106,9 +117,14 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD
     return maps
 
 
-def explain_with_logits(model: nn.Module, images: torch.Tensor, method: str = DEFAULT_METHOD,
-                        target: TargetSpec = None, layers: Sequence[str] | str | None = None,
-                        **options) -> tuple[torch.Tensor, torch.Tensor]:
+def explain_with_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = DEFAULT_METHOD,
+    target: TargetSpec = None,
+    layers: Sequence[str] | str | None = None,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``explain`` plus the model's logits for ``images`` [B, classes] (float32), from the same forward pass
     where the method runs one at the images (all built-in methods do), so callers need no second forward."""
     if not isinstance(model, nn.Module):
@@ -136,8 +152,14 @@ def explain_with_logits(model: nn.Module, images: torch.Tensor, method: str = DE
     return _checked_maps(maps, images, method), logits
 
 
-def explain_many(model: nn.Module, images: torch.Tensor, methods: Sequence[str], target: TargetSpec = None,
-                 layers: Sequence[str] | str | None = None, combine: str = "geometric-mean") -> dict[str, torch.Tensor]:
+def explain_many(
+    model: nn.Module,
+    images: torch.Tensor,
+    methods: Sequence[str],
+    target: TargetSpec = None,
+    layers: Sequence[str] | str | None = None,
+    combine: str = "geometric-mean",
+) -> dict[str, torch.Tensor]:
     """Several methods on one batch: {method id: maps}, each equal to what ``explain`` gives for it.
 
     All NormGrad variants share ONE forward + backward through ``layers`` (default the architecture's; the
@@ -191,8 +213,13 @@ def _checked_maps(maps: torch.Tensor, images: torch.Tensor, method: str) -> torc
 
 
 def _normgrad_method(kind: str) -> Callable[..., torch.Tensor]:
-    def compute(model: nn.Module, images: torch.Tensor, target: TargetSpec, layers: Sequence[str],
-                combine: str = "geometric-mean") -> torch.Tensor:
+    def compute(
+        model: nn.Module,
+        images: torch.Tensor,
+        target: TargetSpec,
+        layers: Sequence[str],
+        combine: str = "geometric-mean",
+    ) -> torch.Tensor:
         if combine not in normgrad.COMBINE_MODES:
             raise ValueError(f"unknown combine mode {combine!r}; choose one of {normgrad.COMBINE_MODES}")
         recorded = layer_activations_and_gradients(model, images, layers, target)
@@ -207,22 +234,38 @@ _NORMGRAD_VARIANTS: dict[str, tuple[str, str]] = {}
 
 for _kind in normgrad.LAYER_KINDS:
     _compute = _normgrad_method(_kind)
-    register_method(f"normgrad-{_kind}-single", _compute, LAYERS_SINGLE,
-                    f"NormGrad, {_kind} virtual identity layer after the last hooked block")
-    register_method(f"normgrad-{_kind}-combined", _compute, LAYERS_COMBINED,
-                    f"NormGrad, {_kind} virtual identity layers, geometric mean over the hooked blocks")
+    register_method(
+        f"normgrad-{_kind}-single",
+        _compute,
+        LAYERS_SINGLE,
+        f"NormGrad, {_kind} virtual identity layer after the last hooked block",
+    )
+    register_method(
+        f"normgrad-{_kind}-combined",
+        _compute,
+        LAYERS_COMBINED,
+        f"NormGrad, {_kind} virtual identity layers, geometric mean over the hooked blocks",
+    )
     _NORMGRAD_VARIANTS[f"normgrad-{_kind}-single"] = (_kind, LAYERS_SINGLE)
     _NORMGRAD_VARIANTS[f"normgrad-{_kind}-combined"] = (_kind, LAYERS_COMBINED)
 
 register_method("gradcam", gradients.gradcam_map, LAYERS_GRADCAM, "Grad-CAM (Selvaraju et al. 2017)")
 register_method("guided-gradcam", gradients.guided_gradcam_map, LAYERS_GRADCAM, "Grad-CAM ⊙ guided backprop")
-register_method("guided-backprop", gradients.guided_backprop_map, LAYERS_NONE,
-                "Guided backpropagation, ReLU and SiLU (Ozer et al. 2023 eqs. 5, 8)")
+register_method(
+    "guided-backprop",
+    gradients.guided_backprop_map,
+    LAYERS_NONE,
+    "Guided backpropagation, ReLU and SiLU (Ozer et al. 2023 eqs. 5, 8)",
+)
 register_method("input-x-grad", gradients.input_x_gradient_map, LAYERS_NONE, "Input × gradient")
 register_method("gradient", gradients.gradient_map, LAYERS_NONE, "Plain input gradient")
 register_method("smoothgrad", gradients.smoothgrad_map, LAYERS_NONE, "SmoothGrad (Smilkov et al. 2017)")
-register_method("integrated-gradients", gradients.integrated_gradients_map, LAYERS_NONE,
-                "Integrated Gradients, zero baseline, trapezoid rule")
+register_method(
+    "integrated-gradients",
+    gradients.integrated_gradients_map,
+    LAYERS_NONE,
+    "Integrated Gradients, zero baseline, trapezoid rule",
+)
 register_method("guided-ig", path_methods.guided_ig_map, LAYERS_NONE, "Guided IG (PAIR saliency)")
 register_method("blur-ig", path_methods.blur_ig_map, LAYERS_NONE, "Blur IG (PAIR saliency)")
 register_method("xrai", path_methods.xrai_map, LAYERS_NONE, "XRAI regions over IG (PAIR saliency)")

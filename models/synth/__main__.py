@@ -18,18 +18,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--size", type=int, default=1024, help="long side of every image in pixels (default 1024)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--format", choices=sorted(FORMATS), default="png",
-                    help="png (8-bit, default), png16 (16-bit) or jpg")
+    ap.add_argument(
+        "--format", choices=sorted(FORMATS), default="png", help="png (8-bit, default), png16 (16-bit) or jpg"
+    )
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    ap.add_argument("--lung-masks", choices=["auto", "v7", "procedural"], default="auto",
-                    help="lung shapes: the V7 Labs masks from torchxrayvision if installed (auto), or drawn")
+    ap.add_argument(
+        "--lung-masks",
+        choices=["auto", "v7", "procedural"],
+        default="auto",
+        help="lung shapes: the V7 Labs masks from torchxrayvision if installed (auto), or drawn",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
-        summary = generate(args.out, args.n_train, args.n_dev, args.n_test, size=args.size, seed=args.seed,
-                           fmt=args.format, workers=args.workers, lung_masks=args.lung_masks,
-                           progress=not args.quiet)
+        summary = generate(
+            args.out,
+            args.n_train,
+            args.n_dev,
+            args.n_test,
+            size=args.size,
+            seed=args.seed,
+            fmt=args.format,
+            workers=args.workers,
+            lung_masks=args.lung_masks,
+            progress=not args.quiet,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"models.synth: error: {exc}", file=sys.stderr)
         return 2

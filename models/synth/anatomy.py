@@ -60,15 +60,16 @@ def _pts(xy: np.ndarray) -> np.ndarray:
 
 def _bone_polyline(layer: np.ndarray, xy: np.ndarray, thickness: float, marrow: float = 0.55) -> None:
     """A tubular bone seen side-on: a band whose cortex (edges) is denser than its marrow."""
-    t = max(1, int(round(thickness)))
+    t = max(1, round(thickness))
     cv2.polylines(layer, [_pts(xy)], False, 1.0, thickness=t, lineType=cv2.LINE_8, shift=2)
-    inner = int(round(thickness * 0.55))
+    inner = round(thickness * 0.55)
     if inner >= 1:
         cv2.polylines(layer, [_pts(xy)], False, marrow, thickness=inner, lineType=cv2.LINE_8, shift=2)
 
 
-def _warped_lungs(mask: np.ndarray, box: tuple[float, float, float, float], width: int, height: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def _warped_lungs(
+    mask: np.ndarray, box: tuple[float, float, float, float], width: int, height: int, rng: np.random.Generator
+) -> np.ndarray:
     """Place a cropped lung mask into ``box`` with a slight rotation, shear and smooth elastic warp."""
     x1, y1, x2, y2 = box
     mh, mw = mask.shape
@@ -91,13 +92,13 @@ def _warped_lungs(mask: np.ndarray, box: tuple[float, float, float, float], widt
     map_y = (ry / sy + mh / 2.0 - 0.5).astype(np.float32)
     map_x = cv2.resize(map_x, (width, height), interpolation=cv2.INTER_LINEAR)
     map_y = cv2.resize(map_y, (width, height), interpolation=cv2.INTER_LINEAR)
-    lungs = cv2.remap(mask.astype(np.float32) / 255.0, map_x, map_y, cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    lungs = cv2.remap(
+        mask.astype(np.float32) / 255.0, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+    )
     return lungs
 
 
-def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np.ndarray,
-                mask_name: str) -> Chest:
+def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np.ndarray, mask_name: str) -> Chest:
     """Draw one chest. ``lung_mask`` is a uint8 mask cropped to the two lungs (see :mod:`lungs`)."""
     H, W = height, width
     # A 35×43 cm portrait detector, collimated a little differently each time: the image height covers
@@ -135,7 +136,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     u = (X - body_cx) / half[:, None]
     chord = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))
     thickness = 1.0 + 0.25 * _smoothstep((ys - bottom + 0.05 * H) / (0.15 * H))  # abdomen is thicker
-    body_c = chord ** 0.8 * thickness[:, None]
+    body_c = chord**0.8 * thickness[:, None]
     # Arms / deltoids beside the upper chest (often partly in the field).
     arm = np.zeros_like(body_c)
     if rng.random() < 0.7:
@@ -151,13 +152,20 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     heart_cx = cx + rng.uniform(0.08, 0.18) * heart_w  # displaced to patient left = image right
     heart_cy = bottom - rng.uniform(0.18, 0.26) * lung_h
     heart = np.zeros((hc, wc), np.float32)
-    cv2.ellipse(heart, ((heart_cx / COARSE, heart_cy / COARSE),
-                        (heart_w / COARSE, heart_w * rng.uniform(0.62, 0.78) / COARSE),
-                        rng.uniform(-25.0, -10.0)), 1.0, -1)
+    cv2.ellipse(
+        heart,
+        (
+            (heart_cx / COARSE, heart_cy / COARSE),
+            (heart_w / COARSE, heart_w * rng.uniform(0.62, 0.78) / COARSE),
+            rng.uniform(-25.0, -10.0),
+        ),
+        1.0,
+        -1,
+    )
     heart = _blur(heart, 0.5 * ppc / COARSE)
     # Its inferior border sits on the diaphragm and merges with the abdomen: no edge below the lungs.
     heart *= 1.0 - _smoothstep((Y - heart_cy) / (0.35 * heart_w))
-    medi = np.exp(-((X - cx) / (2.6 * ppc)) ** 4) * _smoothstep((heart_cy - Y) / (4 * ppc))
+    medi = np.exp(-(((X - cx) / (2.6 * ppc)) ** 4)) * _smoothstep((heart_cy - Y) / (4 * ppc))
     knob = np.exp(-(((X - cx - 2.5 * ppc) / (1.8 * ppc)) ** 2 + ((Y - top - 0.22 * lung_h) / (1.8 * ppc)) ** 2))
 
     # --- breast shadows (a tempting soft-tissue edge, in either class) -----------------------------------
@@ -168,9 +176,16 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         for side in (-1, 1):
             bx = cx + side * rng.uniform(0.42, 0.55) * lung_w / 2 * 1.3
             by = bottom - rng.uniform(0.05, 0.2) * lung_h
-            cv2.ellipse(breast, ((bx / COARSE, by / COARSE), (rng.uniform(11, 15) * ppc / COARSE,
-                                                               rng.uniform(8, 12) * ppc / COARSE),
-                                 side * rng.uniform(5, 20)), 1.0, -1)
+            cv2.ellipse(
+                breast,
+                (
+                    (bx / COARSE, by / COARSE),
+                    (rng.uniform(11, 15) * ppc / COARSE, rng.uniform(8, 12) * ppc / COARSE),
+                    side * rng.uniform(5, 20),
+                ),
+                1.0,
+                -1,
+            )
         breast = _blur(breast, 0.8 * ppc / COARSE) * rng.uniform(0.15, 0.3)
 
     # Lung air removes density, least near the hila (vessels, bronchial walls) and at the bases.
@@ -194,8 +209,9 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     density -= lung * _up((air_depth * body_c).astype(np.float32), W, H)
 
     # Low-frequency lung texture (overlapping vessels and interstitium seen en face).
-    tex = cv2.resize(rng.normal(0, 1, (max(2, H // 24), max(2, W // 24))).astype(np.float32), (W, H),
-                     interpolation=cv2.INTER_CUBIC)
+    tex = cv2.resize(
+        rng.normal(0, 1, (max(2, H // 24), max(2, W // 24))).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC
+    )
     density += 0.025 * tex * lung
 
     # --- fine structures at full resolution ----------------------------------------------------------------
@@ -207,8 +223,15 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     cv2.line(trachea, (int(tx * 4), 0), (int(tx * 4), int(carina_y * 4)), 1.0, int(trachea_w), cv2.LINE_8, 2)
     for side in (-1, 1):
         end = (tx + side * 0.14 * lung_w, carina_y + 0.10 * lung_h)
-        cv2.line(trachea, (int(tx * 4), int(carina_y * 4)), (int(end[0] * 4), int(end[1] * 4)), 0.8,
-                 max(1, int(trachea_w * 0.65)), cv2.LINE_8, 2)
+        cv2.line(
+            trachea,
+            (int(tx * 4), int(carina_y * 4)),
+            (int(end[0] * 4), int(end[1] * 4)),
+            0.8,
+            max(1, int(trachea_w * 0.65)),
+            cv2.LINE_8,
+            2,
+        )
     fine -= 0.16 * _blur(trachea, 0.3 * ppc)
 
     # Spine: vertebral bodies with denser end plates, disc spaces, pedicle rings; stacked top to bottom.
@@ -218,17 +241,49 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
     while y < H:
         vh = (2.0 + 1.0 * np.clip(y / H, 0, 1)) * ppc  # vertebrae grow downwards
         gap = 0.22 * vh
-        cv2.rectangle(spine, (int((cx - vert_w / 2) * 4), int(y * 4)),
-                      (int((cx + vert_w / 2) * 4), int((y + vh) * 4)), 0.8, -1, cv2.LINE_8, 2)
-        cv2.rectangle(spine, (int((cx - vert_w / 2) * 4), int(y * 4)),
-                      (int((cx + vert_w / 2) * 4), int((y + vh) * 4)), 1.0, max(1, int(0.12 * ppc)),
-                      cv2.LINE_8, 2)
+        cv2.rectangle(
+            spine,
+            (int((cx - vert_w / 2) * 4), int(y * 4)),
+            (int((cx + vert_w / 2) * 4), int((y + vh) * 4)),
+            0.8,
+            -1,
+            cv2.LINE_8,
+            2,
+        )
+        cv2.rectangle(
+            spine,
+            (int((cx - vert_w / 2) * 4), int(y * 4)),
+            (int((cx + vert_w / 2) * 4), int((y + vh) * 4)),
+            1.0,
+            max(1, int(0.12 * ppc)),
+            cv2.LINE_8,
+            2,
+        )
         for side in (-1, 1):  # pedicles: small dense rings at the upper corners
-            cv2.ellipse(spine, (int((cx + side * 0.32 * vert_w) * 4), int((y + 0.3 * vh) * 4)),
-                        (int(0.35 * ppc * 4), int(0.55 * ppc * 4)), 0, 0, 360, 1.3, max(1, int(0.15 * ppc)),
-                        cv2.LINE_8, 2)
-        cv2.ellipse(spine, (int(cx * 4), int((y + 0.6 * vh) * 4)), (int(0.3 * ppc * 4), int(0.6 * ppc * 4)),
-                    0, 0, 360, 1.2, -1, cv2.LINE_8, 2)  # spinous process en face
+            cv2.ellipse(
+                spine,
+                (int((cx + side * 0.32 * vert_w) * 4), int((y + 0.3 * vh) * 4)),
+                (int(0.35 * ppc * 4), int(0.55 * ppc * 4)),
+                0,
+                0,
+                360,
+                1.3,
+                max(1, int(0.15 * ppc)),
+                cv2.LINE_8,
+                2,
+            )
+        cv2.ellipse(
+            spine,
+            (int(cx * 4), int((y + 0.6 * vh) * 4)),
+            (int(0.3 * ppc * 4), int(0.6 * ppc * 4)),
+            0,
+            0,
+            360,
+            1.2,
+            -1,
+            cv2.LINE_8,
+            2,
+        )  # spinous process en face
         y += vh + gap
     fine += rng.uniform(0.08, 0.13) * _blur(spine, 0.3 * ppc)
 
@@ -248,7 +303,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             drop = lung_h * rng.uniform(0.18, 0.26) * (0.7 + 0.5 * k / n_ribs)
             span = rib_half_span * (0.65 + 0.35 * min(1.0, k / 3.0))  # upper ribs are shorter
             px = cx + side * (0.45 * vert_w + t * span)
-            py = y0 - 0.35 * drop * t + 1.35 * drop * t ** 2.0
+            py = y0 - 0.35 * drop * t + 1.35 * drop * t**2.0
             thick = (1.0 + 0.5 * k / n_ribs) * ppc * rng.uniform(0.9, 1.1)
             _bone_polyline(ribs, np.stack([px, py], 1), thick)
             # Anterior rib: from the lateral end, medially and downwards, thinner, ending where cartilage begins.
@@ -287,8 +342,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             s = np.linspace(0.0, 1.0, 12)
             bx = cx + side * (lung_w / 2 * rng.uniform(0.75, 0.95) - s * 2.0 * ppc)
             by = top + 0.1 * lung_h + s * 0.45 * lung_h
-            cv2.polylines(bones, [_pts(np.stack([bx, by], 1))], False, 0.5, max(1, int(0.35 * ppc)),
-                          cv2.LINE_8, 2)
+            cv2.polylines(bones, [_pts(np.stack([bx, by], 1))], False, 0.5, max(1, int(0.35 * ppc)), cv2.LINE_8, 2)
     fine += 0.25 * _blur(bones, 0.25 * ppc)
 
     # Pulmonary vessels: branching lines fanning out from each hilum, visible only against lung air.
@@ -303,8 +357,15 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
                 seg = length / 3
                 ang += rng.normal(0, 0.25)
                 x1_, y1_ = x0 + seg * np.cos(ang), y0_ + seg * np.sin(ang)
-                cv2.line(vessels, (int(x0 * 4), int(y0_ * 4)), (int(x1_ * 4), int(y1_ * 4)), 1.0,
-                         max(1, int(round(w))), cv2.LINE_8, 2)
+                cv2.line(
+                    vessels,
+                    (int(x0 * 4), int(y0_ * 4)),
+                    (int(x1_ * 4), int(y1_ * 4)),
+                    1.0,
+                    max(1, round(w)),
+                    cv2.LINE_8,
+                    2,
+                )
                 x0, y0_, w = x1_, y1_, w * 0.7
     fine += rng.uniform(0.07, 0.11) * _blur(vessels, 0.2 * ppc) * lung
 
@@ -313,11 +374,21 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         bub = np.zeros((H, W), np.float32)
         gx = cx + rng.uniform(0.15, 0.3) * lung_w
         gy = bottom + rng.uniform(1.0, 3.0) * ppc
-        cv2.ellipse(bub, (int(gx * 4), int(gy * 4)), (int(rng.uniform(2, 3.5) * ppc * 4),
-                                                      int(rng.uniform(1.2, 2.2) * ppc * 4)),
-                    0, 0, 360, 1.0, -1, cv2.LINE_8, 2)
+        cv2.ellipse(
+            bub,
+            (int(gx * 4), int(gy * 4)),
+            (int(rng.uniform(2, 3.5) * ppc * 4), int(rng.uniform(1.2, 2.2) * ppc * 4)),
+            0,
+            0,
+            360,
+            1.0,
+            -1,
+            cv2.LINE_8,
+            2,
+        )
         fine -= 0.18 * _blur(bub, 0.4 * ppc) * (1.0 - lung)
 
     density += fine * body
-    return Chest(H, W, ppc, density, lung, body, (lung_box[0], lung_box[1], lung_box[2], lung_box[3]), cx,
-                 mask_name, notes)
+    return Chest(
+        H, W, ppc, density, lung, body, (lung_box[0], lung_box[1], lung_box[2], lung_box[3]), cx, mask_name, notes
+    )

@@ -19,8 +19,16 @@ from models.synth.render import render_sample
 COLOURS = {RECTANGLE: (255, 220, 0), ELLIPSE: (0, 230, 255), 2: (255, 60, 255)}
 
 
-def contact_sheet(seed: int = 0, rows: int = 4, cols: int = 4, size: int = 512, tile: int = 300,
-                  split: str = "test", first: int = 0, boxes: bool = True) -> Image.Image:
+def contact_sheet(
+    seed: int = 0,
+    rows: int = 4,
+    cols: int = 4,
+    size: int = 512,
+    tile: int = 300,
+    split: str = "test",
+    first: int = 0,
+    boxes: bool = True,
+) -> Image.Image:
     caption_h = 30
     sheet = Image.new("RGB", (cols * tile, rows * (tile + caption_h)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
@@ -55,12 +63,13 @@ def contact_sheet(seed: int = 0, rows: int = 4, cols: int = 4, size: int = 512, 
     return sheet
 
 
-def object_gallery(seed: int = 0, size: int = 512, crop: int = 96, split: str = "dev",
-                   max_images: int = 400) -> Image.Image:
+def object_gallery(
+    seed: int = 0, size: int = 512, crop: int = 96, split: str = "dev", max_images: int = 400
+) -> Image.Image:
     """One zoomed crop per foreign-object kind (the first of each found in ``split``), captioned, no boxes."""
     from models.synth.objects import FOREIGN_OBJECTS
 
-    wanted = list(FOREIGN_OBJECTS) + ["ecg_lead", "pendant"]
+    wanted = [*list(FOREIGN_OBJECTS), "ecg_lead", "pendant"]
     found: dict[str, Image.Image] = {}
     for index in range(max_images):
         if len(found) == len(wanted):
@@ -97,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-boxes", action="store_true")
     ap.add_argument("--no-gallery", action="store_true", help="leave out the strip of object close-ups")
     args = ap.parse_args(argv)
-    sheet = contact_sheet(args.seed, args.rows, args.cols, args.size, args.tile, first=args.first,
-                          boxes=not args.no_boxes)
+    sheet = contact_sheet(
+        args.seed, args.rows, args.cols, args.size, args.tile, first=args.first, boxes=not args.no_boxes
+    )
     if not args.no_gallery:
         strip = object_gallery(args.seed, args.size, crop=sheet.width // 12)
         combined = Image.new("RGB", (sheet.width, sheet.height + strip.height + 8), (24, 24, 24))

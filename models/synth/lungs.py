@@ -72,7 +72,7 @@ def _canonical_lungs(gray: np.ndarray) -> np.ndarray | None:
     h, w = crop.shape
     if not 0.75 <= w / h <= 1.9:
         return None
-    out_w = int(round(CANON_HEIGHT * w / h))
+    out_w = round(CANON_HEIGHT * w / h)
     return cv2.resize(crop * 255, (out_w, CANON_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
@@ -92,8 +92,7 @@ class LungMaskBank:
         path = find_v7_zip() if source in ("auto", "v7") else None
         if path is not None:
             self._zip, self._zip_path = zipfile.ZipFile(path), path
-            self._names = sorted(n for n in self._zip.namelist()
-                                 if n.lower().endswith((".png", ".jpg", ".jpeg")))
+            self._names = sorted(n for n in self._zip.namelist() if n.lower().endswith((".png", ".jpg", ".jpeg")))
         elif source == "v7":
             raise FileNotFoundError(f"{V7_ZIP_NAME} not found in the installed torchxrayvision package")
         self._cache: dict[int, np.ndarray | None] = {}
@@ -127,7 +126,7 @@ class LungMaskBank:
 def procedural_lungs(rng: np.random.Generator) -> np.ndarray:
     """A parametric two-lung mask (uint8 0..255) cropped to the lungs, image-right lung with a cardiac notch."""
     h = CANON_HEIGHT
-    w = int(round(h * rng.uniform(1.05, 1.35)))
+    w = round(h * rng.uniform(1.05, 1.35))
     mask = np.zeros((h, w), np.uint8)
     gap = rng.uniform(0.10, 0.16) * w  # mediastinum between the lungs at mid height
     for side in (-1, 1):  # -1: image-left (patient right) lung
@@ -148,15 +147,14 @@ def procedural_lungs(rng: np.random.Generator) -> np.ndarray:
         base_y = base_lat - dome * np.sin(b * np.pi / 2)
         # Medial border: straight up, with the cardiac notch bulging into the image-right lung.
         m = np.linspace(1.0, 0.0, 30)
-        notch = (side > 0) * rng.uniform(0.10, 0.18) * lung_w * np.exp(-((m - 0.75) / 0.18) ** 2)
+        notch = (side > 0) * rng.uniform(0.10, 0.18) * lung_w * np.exp(-(((m - 0.75) / 0.18) ** 2))
         med_x = medial + side * (notch + 0.3 * lung_w * np.clip((m - 0.8) / 0.2, 0.0, 1.0) ** 2)
         med_y = apex_y + (base_y[-1] - apex_y) * m
-        pts = np.concatenate([np.stack([lat_x, lat_y], 1), np.stack([base_x, base_y], 1),
-                              np.stack([med_x, med_y], 1)])
+        pts = np.concatenate([np.stack([lat_x, lat_y], 1), np.stack([base_x, base_y], 1), np.stack([med_x, med_y], 1)])
         cv2.fillPoly(mask, [np.round(pts * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
     ys, xs = np.nonzero(mask > 127)
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    out_w = int(round(h * crop.shape[1] / crop.shape[0]))
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    out_w = round(h * crop.shape[1] / crop.shape[0])
     return cv2.resize(crop, (out_w, h), interpolation=cv2.INTER_AREA)
 
 

@@ -54,10 +54,10 @@ class _Canvas:
         return np.round(np.stack([sx, sy], 1) * 4).astype(np.int32).reshape(-1, 1, 2)
 
     def r(self, radius: float) -> int:
-        return max(1, int(round(radius * SS * 4)))
+        return max(1, round(radius * SS * 4))
 
     def t(self, thickness: float) -> int:
-        return max(1, int(round(thickness * SS)))
+        return max(1, round(thickness * SS))
 
     def circle(self, c, radius, value, thickness=-1.0):
         th = -1 if thickness < 0 else self.t(thickness)
@@ -65,8 +65,18 @@ class _Canvas:
 
     def ellipse(self, c, axes, angle, value, thickness=-1.0):
         th = -1 if thickness < 0 else self.t(thickness)
-        cv2.ellipse(self.img, tuple(self.p(c)[0, 0]), (self.r(axes[0]), self.r(axes[1])), float(angle), 0, 360,
-                    float(value), th, cv2.LINE_8, 2)
+        cv2.ellipse(
+            self.img,
+            tuple(self.p(c)[0, 0]),
+            (self.r(axes[0]), self.r(axes[1])),
+            float(angle),
+            0,
+            360,
+            float(value),
+            th,
+            cv2.LINE_8,
+            2,
+        )
 
     def polyline(self, xy, value, thickness, closed=False):
         cv2.polylines(self.img, [self.p(xy)], closed, float(value), self.t(thickness), cv2.LINE_8, 2)
@@ -111,8 +121,9 @@ def _buffer_polygon(line: np.ndarray, radius: float, max_vertices: int = 40):
     if len(pts) < 2:
         # A wire cut down to one vertex (np.gradient needs two): outline it as a square of side 2·radius.
         (x, y), r = pts[0], radius
-        return tuple((float(a), float(b)) for a, b in np.round([(x - r, y - r), (x + r, y - r),
-                                                                (x + r, y + r), (x - r, y + r)]))
+        return tuple(
+            (float(a), float(b)) for a, b in np.round([(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)])
+        )
     d = np.gradient(pts, axis=0)
     n = np.stack([-d[:, 1], d[:, 0]], 1)
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
@@ -140,18 +151,24 @@ def _smooth_path(rng: np.random.Generator, start, length: float, angle: float, c
 
 def _inside(path: np.ndarray, width: int, height: int, margin: float) -> np.ndarray:
     """Truncate a path where it first leaves the image (wires running off the film end at the edge)."""
-    ok = (path[:, 0] >= margin) & (path[:, 0] <= width - 1 - margin) & \
-         (path[:, 1] >= margin) & (path[:, 1] <= height - 1 - margin)
+    ok = (
+        (path[:, 0] >= margin)
+        & (path[:, 0] <= width - 1 - margin)
+        & (path[:, 1] >= margin)
+        & (path[:, 1] <= height - 1 - margin)
+    )
     if ok.all():
         return path
     first_bad = int(np.argmin(ok))
-    return path[:max(first_bad, 2)]
+    return path[: max(first_bad, 2)]
 
 
 # --- objects ---------------------------------------------------------------------------------------------
 
-def _round_object(kind_name: str, c, draw, radius_x: float, radius_y: float, density: float, blur: float,
-                  width: int, height: int, rng) -> Patch:
+
+def _round_object(
+    kind_name: str, c, draw, radius_x: float, radius_y: float, density: float, blur: float, width: int, height: int, rng
+) -> Patch:
     cv = _Canvas(c[0] - radius_x, c[1] - radius_y, c[0] + radius_x, c[1] + radius_y)
     draw(cv)
     d = cv.finish(density, blur)
@@ -213,18 +230,27 @@ def ring(rng, c, ppc, width, height) -> Patch:
         if gem:
             cv.circle((c[0], c[1] - ry + band / 2), 0.3 * ppc, 1.0)
 
-    return _round_object("ring", c, draw, rx + 0.3 * ppc, ry + 0.3 * ppc, rng.uniform(2.0, 3.2), 0.6, width,
-                         height, rng)
+    return _round_object(
+        "ring", c, draw, rx + 0.3 * ppc, ry + 0.3 * ppc, rng.uniform(2.0, 3.2), 0.6, width, height, rng
+    )
 
 
-def wire_along(rng, path: np.ndarray, ppc: float, width: int, height: int, kind_name: str = "wire",
-               connector_at_start: bool = False) -> Patch:
+def wire_along(
+    rng,
+    path: np.ndarray,
+    ppc: float,
+    width: int,
+    height: int,
+    kind_name: str = "wire",
+    connector_at_start: bool = False,
+) -> Patch:
     """A lead wire along ``path``: a dense copper core inside a faint insulating sheath."""
     core = rng.uniform(0.12, 0.22) * ppc
     sheath = core + rng.uniform(0.15, 0.3) * ppc
     extent = sheath + 1.2 * ppc if connector_at_start else sheath
-    cv = _Canvas(path[:, 0].min() - extent, path[:, 1].min() - extent, path[:, 0].max() + extent,
-                 path[:, 1].max() + extent)
+    cv = _Canvas(
+        path[:, 0].min() - extent, path[:, 1].min() - extent, path[:, 0].max() + extent, path[:, 1].max() + extent
+    )
     cv.polyline(path, 0.25, max(sheath, 1.0))
     cv.polyline(path, 1.0, max(core, 0.8))
     connector_half_width = 0.0
@@ -234,8 +260,14 @@ def wire_along(rng, path: np.ndarray, ppc: float, width: int, height: int, kind_
         direction /= max(np.linalg.norm(direction), 1e-9)
         length, half_w = rng.uniform(1.0, 1.6) * ppc, rng.uniform(0.3, 0.45) * ppc
         normal = np.array([-direction[1], direction[0]])
-        corners = np.array([path[0] - half_w * normal, path[0] + half_w * normal,
-                            path[0] + half_w * normal + length * direction, path[0] - half_w * normal + length * direction])
+        corners = np.array(
+            [
+                path[0] - half_w * normal,
+                path[0] + half_w * normal,
+                path[0] + half_w * normal + length * direction,
+                path[0] - half_w * normal + length * direction,
+            ]
+        )
         cv.polygon(corners, 0.8)
         connector_half_width = half_w
     d = cv.finish(rng.uniform(1.3, 2.2), 0.6)
@@ -262,8 +294,7 @@ def electrode(rng, c, ppc, width, height) -> list[Patch]:
         cv.circle(c, stud_r, 1.0)
         cv.circle(c, 0.45 * stud_r, 0.6)
 
-    patches = [_round_object("ecg_electrode", c, draw, pad_r, pad_r, rng.uniform(1.8, 2.6), 0.6, width, height,
-                             rng)]
+    patches = [_round_object("ecg_electrode", c, draw, pad_r, pad_r, rng.uniform(1.8, 2.6), 0.6, width, height, rng)]
     if rng.random() < 0.7:
         length = rng.uniform(6.0, 16.0) * ppc
         # Leads run away from the chest centre, towards the edge of the film.
@@ -275,8 +306,9 @@ def electrode(rng, c, ppc, width, height) -> list[Patch]:
     return patches
 
 
-def _rect_object(kind_name: str, outline: list[tuple[np.ndarray, float, float, bool]], fills, density, rng,
-                 width, height) -> Patch:
+def _rect_object(
+    kind_name: str, outline: list[tuple[np.ndarray, float, float, bool]], fills, density, rng, width, height
+) -> Patch:
     allpts = np.vstack([o[0] for o in outline] + [f[0] for f in fills])
     cv = _Canvas(allpts[:, 0].min() - 1, allpts[:, 1].min() - 1, allpts[:, 0].max() + 1, allpts[:, 1].max() + 1)
     for pts, value in fills:
@@ -299,12 +331,18 @@ def paper_clip(rng, c, ppc, width, height) -> Patch:
     wire = max(0.12 * ppc, 0.9)
     # A "gem" clip: outer loop, middle turn, inner loop, in local coordinates along its long axis u.
     ro, rm, ri = 0.5 * w, 0.4 * w, 0.3 * w
-    path = np.vstack([
-        [[0.78 * L, 0.5 * w]], [[ro, 0.5 * w]], _arc(ro, 0.0, ro, np.pi / 2, 3 * np.pi / 2),
-        [[L - rm, -0.5 * w]], _arc(L - rm, -0.5 * w + rm, rm, -np.pi / 2, np.pi / 2),
-        [[0.2 * L + ri, -0.5 * w + 2 * rm]], _arc(0.2 * L + ri, -0.5 * w + 2 * rm - ri, ri, np.pi / 2, 3 * np.pi / 2),
-        [[0.7 * L, -0.5 * w + 2 * rm - 2 * ri]],
-    ])
+    path = np.vstack(
+        [
+            [[0.78 * L, 0.5 * w]],
+            [[ro, 0.5 * w]],
+            _arc(ro, 0.0, ro, np.pi / 2, 3 * np.pi / 2),
+            [[L - rm, -0.5 * w]],
+            _arc(L - rm, -0.5 * w + rm, rm, -np.pi / 2, np.pi / 2),
+            [[0.2 * L + ri, -0.5 * w + 2 * rm]],
+            _arc(0.2 * L + ri, -0.5 * w + 2 * rm - ri, ri, np.pi / 2, 3 * np.pi / 2),
+            [[0.7 * L, -0.5 * w + 2 * rm - 2 * ri]],
+        ]
+    )
     path = path - [L / 2, 0.0]
     pts = _rot(path, rng.uniform(0, np.pi), c)
     return _rect_object("paper_clip", [(pts, 1.0, wire, False)], [], rng.uniform(2.4, 3.6), rng, width, height)
@@ -323,8 +361,11 @@ def safety_pin(rng, c, ppc, width, height) -> Patch:
     head = np.array([[0.8 * L, -0.62 * w], [L, -0.62 * w], [L, 0.55 * w], [0.8 * L, 0.55 * w]])
     ang, centre = rng.uniform(0, np.pi), c
     shift = np.array([L / 2, 0.0])
-    outline = [(_rot(leg_a - shift, ang, centre), 1.0, wire, False), (_rot(leg_b - shift, ang, centre), 1.0, wire, False),
-               (_rot(coil - shift, ang, centre), 1.0, wire, True)]
+    outline = [
+        (_rot(leg_a - shift, ang, centre), 1.0, wire, False),
+        (_rot(leg_b - shift, ang, centre), 1.0, wire, False),
+        (_rot(coil - shift, ang, centre), 1.0, wire, True),
+    ]
     fills = [(_rot(head - shift, ang, centre), 1.2)]
     return _rect_object("safety_pin", outline, fills, rng.uniform(2.2, 3.4), rng, width, height)
 
@@ -351,8 +392,13 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
     depth = rng.uniform(6.0, 16.0) * ppc
     y_top = max(neck_top, 1.2 * ppc + PAD)  # below the edge margin, or the path would be cut at its start
     t = np.linspace(-1.0, 1.0, 80)
-    path = np.stack([neck_x + half * t + rng.normal(0, 0.3) * ppc * t ** 2,
-                     y_top + depth * (1 - np.cosh(1.3 * t) / np.cosh(1.3)) / (1 - 1 / np.cosh(1.3))], 1)
+    path = np.stack(
+        [
+            neck_x + half * t + rng.normal(0, 0.3) * ppc * t**2,
+            y_top + depth * (1 - np.cosh(1.3 * t) / np.cosh(1.3)) / (1 - 1 / np.cosh(1.3)),
+        ],
+        1,
+    )
     path = _inside(path, width, height, 1.0 * ppc)
     link = rng.uniform(0.18, 0.3) * ppc
     spacing = link * rng.uniform(1.6, 2.4)
@@ -364,14 +410,16 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
     tangent = np.gradient(path, axis=0)
     link_angles = np.degrees(np.arctan2(np.interp(at, s, tangent[:, 1]), np.interp(at, s, tangent[:, 0])))
     extent = 2 * link + 1
-    cv = _Canvas(path[:, 0].min() - extent, path[:, 1].min() - extent, path[:, 0].max() + extent,
-                 path[:, 1].max() + extent)
+    cv = _Canvas(
+        path[:, 0].min() - extent, path[:, 1].min() - extent, path[:, 0].max() + extent, path[:, 1].max() + extent
+    )
     for k, p in enumerate(centres):
         if beads:
             cv.circle(p, link * 1.1, 1.0)
         else:  # alternating links seen face-on and edge-on
-            cv.ellipse(p, (link * 1.3, link * (0.8 if k % 2 else 0.35)), link_angles[k], 1.0,
-                       thickness=max(0.6, 0.35 * link))
+            cv.ellipse(
+                p, (link * 1.3, link * (0.8 if k % 2 else 0.35)), link_angles[k], 1.0, thickness=max(0.6, 0.35 * link)
+            )
     d = cv.finish(rng.uniform(1.6, 2.6), 0.5)
     poly = _buffer_polygon(path, 1.3 * link + PAD + 1.0)
     patches = [Patch(d, cv.x0, cv.y0, "necklace", (Annotation(POLYGON, poly),))]
@@ -401,6 +449,7 @@ FOREIGN_OBJECTS = {
 
 # --- look-alikes: bright structures that are NOT foreign objects (drawn in both classes) ----------------
 
+
 def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) -> tuple[np.ndarray, list[str]]:
     """Density of calcified granulomas, nipple shadows, costal-cartilage calcification and a side marker."""
     out = np.zeros((height, width), np.float32)
@@ -412,8 +461,9 @@ def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) 
         for _ in range(int(rng.integers(1, 4))):
             yx = lung_pts[rng.integers(len(lung_pts))]
             r = rng.uniform(0.12, 0.35) * ppc
-            cv2.circle(out, (int(yx[1] * 4), int(yx[0] * 4)), max(1, int(r * 4)), rng.uniform(0.5, 1.0), -1,
-                       cv2.LINE_8, 2)
+            cv2.circle(
+                out, (int(yx[1] * 4), int(yx[0] * 4)), max(1, int(r * 4)), rng.uniform(0.5, 1.0), -1, cv2.LINE_8, 2
+            )
     if rng.random() < 0.35:
         names.append("nipple_shadows")
         ny = y2 - rng.uniform(0.15, 0.3) * (y2 - y1)
@@ -421,8 +471,15 @@ def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) 
             if rng.random() < 0.85:
                 nx = cx + side * rng.uniform(0.25, 0.38) * (x2 - x1)
                 nip = np.zeros_like(out)
-                cv2.circle(nip, (int(nx * 4), int((ny + rng.normal(0, 0.5) * ppc) * 4)),
-                           int(rng.uniform(0.4, 0.65) * ppc * 4), 1.0, -1, cv2.LINE_8, 2)
+                cv2.circle(
+                    nip,
+                    (int(nx * 4), int((ny + rng.normal(0, 0.5) * ppc) * 4)),
+                    int(rng.uniform(0.4, 0.65) * ppc * 4),
+                    1.0,
+                    -1,
+                    cv2.LINE_8,
+                    2,
+                )
                 out += rng.uniform(0.08, 0.16) * cv2.GaussianBlur(nip, (0, 0), 0.12 * ppc)
     if rng.random() < 0.3:
         names.append("costal_cartilage_calcification")
@@ -431,8 +488,18 @@ def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) 
                 px = cx + side * rng.uniform(0.12, 0.3) * (x2 - x1)
                 py = y1 + rng.uniform(0.3, 0.85) * (y2 - y1)
                 axes = (int(rng.uniform(0.3, 0.9) * ppc * 4), int(rng.uniform(0.15, 0.35) * ppc * 4))
-                cv2.ellipse(out, (int(px * 4), int(py * 4)), axes, rng.uniform(-30, 30), 0, 360,
-                            rng.uniform(0.2, 0.45), -1, cv2.LINE_8, 2)
+                cv2.ellipse(
+                    out,
+                    (int(px * 4), int(py * 4)),
+                    axes,
+                    rng.uniform(-30, 30),
+                    0,
+                    360,
+                    rng.uniform(0.2, 0.45),
+                    -1,
+                    cv2.LINE_8,
+                    2,
+                )
     if rng.random() < 0.35:
         names.append("side_marker")
         letter = "L" if rng.random() < 0.5 else "R"
@@ -440,7 +507,15 @@ def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) 
         corner_x = rng.uniform(0.05, 0.15) * width if rng.random() < 0.5 else rng.uniform(0.8, 0.9) * width
         corner_y = rng.uniform(0.05, 0.2) * height
         text = np.zeros((height, width), np.uint8)  # putText draws on 8-bit images only
-        cv2.putText(text, letter, (int(corner_x), int(corner_y)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
-                    max(1, int(0.25 * ppc)), cv2.LINE_8)
+        cv2.putText(
+            text,
+            letter,
+            (int(corner_x), int(corner_y)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            255,
+            max(1, int(0.25 * ppc)),
+            cv2.LINE_8,
+        )
         out += text.astype(np.float32) * (rng.uniform(1.0, 2.0) / 255.0)
     return cv2.GaussianBlur(out, (5, 5), 0.6), names

@@ -50,7 +50,7 @@ def sample_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
 
 def image_shape(size: int, rng: np.random.Generator) -> tuple[int, int]:
     """(height, width): the long side is ``size``, portrait with width/height in [0.8, 1.0]."""
-    width = int(round(size * rng.uniform(0.8, 1.0)))
+    width = round(size * rng.uniform(0.8, 1.0))
     return size, max(16, min(size, width))
 
 
@@ -60,7 +60,7 @@ def _place(rng, chest, inside_lung: float) -> tuple[float, float]:
     if rng.random() < inside_lung:
         pts = np.argwhere(chest.lung[::4, ::4] > 0.5) * 4
     else:
-        x1, y1, x2, y2 = chest.lung_box
+        _x1, y1, _x2, y2 = chest.lung_box
         region = chest.body[::4, ::4] > 0.5
         rows = np.arange(region.shape[0])[:, None] * 4
         region &= (rows > y1 - 0.05 * H) & (rows < y2 + 0.12 * H)
@@ -111,8 +111,16 @@ def _foreign_objects(rng, chest) -> list[obj.Patch]:
     return patches
 
 
-def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_objects: bool = True,
-                  bank: LungMaskBank | None = None, label: int | None = None) -> Rendered:
+def render_sample(
+    seed: int,
+    split: str,
+    index: int,
+    size: int = 1024,
+    *,
+    with_objects: bool = True,
+    bank: LungMaskBank | None = None,
+    label: int | None = None,
+) -> Rendered:
     """Render image ``index`` of ``split`` for ``seed``. ``with_objects=False`` gives the same radiograph
     without its foreign objects (same anatomy, exposure and noise). ``label`` forces the class."""
     if size < 64:
@@ -146,8 +154,11 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
     noise_rng = np.random.default_rng(noise_seq)
     noise = noise_rng.standard_normal((H, W), dtype=np.float32)
     grain = rng.uniform(0.006, 0.02)
-    pattern = cv2.resize(noise_rng.standard_normal((max(2, H // 64), max(2, W // 64)), dtype=np.float32), (W, H),
-                         interpolation=cv2.INTER_CUBIC) * rng.uniform(0.0, 0.015)
+    pattern = cv2.resize(
+        noise_rng.standard_normal((max(2, H // 64), max(2, W // 64)), dtype=np.float32),
+        (W, H),
+        interpolation=cv2.INTER_CUBIC,
+    ) * rng.uniform(0.0, 0.015)
 
     annotations: list[Annotation] = []
     kinds: list[str] = []
@@ -157,7 +168,7 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
         for p in patches:
             h, w = p.density.shape
             if with_objects:
-                density[p.y0:p.y0 + h, p.x0:p.x0 + w] += p.density
+                density[p.y0 : p.y0 + h, p.x0 : p.x0 + w] += p.density
             annotations.extend(p.annotations)
             kinds.append(p.kind_name)
         if with_objects:
@@ -168,7 +179,7 @@ def render_sample(seed: int, split: str, index: int, size: int = 1024, *, with_o
     knee = 0.85
     over = np.maximum(unit - knee, 0.0)
     unit = np.minimum(unit, knee) + (1.0 - knee) * (1.0 - np.exp(-over / (1.0 - knee)))
-    unit = unit ** gamma
+    unit = unit**gamma
     # Quantum noise grows with brightness; monotone in brightness for |noise| < 1/(0.8·grain) so adding an
     # object never darkens a pixel.
     unit = unit + grain * (0.6 + 0.8 * unit) * noise + pattern

@@ -62,8 +62,18 @@ def _run_job(job: _Job) -> tuple[str, str, int, tuple[str, ...]]:
     return job.name, annotation, r.label, r.object_kinds
 
 
-def generate(out: str | Path, n_train: int, n_dev: int, n_test: int, size: int = 1024, seed: int = 0,
-             fmt: str = "png", workers: int = 1, lung_masks: str = "auto", progress: bool = False) -> dict:
+def generate(
+    out: str | Path,
+    n_train: int,
+    n_dev: int,
+    n_test: int,
+    size: int = 1024,
+    seed: int = 0,
+    fmt: str = "png",
+    workers: int = 1,
+    lung_masks: str = "auto",
+    progress: bool = False,
+) -> dict:
     """Write the data set; returns the summary also saved as ``OUT/synth.json``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -78,11 +88,14 @@ def generate(out: str | Path, n_train: int, n_dev: int, n_test: int, size: int =
     for split, n in counts.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         digits = max(5, len(str(max(n - 1, 0))))
-        jobs += [_Job(str(out), split, i, f"{split}/{i:0{digits}d}{FORMATS[fmt]}", size, seed, fmt, lung_masks)
-                 for i in range(n)]
+        jobs += [
+            _Job(str(out), split, i, f"{split}/{i:0{digits}d}{FORMATS[fmt]}", size, seed, fmt, lung_masks)
+            for i in range(n)
+        ]
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=len(jobs), unit="img", desc="synth")
     results = []
     if workers > 1 and len(jobs) > 1:
@@ -101,11 +114,17 @@ def generate(out: str | Path, n_train: int, n_dev: int, n_test: int, size: int =
                 bar.update()
     if bar:
         bar.close()
-    summary: dict = {"generator": "models.synth", "seed": seed, "size": size, "format": fmt,
-                     "lung_masks": default_bank(lung_masks).source, "splits": {}}
+    summary: dict = {
+        "generator": "models.synth",
+        "seed": seed,
+        "size": size,
+        "format": fmt,
+        "lung_masks": default_bank(lung_masks).source,
+        "splits": {},
+    }
     k = 0
     for split, n in counts.items():
-        rows = results[k:k + n]
+        rows = results[k : k + n]
         k += n
         with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
@@ -116,7 +135,10 @@ def generate(out: str | Path, n_train: int, n_dev: int, n_test: int, size: int =
         for _, _, _, ks in rows:
             for kind in ks:
                 kinds[kind] = kinds.get(kind, 0) + 1
-        summary["splits"][split] = {"images": n, "positives": sum(r[2] for r in rows),
-                                    "objects": dict(sorted(kinds.items()))}
+        summary["splits"][split] = {
+            "images": n,
+            "positives": sum(r[2] for r in rows),
+            "objects": dict(sorted(kinds.items())),
+        }
     (out / "synth.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

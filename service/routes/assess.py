@@ -24,19 +24,27 @@ _REQUEST_BODY = {
         "image/png": _BINARY,
         "image/jpeg": _BINARY,
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"],
-                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
     },
 }
 
 
 def _errors(*statuses: int) -> dict:
-    text = {400: "bad_image: undecodable, empty or truncated image", 401: "unauthorized: missing or wrong API key",
-            413: "too_large: body or pixel count over the limits",
-            415: "unsupported_media_type: content type or DICOM transfer syntax with no decoder",
-            422: "bad_parameter: unknown model or method, bad heatmap value, multi-frame DICOM",
-            500: "internal: the model failed on this request's batch", 503: "overloaded (queue full, see "
-            "Retry-After) or not_ready", 504: "timeout: the deadline passed while queued"}
+    text = {
+        400: "bad_image: undecodable, empty or truncated image",
+        401: "unauthorized: missing or wrong API key",
+        413: "too_large: body or pixel count over the limits",
+        415: "unsupported_media_type: content type or DICOM transfer syntax with no decoder",
+        422: "bad_parameter: unknown model or method, bad heatmap value, multi-frame DICOM",
+        500: "internal: the model failed on this request's batch",
+        503: "overloaded (queue full, see Retry-After) or not_ready",
+        504: "timeout: the deadline passed while queued",
+    }
     return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
 
 
@@ -50,7 +58,8 @@ def _errors(*statuses: int) -> dict:
         "with a saliency map — also when the decision is `accept`, so the radiographer always sees where the "
         "model would look for the object. `point` is the map's maximum in original image pixels; the heatmap "
         "PNG is at the model grid and stretches over the whole image. `heatmap=none` skips the explanation "
-        "(forward pass only) and returns `heatmap` and `point` as null."),
+        "(forward pass only) and returns `heatmap` and `point` as null."
+    ),
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses=_errors(400, 401, 413, 415, 422, 500, 503, 504),
 )

@@ -60,10 +60,8 @@ class EvaluateRequest(BaseModel):
 
 def _documented(**by_status: str) -> dict[int, dict[str, Any]]:
     """OpenAPI responses: SPEC §3 error bodies with what each status means here (401 on every route)."""
-    statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid",
-                **by_status}
-    return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text}
-            for status, text in statuses.items()}
+    statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid", **by_status}
+    return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text} for status, text in statuses.items()}
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -140,17 +138,40 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
         raise _PathRejected(f"no {req.split}.csv in data folder {req.data!r}")
     names = req.model.split(",") if isinstance(req.model, str) else list(req.model)
     models = [str(resolve_model_path(n.strip(), runner.models_dir, runner.data_roots)) for n in names if n.strip()]
-    return build_params(data=data, split=req.split, models=models, methods=req.methods, tau=req.tau,
-                        smooth_sigma=req.smooth_sigma, init=req.init, combine=req.combine,
-                        batch_size=req.batch_size, shard=parse_shard(req.shard), seed=req.seed,
-                        repeat=req.repeat, device="cpu")
+    return build_params(
+        data=data,
+        split=req.split,
+        models=models,
+        methods=req.methods,
+        tau=req.tau,
+        smooth_sigma=req.smooth_sigma,
+        init=req.init,
+        combine=req.combine,
+        batch_size=req.batch_size,
+        shard=parse_shard(req.shard),
+        seed=req.seed,
+        repeat=req.repeat,
+        device="cpu",
+    )
 
 
-@router.post("/evaluate", status_code=202, openapi_extra={"requestBody": {
-    "required": True, "content": {"application/json": {"schema": EvaluateRequest.model_json_schema()}}}},
-    responses={202: {"description": "accepted: {job_id, status, progress}"},
-               **_documented(_422="bad_parameter: unknown method/init, path outside the data folder …",
-                             _503="not_ready: the job runner is not running or its store is not writable")})
+@router.post(
+    "/evaluate",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EvaluateRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        202: {"description": "accepted: {job_id, status, progress}"},
+        **_documented(
+            _422="bad_parameter: unknown method/init, path outside the data folder …",
+            _503="not_ready: the job runner is not running or its store is not writable",
+        ),
+    },
+)
 async def submit_evaluation(request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -176,8 +197,10 @@ async def submit_evaluation(request: Request, _auth: ApiKeyDep) -> JSONResponse:
         job = await run_in_threadpool(runner.submit, params)
     except (OSError, sqlite3.Error) as exc:
         return _error(503, "not_ready", f"the evaluation job store is not writable ({exc})")
-    return JSONResponse(status_code=202, content={"job_id": job.id, "status": job.status,
-                                                  "progress": {"done": job.done, "total": job.total}})
+    return JSONResponse(
+        status_code=202,
+        content={"job_id": job.id, "status": job.status, "progress": {"done": job.done, "total": job.total}},
+    )
 
 
 def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
@@ -188,14 +211,17 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
         results_path = Path(job.out_dir) / "results.json"
         if results_path.is_file():
             results = json.loads(results_path.read_text(encoding="utf-8"))
-            body["results"] = {k: results.get(k) for k in ("methods", "classification", "dom", "repeated",
-                                                           "counts", "models")}
+            body["results"] = {
+                k: results.get(k) for k in ("methods", "classification", "dom", "repeated", "counts", "models")
+            }
             body["report"] = f"/evaluate/{job.id}/report"
     return body
 
 
-@router.get("/evaluate/{job_id}", responses=_documented(_404="not_found: no such job",
-                                                         _503="not_ready: the job runner is not running"))
+@router.get(
+    "/evaluate/{job_id}",
+    responses=_documented(_404="not_found: no such job", _503="not_ready: the job runner is not running"),
+)
 async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -206,9 +232,18 @@ async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> 
         return _error(404, "not_found", f"no evaluation job {job_id!r}")
 
 
-@router.get("/evaluate/{job_id}/report", response_model=None,
-            responses={200: {"description": "the HTML report", "content": {"text/html": {}}}, **_documented(_404="not_found: no such job", _409="not_done: the job has not finished",
-                                  _503="not_ready: the job runner is not running")})
+@router.get(
+    "/evaluate/{job_id}/report",
+    response_model=None,
+    responses={
+        200: {"description": "the HTML report", "content": {"text/html": {}}},
+        **_documented(
+            _404="not_found: no such job",
+            _409="not_done: the job has not finished",
+            _503="not_ready: the job runner is not running",
+        ),
+    },
+)
 async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> HTMLResponse | JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -223,11 +258,18 @@ async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> 
     return HTMLResponse(report.read_text(encoding="utf-8"))
 
 
-@router.delete("/evaluate/{job_id}", status_code=202,
-               responses={202: {"description": "cancellation requested"},
-                          **_documented(_404="not_found: no such job",
-                                        _409="already_finished: the job is done or failed",
-                                        _503="not_ready: the job runner is not running")})
+@router.delete(
+    "/evaluate/{job_id}",
+    status_code=202,
+    responses={
+        202: {"description": "cancellation requested"},
+        **_documented(
+            _404="not_found: no such job",
+            _409="already_finished: the job is done or failed",
+            _503="not_ready: the job runner is not running",
+        ),
+    },
+)
 async def cancel_evaluation(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
@@ -238,5 +280,4 @@ async def cancel_evaluation(job_id: str, request: Request, _auth: ApiKeyDep) -> 
         return _error(404, "not_found", f"no evaluation job {job_id!r}")
     if job.status in ("done", "failed"):
         return _error(409, "already_finished", f"job {job_id} already {job.status}; nothing to cancel")
-    return JSONResponse(status_code=202, content={"job_id": job.id, "status": job.status,
-                                                  "cancel_requested": True})
+    return JSONResponse(status_code=202, content={"job_id": job.id, "status": job.status, "cancel_requested": True})

@@ -23,8 +23,12 @@ def healthz(_auth: HealthzAuth) -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", response_model=ReadyResponse, summary="Every model is loaded and warmed up",
-            responses={503: {"model": ErrorResponse, "description": "not_ready"}, **_UNAUTHORIZED})
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    summary="Every model is loaded and warmed up",
+    responses={503: {"model": ErrorResponse, "description": "not_ready"}, **_UNAUTHORIZED},
+)
 def readyz(registry: RegistryDep, _auth: ReadyzAuth) -> ReadyResponse:
     states = registry.states()
     if not registry.ready:
@@ -33,7 +37,11 @@ def readyz(registry: RegistryDep, _auth: ReadyzAuth) -> ReadyResponse:
     return ReadyResponse(status="ready", models=states)
 
 
-@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **_UNAUTHORIZED})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **_UNAUTHORIZED},
+)
 def metrics(service_metrics: MetricsDep, _auth: MetricsAuth) -> Response:
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,19 +14,31 @@ ModelsAuth = api_key_unless_public("models")  # one switch for both: what /asses
 _UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}}
 
 
-@router.get("/models", response_model=ModelsResponse, summary="Loaded models and their metadata",
-            responses=_UNAUTHORIZED)
+@router.get(
+    "/models", response_model=ModelsResponse, summary="Loaded models and their metadata", responses=_UNAUTHORIZED
+)
 def list_models(registry: RegistryDep, _auth: ModelsAuth) -> ModelsResponse:
     infos = []
     for name, worker in registry.workers.items():
         meta = worker.meta
         if meta is None:  # still loading (or failed): nothing trustworthy to show yet
             continue
-        infos.append(ModelInfo(name=name, version=meta.version, arch=meta.arch, input_size=list(meta.input_size),
-                               classes=list(meta.classes), positive_class=meta.positive_class,
-                               threshold=float(meta.threshold), normgrad_layers=list(meta.normgrad_layers),
-                               trained_on=meta.trained_on, metrics=dict(meta.metrics), device=str(worker.device),
-                               default=name == registry.default_name))
+        infos.append(
+            ModelInfo(
+                name=name,
+                version=meta.version,
+                arch=meta.arch,
+                input_size=list(meta.input_size),
+                classes=list(meta.classes),
+                positive_class=meta.positive_class,
+                threshold=float(meta.threshold),
+                normgrad_layers=list(meta.normgrad_layers),
+                trained_on=meta.trained_on,
+                metrics=dict(meta.metrics),
+                device=str(worker.device),
+                default=name == registry.default_name,
+            )
+        )
     return ModelsResponse(default=registry.default_name, models=infos)
 
 

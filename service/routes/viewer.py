@@ -31,7 +31,8 @@ ASSETS = {
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Assets change with each release and are tiny; always revalidate so a new version is never mixed.
@@ -45,8 +46,7 @@ class AssetNotFound(ApiError):
 
 @router.get("/", include_in_schema=False)
 def viewer_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
-                        headers=PAGE_HEADERS)
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 @router.get("/viewer/{name}", include_in_schema=False)
@@ -68,15 +68,16 @@ def _display_png(body: bytes, content_type: str | None, limits) -> tuple[bytes, 
     description=(
         "Same body and errors as POST /assess (raw DICOM/PNG/JPEG bytes or multipart field `file`). Answers "
         "an 8-bit grayscale PNG of the decoded pixels /assess would feed the model, at the original size; "
-        "the viewer shows DICOM through it so the heatmap and the marker line up."),
+        "the viewer shows DICOM through it so the heatmap and the marker line up."
+    ),
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}},
-               **{s: {"model": ErrorResponse} for s in (400, 401, 413, 415)}},
+    responses={200: {"content": {"image/png": {}}}, **{s: {"model": ErrorResponse} for s in (400, 401, 413, 415)}},
 )
 async def render(request: Request, assessor: AssessorDep, settings: SettingsDep, _auth: ApiKeyDep) -> Response:
     upload = await read_upload(request, settings.max_body_bytes)
-    png, width, height = await assessor.decode_pool.run(
-        _display_png, upload.body, upload.content_type, assessor.limits)
-    return Response(png, media_type="image/png",
-                    headers={"X-Image-Width": str(width), "X-Image-Height": str(height),
-                             "Cache-Control": "no-store"})
+    png, width, height = await assessor.decode_pool.run(_display_png, upload.body, upload.content_type, assessor.limits)
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"X-Image-Width": str(width), "X-Image-Height": str(height), "Cache-Control": "no-store"},
+    )

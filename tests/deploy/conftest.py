@@ -40,9 +40,18 @@ SPEC_METRICS = {
 }
 # SPEC §9: the settings the service reads.
 SPEC_SETTINGS = {
-    "NORMGATE_HOST", "NORMGATE_PORT", "NORMGATE_MODELS_DIR", "NORMGATE_DEFAULT_MODEL", "NORMGATE_DEVICE",
-    "NORMGATE_MAX_BATCH_SIZE", "NORMGATE_MAX_BATCH_WAIT_MS", "NORMGATE_MAX_QUEUE_SIZE",
-    "NORMGATE_REQUEST_TIMEOUT_MS", "NORMGATE_MAX_BODY_MB", "NORMGATE_MAX_PIXELS", "NORMGATE_API_KEYS",
+    "NORMGATE_HOST",
+    "NORMGATE_PORT",
+    "NORMGATE_MODELS_DIR",
+    "NORMGATE_DEFAULT_MODEL",
+    "NORMGATE_DEVICE",
+    "NORMGATE_MAX_BATCH_SIZE",
+    "NORMGATE_MAX_BATCH_WAIT_MS",
+    "NORMGATE_MAX_QUEUE_SIZE",
+    "NORMGATE_REQUEST_TIMEOUT_MS",
+    "NORMGATE_MAX_BODY_MB",
+    "NORMGATE_MAX_PIXELS",
+    "NORMGATE_API_KEYS",
     "NORMGATE_DATA_DIR",
 }
 
@@ -60,17 +69,19 @@ def require_binary(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    message = (f"{name} not found: install it (`apt-get install prometheus` for promtool/prometheus, "
-               f"`make install` for the PyPI validators)")
+    message = (
+        f"{name} not found: install it (`apt-get install prometheus` for promtool/prometheus, "
+        f"`make install` for the PyPI validators)"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {message}")
     pytest.skip(message)
 
 
-def run_tool(args: list[str], *, input_text: str | None = None, timeout: float = 60,
-             cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, input=input_text, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or REPO)
+def run_tool(
+    args: list[str], *, input_text: str | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(args, input=input_text, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO)
 
 
 def free_loopback_port() -> int:
@@ -79,8 +90,9 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, *, timeout_s: float, proc: subprocess.Popen | None = None,
-                  expect_status: int = 200) -> None:
+def wait_for_http(
+    url: str, *, timeout_s: float, proc: subprocess.Popen | None = None, expect_status: int = 200
+) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -129,8 +141,13 @@ class LiveApp:
     log_path: Path
 
     def assess(self, **params: str) -> httpx.Response:
-        return httpx.post(f"{self.base_url}/assess", params=params, content=png_bytes(),
-                          headers={"Content-Type": "image/png"}, timeout=60.0)
+        return httpx.post(
+            f"{self.base_url}/assess",
+            params=params,
+            content=png_bytes(),
+            headers={"Content-Type": "image/png"},
+            timeout=60.0,
+        )
 
     def metrics_text(self) -> str:
         r = httpx.get(f"{self.base_url}/metrics", timeout=10.0)
@@ -141,37 +158,50 @@ class LiveApp:
 @pytest.fixture(scope="session")
 def live_app(tmp_path_factory: pytest.TempPathFactory):
     """A real NormGate server on a free loopback port, with some traffic already served."""
+    import torch
+
     from models.architectures import build_model
     from models.checkpoint import CheckpointMeta, save_checkpoint
-
-    import torch
 
     root = tmp_path_factory.mktemp("deploy_live_app")
     models_dir = root / "models"
     torch.manual_seed(0)
-    save_checkpoint(build_model("resnet18"),
-                    CheckpointMeta(name="default", version="test", arch="resnet18", input_size=[64, 64]),
-                    models_dir / "default")
+    save_checkpoint(
+        build_model("resnet18"),
+        CheckpointMeta(name="default", version="test", arch="resnet18", input_size=[64, 64]),
+        models_dir / "default",
+    )
     port = free_loopback_port()
-    env = dict(os.environ, NORMGATE_HOST="127.0.0.1", NORMGATE_PORT=str(port),
-               NORMGATE_MODELS_DIR=str(models_dir), NORMGATE_DEVICE="cpu", NORMGATE_DATA_DIR=str(root / "data"),
-               NORMGATE_API_KEYS="", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        NORMGATE_HOST="127.0.0.1",
+        NORMGATE_PORT=str(port),
+        NORMGATE_MODELS_DIR=str(models_dir),
+        NORMGATE_DEVICE="cpu",
+        NORMGATE_DATA_DIR=str(root / "data"),
+        NORMGATE_API_KEYS="",
+        OMP_NUM_THREADS="1",
+    )
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     app = LiveApp(base_url=f"http://127.0.0.1:{port}", log_path=log_path)
     try:
         try:
             wait_for_http(f"{app.base_url}/readyz", timeout_s=120, proc=proc)
         except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"NormGate did not become ready: {exc}\n--- server log ---\n"
-                        f"{log_path.read_text(errors='replace')[-4000:]}")
+            pytest.fail(
+                f"NormGate did not become ready: {exc}\n--- server log ---\n"
+                f"{log_path.read_text(errors='replace')[-4000:]}"
+            )
         # Traffic so every SPEC §4 family has samples: a full assessment, a forward-only one, a bad image.
         assert app.assess().status_code == 200, app.log_path.read_text(errors="replace")[-2000:]
         assert app.assess(heatmap="none").status_code == 200
-        bad = httpx.post(f"{app.base_url}/assess", content=b"not an image",
-                         headers={"Content-Type": "image/png"}, timeout=30.0)
+        bad = httpx.post(
+            f"{app.base_url}/assess", content=b"not an image", headers={"Content-Type": "image/png"}, timeout=30.0
+        )
         assert bad.status_code == 400, bad.text
         httpx.get(f"{app.base_url}/healthz", timeout=10.0).raise_for_status()
         yield app

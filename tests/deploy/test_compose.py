@@ -25,8 +25,11 @@ class ComposeLoader(yaml.SafeLoader):
 
 ComposeLoader.add_constructor("!reset", lambda loader, node: None)
 ComposeLoader.add_constructor(
-    "!override", lambda loader, node: loader.construct_mapping(node) if isinstance(node, yaml.MappingNode)
-    else loader.construct_sequence(node))
+    "!override",
+    lambda loader, node: (
+        loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_sequence(node)
+    ),
+)
 
 
 def compose_schema() -> dict:

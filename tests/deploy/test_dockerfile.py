@@ -91,7 +91,9 @@ def test_hadolint_would_catch_an_unpinned_install(tmp_path):
 
 
 def test_parser_on_a_small_dockerfile():
-    args, stages = parse_dockerfile("ARG A=x\n# c\nFROM img:${A} AS one\nRUN a \\\n  # inner\n  && b\nFROM one\nUSER 1\n")
+    args, stages = parse_dockerfile(
+        "ARG A=x\n# c\nFROM img:${A} AS one\nRUN a \\\n  # inner\n  && b\nFROM one\nUSER 1\n"
+    )
     assert args == {"A": "x"} and [s.name for s in stages] == ["one", None]
     assert stages[0].all("RUN") == ["a && b"] and stages[1].all("USER") == ["1"]
 
@@ -186,23 +188,29 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
     return excluded
 
 
-@pytest.mark.parametrize("path, excluded", [
-    ("models/checkpoints/default/model.json", False),
-    ("models/checkpoints/default/model.safetensors", False),
-    ("models/checkpoints/effnet/model.safetensors", True),
-    ("models/architectures.py", False),
-    ("service/app.py", False),
-    ("pyproject.toml", False),
-    ("README.md", False),
-    (".venv/bin/python", True),
-    (".git/config", True),
-    ("tests/deploy/test_dockerfile.py", True),
-    ("service/__pycache__/app.cpython-312.pyc", True),
-    ("data/object-cxr/train.csv", True),
-])
+@pytest.mark.parametrize(
+    "path, excluded",
+    [
+        ("models/checkpoints/default/model.json", False),
+        ("models/checkpoints/default/model.safetensors", False),
+        ("models/checkpoints/effnet/model.safetensors", True),
+        ("models/architectures.py", False),
+        ("service/app.py", False),
+        ("pyproject.toml", False),
+        ("README.md", False),
+        (".venv/bin/python", True),
+        (".git/config", True),
+        ("tests/deploy/test_dockerfile.py", True),
+        ("service/__pycache__/app.cpython-312.pyc", True),
+        ("data/object-cxr/train.csv", True),
+    ],
+)
 def test_dockerignore_keeps_what_the_image_needs(path: str, excluded: bool):
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert dockerignore_excludes(path, patterns) is excluded
 
 

@@ -5,6 +5,7 @@ the wiring between objects: probes, GPU, security, Service/PDB selectors, HPA me
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -27,13 +28,18 @@ def build(kustomization_dir) -> list[dict]:
     """Rendered objects: `kubectl kustomize` when available, otherwise the listed resources as they are."""
     kubectl = shutil.which("kubectl")
     if kubectl:
-        result = subprocess.run([kubectl, "kustomize", str(kustomization_dir)], capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [kubectl, "kustomize", str(kustomization_dir)], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         return [d for d in yaml.safe_load_all(result.stdout) if d]
     kustomization = yaml.safe_load((kustomization_dir / "kustomization.yaml").read_text())
-    return [d for name in kustomization["resources"]
-            for d in yaml.safe_load_all((kustomization_dir / name).read_text()) if d]
+    return [
+        d
+        for name in kustomization["resources"]
+        for d in yaml.safe_load_all((kustomization_dir / name).read_text())
+        if d
+    ]
 
 
 OBJECTS = {d.name: build(d) for d in KUSTOMIZATIONS}
@@ -64,8 +70,10 @@ def test_manifest_matches_the_official_schema(obj: dict, version: str):
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
-        pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} against Kubernetes {version}: {exc.message} "
-                    f"at {'.'.join(map(str, exc.path))}")
+        pytest.fail(
+            f"{obj['kind']}/{obj['metadata']['name']} against Kubernetes {version}: {exc.message} "
+            f"at {'.'.join(map(str, exc.path))}"
+        )
 
 
 def test_strict_validation_rejects_an_unknown_field():
@@ -157,7 +165,10 @@ def test_hpa_scales_on_the_queue_depth_that_prometheus_adapter_exposes(live_app)
 
 
 def test_adapter_name_derivation():
-    assert _exposed_name({"seriesQuery": "foo_total{a!=''}", "name": {"matches": "^(.*)_total$", "as": "${1}_per_s"}}) == "foo_per_s"
+    assert (
+        _exposed_name({"seriesQuery": "foo_total{a!=''}", "name": {"matches": "^(.*)_total$", "as": "${1}_per_s"}})
+        == "foo_per_s"
+    )
     assert _exposed_name({"seriesQuery": "normgate_queue_depth{pod!=''}"}) == "normgate_queue_depth"
 
 
@@ -176,7 +187,7 @@ def test_evaluation_is_an_indexed_job_with_a_merge_step_the_cli_accepts():
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["python", "-m", "service.evaluate"]
     args = list(c["args"])
-    flags = dict(zip(args, args[1:]))
+    flags = dict(itertools.pairwise(args))
     assert flags["--shard"] == f"$(JOB_COMPLETION_INDEX)/{shards}"
     assert "$(JOB_COMPLETION_INDEX)" in flags["--out"]
     env = {e["name"]: e for e in c["env"]}
@@ -196,16 +207,20 @@ def test_evaluation_is_an_indexed_job_with_a_merge_step_the_cli_accepts():
     assert shard_dirs == [flags["--out"].replace("$(JOB_COMPLETION_INDEX)", str(i)) for i in range(shards)]
     # The merge waits for exactly that many shard results before it runs.
     (wait,) = merge["spec"]["template"]["spec"]["initContainers"]
-    assert f'-ge {shards} ]' in wait["command"][-1] and "activeDeadlineSeconds" in merge["spec"]
+    assert f"-ge {shards} ]" in wait["command"][-1] and "activeDeadlineSeconds" in merge["spec"]
 
     # Shards and merge see the same results volume.
     def claim(obj, mount_path):
         pod = obj["spec"]["template"]["spec"]
-        name = next(mt["name"] for ct in pod["containers"] for mt in ct["volumeMounts"] if mt["mountPath"] == mount_path)
+        name = next(
+            mt["name"] for ct in pod["containers"] for mt in ct["volumeMounts"] if mt["mountPath"] == mount_path
+        )
         return next(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if v["name"] == name)
+
     assert claim(job, "/results") == claim(merge, "/results")
-    assert {claim(job, "/results"), claim(job, "/data")} <= {o["metadata"]["name"] for o in ALL
-                                                           if o["kind"] == "PersistentVolumeClaim"}
+    assert {claim(job, "/results"), claim(job, "/data")} <= {
+        o["metadata"]["name"] for o in ALL if o["kind"] == "PersistentVolumeClaim"
+    }
 
 
 def test_every_pod_runs_non_root_with_a_read_only_root_filesystem():

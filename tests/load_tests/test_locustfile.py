@@ -63,9 +63,18 @@ def test_scenarios_import_and_cover_every_kind(generated):
 def test_burst_shape_rises_holds_and_returns():
     # burst_stages is plain arithmetic, but its module imports Locust: ask a child process.
     ends = [0.20, 0.25, 0.70, 1.00]
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'load_tests'); import json, burst; "
-                           "print(json.dumps(burst.burst_stages(100, 2, 12)))"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, 'load_tests'); import json, burst; "
+            "print(json.dumps(burst.burst_stages(100, 2, 12)))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     stages = json.loads(done.stdout.strip().splitlines()[-1])
     assert [round(s[0], 6) for s in stages] == [100 * e for e in ends]
     assert [s[1] for s in stages] == [2, 12, 12, 2]
@@ -80,8 +89,12 @@ def test_every_request_gets_its_expected_status(generated, tmp_path):
     with TestClient(create_app(app_settings)) as client:
         wait_ready_sync(client)
         for request in generated["requests"]:
-            response = client.post("/assess", params=request["params"], headers=request["headers"],
-                                   content=base64.b64decode(request["data"]))
+            response = client.post(
+                "/assess",
+                params=request["params"],
+                headers=request["headers"],
+                content=base64.b64decode(request["data"]),
+            )
             assert response.status_code == request["expect"], (request["name"], response.text[:300])
             if request["expect"] == 200:
                 body = response.json()

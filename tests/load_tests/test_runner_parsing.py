@@ -18,12 +18,16 @@ POST,/assess [bad: text/plain],1,0,3,3.0,3.0,3.0,120.0,0.05,0.0,3,3,3,3,3,3,3,3,
 """
 
 STATUSES = {
-    "counts": {"/assess [dicom]": {"200": 7, "503": 1}, "/assess [png multipart]": {"200": 2},
-               "/assess [bad: text/plain]": {"415": 1}},
-    "samples": {"/assess [dicom]": [["200", float(ms)] for ms in (100, 200, 300, 400, 500, 600, 700)]
-                + [["503", 5.0]],
-                "/assess [png multipart]": [["200", 800.0], ["200", 900.0]],
-                "/assess [bad: text/plain]": [["415", 3.0]]},
+    "counts": {
+        "/assess [dicom]": {"200": 7, "503": 1},
+        "/assess [png multipart]": {"200": 2},
+        "/assess [bad: text/plain]": {"415": 1},
+    },
+    "samples": {
+        "/assess [dicom]": [["200", float(ms)] for ms in (100, 200, 300, 400, 500, 600, 700)] + [["503", 5.0]],
+        "/assess [png multipart]": [["200", 800.0], ["200", 900.0]],
+        "/assess [bad: text/plain]": [["415", 3.0]],
+    },
 }
 
 
@@ -69,10 +73,20 @@ def test_metrics_delta_counts_only_the_run():
 
 def test_parse_locust_stats_rows():
     rows = parse_locust_stats(STATS_CSV)
-    assert [r["name"] for r in rows] == ["/assess [dicom]", "/assess [png multipart]", "/assess [bad: text/plain]",
-                                         "Aggregated"]
+    assert [r["name"] for r in rows] == [
+        "/assess [dicom]",
+        "/assess [png multipart]",
+        "/assess [bad: text/plain]",
+        "Aggregated",
+    ]
     dicom = rows[0]
-    assert (dicom["count"], dicom["failures"], dicom["p50_ms"], dicom["p95_ms"], dicom["p99_ms"]) == (8, 1, 2400, 4100, 4100)
+    assert (dicom["count"], dicom["failures"], dicom["p50_ms"], dicom["p95_ms"], dicom["p99_ms"]) == (
+        8,
+        1,
+        2400,
+        4100,
+        4100,
+    )
     assert rows[-1]["rps"] == 0.55
 
 
@@ -100,13 +114,15 @@ def test_percentile_nearest_rank():
 
 
 def test_profile_report_groups_threads_by_role():
-    raw = "\n".join([
-        "thread (1): normgate-decode_0;_worker (concurrent/futures/thread.py:83);"
-        "Assessor._decode_and_prepare (service/assessment.py:70);_min_max (service/ingest.py:790) 30",
-        "thread (2): normgate-model-default;serve_forever (service/batching.py:183);"
-        "ModelRunner.run (service/inference.py:141) 60",
-        "thread (3): MainThread;BaseEventLoop.run_forever (asyncio/base_events.py:607) 10",
-    ])
+    raw = "\n".join(
+        [
+            "thread (1): normgate-decode_0;_worker (concurrent/futures/thread.py:83);"
+            "Assessor._decode_and_prepare (service/assessment.py:70);_min_max (service/ingest.py:790) 30",
+            "thread (2): normgate-model-default;serve_forever (service/batching.py:183);"
+            "ModelRunner.run (service/inference.py:141) 60",
+            "thread (3): MainThread;BaseEventLoop.run_forever (asyncio/base_events.py:607) 10",
+        ]
+    )
     text = report(raw)
     assert text.startswith("100 samples")
     assert "## model worker: 60 samples (60.0 % of all)" in text
@@ -116,13 +132,28 @@ def test_profile_report_groups_threads_by_role():
 
 
 def test_batching_study_grid_and_table():
-    from benchmarks.batching_study import cells, markdown as study_markdown
+    from benchmarks.batching_study import cells
+    from benchmarks.batching_study import markdown as study_markdown
 
     grid = cells([0, 2, 5], [1, 4, 8])
     assert grid[0] == (1, 0) and len(grid) == 1 + 2 * 3  # max batch 1 ignores the wait
-    results = {"loads": [2.0], "image": "png 64x64", "seconds": 1,
-               "cells": [{"load_rps": 2.0, "max_batch": 4, "wait_ms": 5.0, "throughput_rps": 1.9, "p50_ms": 10.0,
-                          "p99_ms": 20.0, "mean_batch": 1.5, "statuses": {"200": 19, "504": 1}}]}
+    results = {
+        "loads": [2.0],
+        "image": "png 64x64",
+        "seconds": 1,
+        "cells": [
+            {
+                "load_rps": 2.0,
+                "max_batch": 4,
+                "wait_ms": 5.0,
+                "throughput_rps": 1.9,
+                "p50_ms": 10.0,
+                "p99_ms": 20.0,
+                "mean_batch": 1.5,
+                "statuses": {"200": 19, "504": 1},
+            }
+        ],
+    }
     assert "| 4 | 5 | 1.9 | 10.0 | 20.0 | 1.5 | {'504': 1} |" in study_markdown(results)
 
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from models.architectures import build_model, default_normgrad_layers
 from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
-from models.convert import convert, infer_arch_from_state, load_backbone, main as convert_main, read_state_dict
+from models.convert import convert, infer_arch_from_state, load_backbone, read_state_dict
+from models.convert import main as convert_main
 
 
 def _meta(arch: str = "resnet18", **kw) -> CheckpointMeta:
@@ -200,8 +201,21 @@ def test_convert_cli_infers_arch_and_strips_dataparallel_prefix(tmp_path, resnet
     pth = tmp_path / "dp.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in resnet18.state_dict().items()}}, pth)
     assert infer_arch_from_state(read_state_dict(pth)) == "resnet18"
-    rc = convert_main(["--weights", str(pth), "--out", str(tmp_path / "ck"), "--input-size", "64",
-                       "--fp16-weights", "--mean", "0.5", "--std", "0.25"])
+    rc = convert_main(
+        [
+            "--weights",
+            str(pth),
+            "--out",
+            str(tmp_path / "ck"),
+            "--input-size",
+            "64",
+            "--fp16-weights",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
     assert rc == 0 and "wrote" in capsys.readouterr().out
     ck = load_checkpoint(tmp_path / "ck")
     assert ck.meta.arch == "resnet18" and ck.meta.mean == [0.5, 0.5, 0.5]

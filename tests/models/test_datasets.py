@@ -46,7 +46,7 @@ def test_object_cxr_all_annotation_types(object_cxr: Path):
     assert [s.image_path.name for s in samples] == ["a.png", "b.png", "c.png", "d.png"]
     assert [s.label for s in samples] == [1, 0, 1, 0]
     assert all(s.image_path == object_cxr / "dev" / s.image_path.name for s in samples)
-    rect, = samples[0].annotations
+    (rect,) = samples[0].annotations
     assert rect.kind == RECTANGLE and rect.box == (10, 20, 30, 40)
     ellipse, polygon = samples[2].annotations
     assert ellipse.kind == ELLIPSE and ellipse.box == (50, 60, 70, 100)  # the ellipse's corners
@@ -76,11 +76,9 @@ def test_reversed_corners_still_give_a_proper_box():
 def test_generic_csv(tmp_path: Path):
     _write_images(tmp_path, ["p.png", "n.png", "q.png", "r.png"])
     csv_path = tmp_path / "list.csv"
-    csv_path.write_text("image,label,boxes\n"
-                        "p.png,1,1 2 3 4;10 20 30 40\n"
-                        "n.png,0,\n"
-                        "q.png,foreign_object,\n"
-                        "r.png,no_foreign_object,\n")
+    csv_path.write_text(
+        "image,label,boxes\np.png,1,1 2 3 4;10 20 30 40\nn.png,0,\nq.png,foreign_object,\nr.png,no_foreign_object,\n"
+    )
     samples = read_csv(csv_path, tmp_path)
     assert [s.label for s in samples] == [1, 0, 1, 0]
     assert samples[0].boxes == [(1, 2, 3, 4), (10, 20, 30, 40)]
@@ -96,18 +94,21 @@ def test_generic_csv_custom_class_name(tmp_path: Path):
     assert [s.label for s in read_csv(csv_path, tmp_path, positive_class="metal")] == [1, 0]
 
 
-@pytest.mark.parametrize("row, message", [
-    ("a.png,3 1 2 3 4", r"dev\.csv line 3: object 1 .*type 3 is not 0"),
-    ("a.png,x 1 2 3 4", r"dev\.csv line 3: object 1 .*type 'x'"),
-    ("a.png,0 1 2 3 4 5", r"dev\.csv line 3: object 1 .*odd number of coordinates \(5\)"),
-    ("a.png,0 1 2 3 4;2 1 2 3 4 5", r"dev\.csv line 3: object 2 .*odd number"),
-    ("a.png,0 1 2 three 4", r"dev\.csv line 3: object 1 .*coordinate 'three' is not a number"),
-    ("a.png,1 1 2 3 4 5 6", r"dev\.csv line 3: object 1 .*an ellipse needs 4 coordinates"),
-    ("a.png,2 1 2 3 4", r"dev\.csv line 3: object 1 .*a polygon needs at least 3 vertices"),
-    ("a.png,0 1 nan 3 4", r"dev\.csv line 3: object 1 .*not finite"),
-    (",0 1 2 3 4", r"dev\.csv line 3: empty image name"),
-    ("missing.png,", r"dev\.csv line 3: image 'missing\.png' not found"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("a.png,3 1 2 3 4", r"dev\.csv line 3: object 1 .*type 3 is not 0"),
+        ("a.png,x 1 2 3 4", r"dev\.csv line 3: object 1 .*type 'x'"),
+        ("a.png,0 1 2 3 4 5", r"dev\.csv line 3: object 1 .*odd number of coordinates \(5\)"),
+        ("a.png,0 1 2 3 4;2 1 2 3 4 5", r"dev\.csv line 3: object 2 .*odd number"),
+        ("a.png,0 1 2 three 4", r"dev\.csv line 3: object 1 .*coordinate 'three' is not a number"),
+        ("a.png,1 1 2 3 4 5 6", r"dev\.csv line 3: object 1 .*an ellipse needs 4 coordinates"),
+        ("a.png,2 1 2 3 4", r"dev\.csv line 3: object 1 .*a polygon needs at least 3 vertices"),
+        ("a.png,0 1 nan 3 4", r"dev\.csv line 3: object 1 .*not finite"),
+        (",0 1 2 3 4", r"dev\.csv line 3: empty image name"),
+        ("missing.png,", r"dev\.csv line 3: image 'missing\.png' not found"),
+    ],
+)
 def test_malformed_object_cxr_rows_name_file_and_line(tmp_path: Path, row: str, message: str):
     _write_images(tmp_path / "dev", ["a.png"])
     (tmp_path / "dev.csv").write_text(f"image_name,annotation\na.png,\n{row}\n")
@@ -170,7 +171,7 @@ def test_contains_polygon_matches_matplotlib():
 
 
 def test_load_gray_bit_depths_and_colour(tmp_path: Path):
-    values16 = (np.arange(12 * 9, dtype=np.uint16).reshape(12, 9) * 600)
+    values16 = np.arange(12 * 9, dtype=np.uint16).reshape(12, 9) * 600
     Image.fromarray(values16).save(tmp_path / "g16.png")
     got16 = load_gray(tmp_path / "g16.png")
     assert got16.dtype == np.uint16 and np.array_equal(got16, values16)

@@ -18,7 +18,6 @@ from models.evaluation import initialise_model, smooth_maps, summarise_rows
 from models.saliency import explain, list_methods
 
 
-
 @pytest.mark.parametrize("sigma", [0.7, 1.0, 2.0])
 def test_gaussian_smoothing_matches_scipy_with_mirror_padding(sigma):
     from scipy.ndimage import gaussian_filter
@@ -26,8 +25,9 @@ def test_gaussian_smoothing_matches_scipy_with_mirror_padding(sigma):
     rng = np.random.default_rng(3)
     maps = rng.random((2, 40, 33)).astype(np.float32)
     radius = max(5, math.ceil(4 * sigma))
-    expected = np.stack([gaussian_filter(m.astype(np.float64), sigma, mode="mirror", truncate=radius / sigma)
-                         for m in maps])
+    expected = np.stack(
+        [gaussian_filter(m.astype(np.float64), sigma, mode="mirror", truncate=radius / sigma) for m in maps]
+    )
     got = smooth_maps(torch.from_numpy(maps), sigma).numpy()
     assert got.shape == maps.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -67,12 +67,25 @@ def test_init_modes_keep_or_reinitialise_exactly_the_right_weights(tmp_path):
 
 def test_summary_gives_mean_std_over_repeats_and_difference_of_means():
     def rows(model, hits):
-        return [{"image": f"i{k}", "model": model, "method": "gradcam", "label": 1, "probability": 0.9,
-                 "hit": h, "n_boxes": 1, "energy_pg": 0.5, "objects_hit": h} for k, h in enumerate(hits)]
+        return [
+            {
+                "image": f"i{k}",
+                "model": model,
+                "method": "gradcam",
+                "label": 1,
+                "probability": 0.9,
+                "hit": h,
+                "n_boxes": 1,
+                "energy_pg": 0.5,
+                "objects_hit": h,
+            }
+            for k, h in enumerate(hits)
+        ]
 
     all_rows = rows("r1", [1, 1, 0, 0]) + rows("r2", [1, 1, 1, 0]) + rows("e1", [1, 0, 0, 0])
-    summary = summarise_rows(all_rows, {"r1": "resnet34", "r2": "resnet34", "e1": "efficientnet_b0"},
-                             {"r1": 0.5, "r2": 0.5, "e1": 0.5})
+    summary = summarise_rows(
+        all_rows, {"r1": "resnet34", "r2": "resnet34", "e1": "efficientnet_b0"}, {"r1": 0.5, "r2": 0.5, "e1": 0.5}
+    )
     assert summary["methods"]["gradcam"]["r1"]["pointing_game"] == 0.5
     group = summary["repeated"]["gradcam"]["resnet34"]
     assert group["mean"] == pytest.approx(0.625)

@@ -83,9 +83,9 @@ def test_argmax_point_is_column_row_and_ties_go_to_first_in_row_major_order():
 
 def test_energy_pointing_game_on_a_hand_map():
     m = np.zeros((10, 10))
-    m[2, 3] = 3.0   # inside box (x 2..4, y 1..2)
-    m[1, 4] = 1.0   # inside, on the box edge
-    m[8, 8] = 4.0   # outside
+    m[2, 3] = 3.0  # inside box (x 2..4, y 1..2)
+    m[1, 4] = 1.0  # inside, on the box edge
+    m[8, 8] = 4.0  # outside
     m[0, 0] = -5.0  # negative: no mass
     assert energy_pointing_game(m, [(2, 1, 4, 2)]) == pytest.approx(4.0 / 8.0)
     # Overlapping boxes count each pixel once (union).
@@ -122,10 +122,10 @@ def test_froc_on_a_hand_made_case():
     # 4 images, 3 objects (image a: 2, image b: 1), c and d negative. One point per image.
     objects = {"a": [_Rect(0, 0, 10, 10), _Rect(50, 50, 60, 60)], "b": [_Rect(0, 0, 5, 5)]}
     preds = [
-        FrocPrediction("a", 0.9, 5, 5),     # detects a/0
-        FrocPrediction("c", 0.8, 1, 1),     # FP #1 → FP/image 0.25 (crosses 0.125 and 0.25)
-        FrocPrediction("b", 0.7, 2, 2),     # detects b/0
-        FrocPrediction("d", 0.6, 9, 9),     # FP #2 → 0.5
+        FrocPrediction("a", 0.9, 5, 5),  # detects a/0
+        FrocPrediction("c", 0.8, 1, 1),  # FP #1 → FP/image 0.25 (crosses 0.125 and 0.25)
+        FrocPrediction("b", 0.7, 2, 2),  # detects b/0
+        FrocPrediction("d", 0.6, 9, 9),  # FP #2 → 0.5
     ]
     result = froc(preds, objects, n_images=4)
     # Sensitivity when FP/image first reaches 0.125 and 0.25: 1/3; at 0.5: 2/3; never reaches 1..8: final 2/3.

@@ -10,16 +10,22 @@ import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import (grid_point_to_original, normalise, original_box_to_grid, preprocess_batch,
-                               resize_unit, to_unit_float)
+from models.preprocess import (
+    grid_point_to_original,
+    normalise,
+    original_box_to_grid,
+    preprocess_batch,
+    resize_unit,
+    to_unit_float,
+)
 
 
 def test_integers_scale_by_their_dtype_range():
     np.testing.assert_allclose(to_unit_float(np.array([[0, 51, 255]], np.uint8)), [[0.0, 0.2, 1.0]], atol=1e-7)
-    np.testing.assert_allclose(to_unit_float(np.array([[0, 13107, 65535]], np.uint16)), [[0.0, 0.2, 1.0]],
-                               atol=1e-7)
-    np.testing.assert_allclose(to_unit_float(np.array([[-32768, 0, 32767]], np.int16)),
-                               [[0.0, 32768 / 65535, 1.0]], atol=1e-7)
+    np.testing.assert_allclose(to_unit_float(np.array([[0, 13107, 65535]], np.uint16)), [[0.0, 0.2, 1.0]], atol=1e-7)
+    np.testing.assert_allclose(
+        to_unit_float(np.array([[-32768, 0, 32767]], np.int16)), [[0.0, 32768 / 65535, 1.0]], atol=1e-7
+    )
 
 
 def test_floats_in_range_are_kept_and_out_of_range_are_clipped_without_touching_the_input():
@@ -75,4 +81,5 @@ def test_grid_and_original_coordinates_map_pixel_centres():
     assert grid_point_to_original(0, 0, (256, 256), (3000, 2500)) == (4, 5)
     assert grid_point_to_original(255, 255, (256, 256), (3000, 2500)) == (2495, 2994)
     assert original_box_to_grid((250, 300, 500, 600), (3000, 2500), (256, 256)) == pytest.approx(
-        (25.6, 25.6, 51.2, 51.2))
+        (25.6, 25.6, 51.2, 51.2)
+    )

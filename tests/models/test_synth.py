@@ -16,8 +16,11 @@ SIZE = 128
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,10 @@ def test_csv_round_trip_shapes_and_labels(dataset: Path):
 
 def _ring_mean(img: np.ndarray, box, width: int) -> float:
     h, w = img.shape
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     X1, Y1, X2, Y2 = max(0, x1 - width), max(0, y1 - width), min(w - 1, x2 + width), min(h - 1, y2 + width)
-    outer = img[Y1:Y2 + 1, X1:X2 + 1].astype(np.float64)
-    inner = img[y1:y2 + 1, x1:x2 + 1].astype(np.float64)
+    outer = img[Y1 : Y2 + 1, X1 : X2 + 1].astype(np.float64)
+    inner = img[y1 : y2 + 1, x1 : x2 + 1].astype(np.float64)
     return (outer.sum() - inner.sum()) / max(outer.size - inner.size, 1)
 
 
@@ -92,7 +95,7 @@ def test_every_annotation_surrounds_its_object():
             x1, y1, x2, y2 = a.box
             assert 0 <= x1 < x2 <= w - 1 and 0 <= y1 < y2 <= h - 1
             inside = np.zeros_like(covered)
-            inside[int(y1):int(y2) + 1, int(x1):int(x2) + 1] = True
+            inside[int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] = True
             covered |= inside
             changed = diff[inside] > 1e-6
             assert changed.any(), (index, a)

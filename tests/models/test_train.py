@@ -30,8 +30,23 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--arch", "resnet18", "--input-size", "64",
-            "--batch-size", "4", "--seed", "7", "--workers", "1", *extra]
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--arch",
+        "resnet18",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--seed",
+        "7",
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 def _independent_probs(model: torch.nn.Module, meta, samples) -> np.ndarray:
@@ -121,13 +136,26 @@ def test_pretrained_backbone_fp16_weights_clean_state_and_separate_test_data(tin
     torch.save(imagenet.state_dict(), pth)
     heldout = write_tiny_dataset(tmp_path / "heldout", {"test": 6}, seed=3)  # another seed's test split
     out = tmp_path / "ck"
-    main(_args(tiny, out, "--epochs", "1", "--lr", "1e-9", "--pretrained", str(pth), "--fp16-weights",
-               "--clean-state", "--test-data", str(heldout)))
+    main(
+        _args(
+            tiny,
+            out,
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-9",
+            "--pretrained",
+            str(pth),
+            "--fp16-weights",
+            "--clean-state",
+            "--test-data",
+            str(heldout),
+        )
+    )
     raw = load_file(str(out / "model.safetensors"))
     assert raw["conv1.weight"].dtype == torch.float16
     # lr ≈ 0: the stored backbone is the user's weights (rounded to fp16); the head is new and 2-class.
-    assert torch.allclose(raw["conv1.weight"].float(), imagenet.conv1.weight.detach().float(),
-                          rtol=2e-3, atol=1e-6)
+    assert torch.allclose(raw["conv1.weight"].float(), imagenet.conv1.weight.detach().float(), rtol=2e-3, atol=1e-6)
     assert raw["fc.weight"].shape == (2, 512)
     meta = json.loads((out / "model.json").read_text())
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["trained_on"]["pretrained"] == "imagenet.pth"
@@ -145,8 +173,13 @@ def test_missing_dev_split_is_a_clear_error(tiny, tmp_path):
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "models.train", "--data", str(tmp_path / "none"),
-                           "--out", str(tmp_path / "ck")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "ck")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "error: --data" in proc.stderr and "no such folder" in proc.stderr
     assert "Traceback" not in proc.stderr

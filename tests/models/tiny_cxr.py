@@ -26,7 +26,7 @@ def write_tiny_dataset(root: Path, sizes: dict[str, int], image_size: int = 64, 
                 s = int(rng.integers(6, 11))
                 x1 = int(rng.integers(8, image_size - 8 - s))
                 y1 = int(rng.integers(8, image_size - 8 - s))
-                img[y1:y1 + s, x1:x1 + s] = 0.95
+                img[y1 : y1 + s, x1 : x1 + s] = 0.95
                 annotation = f"0 {x1} {y1} {x1 + s} {y1 + s}"
             name = f"{split}_{i:03d}.png"
             Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / split / name)

@@ -19,12 +19,19 @@ from models.checkpoint import CheckpointMeta, save_checkpoint
 GRID = [64, 64]
 
 
-def make_checkpoint(folder: Path, seed: int = 0, input_size=GRID, threshold: float = 0.5,
-                    version: str = "test-1") -> Path:
+def make_checkpoint(
+    folder: Path, seed: int = 0, input_size=GRID, threshold: float = 0.5, version: str = "test-1"
+) -> Path:
     torch.manual_seed(seed)
     model = build_model("resnet18")
-    meta = CheckpointMeta(name=folder.name, version=version, arch="resnet18", input_size=list(input_size),
-                          threshold=threshold, trained_on="nothing (random weights, tests only)")
+    meta = CheckpointMeta(
+        name=folder.name,
+        version=version,
+        arch="resnet18",
+        input_size=list(input_size),
+        threshold=threshold,
+        trained_on="nothing (random weights, tests only)",
+    )
     return save_checkpoint(model, meta, folder)
 
 
@@ -39,9 +46,17 @@ def models_dir(tmp_path_factory) -> Path:
 def settings_for(models_dir: Path, **overrides):
     from service.config import Settings
 
-    values = dict(models_dir=models_dir, default_model="default", device="cpu", max_batch_size=8,
-                  max_batch_wait_ms=2, max_queue_size=64, request_timeout_ms=30_000, decode_workers=2,
-                  api_keys=[])
+    values = {
+        "models_dir": models_dir,
+        "default_model": "default",
+        "device": "cpu",
+        "max_batch_size": 8,
+        "max_batch_wait_ms": 2,
+        "max_queue_size": 64,
+        "request_timeout_ms": 30_000,
+        "decode_workers": 2,
+        "api_keys": [],
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -66,7 +81,7 @@ def radiograph(height: int, width: int, seed: int = 0, spot: tuple[int, int] | N
     image = 60 + 80 * rows * (1 - rows) * 4 * cols + rng.normal(0, 6, (height, width))
     if spot is not None:
         r, c = spot
-        image[max(r - 4, 0):r + 4, max(c - 4, 0):c + 4] = 255
+        image[max(r - 4, 0) : r + 4, max(c - 4, 0) : c + 4] = 255
     return image.clip(0, 255).astype(np.uint8)
 
 
@@ -108,7 +123,6 @@ class running_app:
         await self._lifespan.__aexit__(*exc)
 
 
-
 def dicom_bytes(array: np.ndarray, frames: int = 1, photometric: str = "MONOCHROME2") -> bytes:
     """A minimal uncompressed CR image (Part 10 file) holding ``array`` (uint8 or uint16) ``frames`` times."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -140,6 +154,7 @@ def dicom_bytes(array: np.ndarray, frames: int = 1, photometric: str = "MONOCHRO
 
 
 # -- the fault table of docs/security.md (tests/service/fault_table.py) ---------------------------------------
+
 
 @pytest.fixture
 def fault_row(request):

@@ -26,13 +26,20 @@ def chest_like(height: int, width: int, seed: int = 0, bright_object: tuple[int,
     if bright_object is not None:
         r, c = bright_object
         half = max(2, min(height, width) // 20)
-        image[max(r - half, 0):r + half, max(c - half, 0):c + half] = 4000
+        image[max(r - half, 0) : r + half, max(c - half, 0) : c + half] = 4000
     return image.clip(0, 4095).astype(np.uint16)
 
 
-def dx_instance(attenuation: np.ndarray, *, photometric: str = "MONOCHROME1", study_uid: str | None = None,
-                series_uid: str | None = None, sop_uid: str | None = None, patient_name: str = PHI_NAME,
-                patient_id: str = PHI_ID) -> bytes:
+def dx_instance(
+    attenuation: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME1",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    patient_name: str = PHI_NAME,
+    patient_id: str = PHI_ID,
+) -> bytes:
     """A DX For Presentation Part 10 file of ``attenuation`` (uint16, 12 bits stored).
 
     MONOCHROME1 stores the complement (PS3.3 C.7.6.3.1.2: minimum value = white), so a dense object is *low*

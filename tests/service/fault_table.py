@@ -39,7 +39,7 @@ def outcome(response) -> str:
         return str(status)
     try:
         return f"{status} {response.json()['error']}"
-    except Exception:  # noqa: BLE001 - a non-JSON error is itself worth seeing in the table
+    except Exception:
         return f"{status} (not SPEC §3 JSON)"
 
 
@@ -66,8 +66,10 @@ def render(rows: list[FaultRow]) -> str:
     ]
     for r in ordered:
         mark = "" if r.agrees else " ⚠"
-        lines.append(f"| {_cell(r.area)} | {_cell(r.case)} | {_cell(r.expected)} | {_cell(r.observed)}{mark} | "
-                     f"`{_cell(r.test)}` |")
+        lines.append(
+            f"| {_cell(r.area)} | {_cell(r.case)} | {_cell(r.expected)} | {_cell(r.observed)}{mark} | "
+            f"`{_cell(r.test)}` |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -13,17 +13,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RECORDING_TESTS = ["tests/service/test_security.py", "tests/service/test_faults.py",
-                   "tests/service/test_overload.py", "tests/service/test_schema_fuzz.py",
-                   "tests/service/test_evaluate.py::"
-                   "test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts"]
+RECORDING_TESTS = [
+    "tests/service/test_security.py",
+    "tests/service/test_faults.py",
+    "tests/service/test_overload.py",
+    "tests/service/test_schema_fuzz.py",
+    "tests/service/test_evaluate.py::test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts",
+]
 
 
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "fault-table.md"
     env = dict(os.environ, NORMGATE_FAULT_TABLE=str(out.resolve()))
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *RECORDING_TESTS],
-                           cwd=ROOT, env=env)
+    return subprocess.call(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *RECORDING_TESTS], cwd=ROOT, env=env
+    )
 
 
 if __name__ == "__main__":

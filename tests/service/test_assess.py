@@ -107,15 +107,25 @@ def test_png_answer_matches_the_checkpoint_run_directly(client, reference):
     timings = answer["timings_ms"]
     assert set(timings) == {"queue", "compute", "total"}
     assert 0 <= timings["queue"] <= timings["total"] and 0 < timings["compute"] <= timings["total"]
-    assert set(answer) == {"request_id", "model", "label", "probability", "threshold", "decision", "point",
-                           "image", "heatmap", "timings_ms"}
+    assert set(answer) == {
+        "request_id",
+        "model",
+        "label",
+        "probability",
+        "threshold",
+        "decision",
+        "point",
+        "image",
+        "heatmap",
+        "timings_ms",
+    }
 
 
 def test_non_square_grid_and_threshold_of_another_model(client, wide_reference):
     # The 'wide' checkpoint has a 64 × 96 grid (h × w) and a 0.995 threshold.
     gray = radiograph(150, 310, seed=4, spot=(120, 40))
     answer = post_image(client, png_bytes(gray), "image/png", model="wide").json()
-    probability, point, saliency = wide_reference(gray)
+    probability, point, _saliency = wide_reference(gray)
     assert answer["model"]["name"] == "wide"
     assert (answer["heatmap"]["width"], answer["heatmap"]["height"]) == (96, 64)
     assert heatmap_array(answer).shape == (64, 96)
@@ -184,7 +194,7 @@ def test_monochrome1_equals_monochrome2_of_the_inverted_pixels(client):
 
 
 def test_sixteen_bit_dicom(client, reference):
-    gray16 = (radiograph(64, 80, seed=9).astype(np.uint16) * 200)
+    gray16 = radiograph(64, 80, seed=9).astype(np.uint16) * 200
     gray16[0, 0] = 0
     answer = post_image(client, dicom_bytes(gray16), "application/dicom").json()
     unit = gray16.astype(np.float32) / gray16.max()  # no window in the file: min–max over the pixels

@@ -93,7 +93,7 @@ def test_wrong_result_count_fails_the_whole_batch():
 
 def test_withdrawn_request_is_skipped_and_frees_its_slot():
     queue = BatchQueue(max_batch_size=4, max_wait_s=0.0, max_size=2)
-    a, b = put_many(queue, 2)
+    a, _b = put_many(queue, 2)
     assert queue.withdraw(a) is True
     assert len(queue) == 1
     queue.put("c", math.inf)  # the freed slot is usable at once
@@ -104,7 +104,7 @@ def test_withdrawn_request_is_skipped_and_frees_its_slot():
 
 def test_cancelled_future_without_withdraw_is_never_computed():
     queue = BatchQueue(max_batch_size=4, max_wait_s=0.0, max_size=4)
-    a, b = put_many(queue, 2)
+    a, _b = put_many(queue, 2)
     assert a.future.cancel()
     computed = []
     run_batch(queue.next_batch(), lambda batch: [computed.append(p.payload) or p.payload for p in batch])
@@ -142,7 +142,7 @@ def test_close_drains_then_stops():
 def test_depth_callback_follows_the_queue():
     depths = []
     queue = BatchQueue(max_batch_size=2, max_wait_s=0.0, max_size=4, on_depth_change=depths.append)
-    a, b, c = put_many(queue, 3)
+    _a, _b, c = put_many(queue, 3)
     queue.withdraw(c)
     queue.next_batch()
     assert depths == [1, 2, 3, 2, 0]

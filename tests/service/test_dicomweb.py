@@ -50,6 +50,7 @@ REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
 # The multipart/related parser and the response builder
 # ---------------------------------------------------------------------------------------------------------
 
+
 def test_multipart_round_trip_with_preamble_epilogue_and_headerless_part():
     body, content_type = build_multipart_related([b"first\r\n--not-the-boundary", b"\x00" * 10], "b0und")
     assert stow_boundary(content_type) == "b0und"
@@ -60,13 +61,16 @@ def test_multipart_round_trip_with_preamble_epilogue_and_headerless_part():
     assert headerless[0].body == b"DATA" and headerless[0].content_type is None
 
 
-@pytest.mark.parametrize("content_type, status", [
-    ("application/dicom", 415),
-    ('multipart/related; type="application/dicom+xml"; boundary=a', 415),
-    ("multipart/form-data; boundary=a", 415),
-    ('multipart/related; type="application/dicom"', 400),  # no boundary
-    ('multipart/related; type="application/dicom"; boundary=""', 400),
-])
+@pytest.mark.parametrize(
+    "content_type, status",
+    [
+        ("application/dicom", 415),
+        ('multipart/related; type="application/dicom+xml"; boundary=a', 415),
+        ("multipart/form-data; boundary=a", 415),
+        ('multipart/related; type="application/dicom"', 400),  # no boundary
+        ('multipart/related; type="application/dicom"; boundary=""', 400),
+    ],
+)
 def test_content_type_refusals(content_type, status):
     with pytest.raises(ApiError) as refused:
         stow_boundary(content_type)
@@ -85,12 +89,15 @@ def test_orthancs_73_character_boundary_is_accepted():
         stow_boundary(f'multipart/related; type="application/dicom"; boundary={"x" * 201}')
 
 
-@pytest.mark.parametrize("body, sentence", [
-    (b"no delimiter here", "does not contain the boundary"),
-    (b"--x\r\nContent-Type: application/dicom\r\n\r\nDATA", "not closed by a boundary"),
-    (b"--x\r\nContent-Type application/dicom\r\n\r\nDATA\r\n--x--", "no colon"),
-    (b"--x--", "no parts"),
-])
+@pytest.mark.parametrize(
+    "body, sentence",
+    [
+        (b"no delimiter here", "does not contain the boundary"),
+        (b"--x\r\nContent-Type: application/dicom\r\n\r\nDATA", "not closed by a boundary"),
+        (b"--x\r\nContent-Type application/dicom\r\n\r\nDATA\r\n--x--", "no colon"),
+        (b"--x--", "no parts"),
+    ],
+)
 def test_malformed_bodies_are_400(body, sentence):
     with pytest.raises(ApiError) as refused:
         parse_multipart_related(body, "x", max_parts=4)
@@ -129,6 +136,7 @@ def test_part_count_limit_is_413():
 # The route
 # ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def client(models_dir):
     app = create_app(settings_for(models_dir, dicomweb_max_instances=6, max_batch_wait_ms=50))
@@ -166,8 +174,10 @@ def stored_pair(client):
     """Two radiographs of one study (MONOCHROME1 and MONOCHROME2 of the same attenuation), stored together."""
     study = generate_uid()
     attenuation = chest_like(96, 80, seed=3, bright_object=(30, 55))
-    files = [dx_instance(attenuation, photometric="MONOCHROME1", study_uid=study),
-             dx_instance(attenuation, photometric="MONOCHROME2", study_uid=study)]
+    files = [
+        dx_instance(attenuation, photometric="MONOCHROME1", study_uid=study),
+        dx_instance(attenuation, photometric="MONOCHROME2", study_uid=study),
+    ]
     answer = stow(client, files, study=study)
     assert answer.status_code == 200, answer.text
     return study, files, answer.json()
@@ -177,8 +187,9 @@ def test_every_instance_is_assessed_exactly_like_assess(client, stored_pair):
     _, files, answer = stored_pair
     referenced = answer["stow"][REFERENCED]["Value"]
     assert FAILED not in answer["stow"]
-    assert [uid_values(i, "00081155") for i in referenced] == [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID
-                                                                for f in files]
+    assert [uid_values(i, "00081155") for i in referenced] == [
+        pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in files
+    ]
     assert {uid_values(i, "00081150") for i in referenced} == {DX_FOR_PRESENTATION}
     for result, body in zip(answer["results"], files):
         direct = client.post("/assess", content=body, headers={"content-type": "application/dicom"}).json()
@@ -217,8 +228,17 @@ def test_secondary_capture_attributes_and_pixels(client, stored_pair):
         assert sequence[0].ReferencedSOPClassUID == DX_FOR_PRESENTATION
         assert sequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     assert sc.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate",
-                    "StudyID", "ReferringPhysicianName", "SpecificCharacterSet"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyID",
+        "ReferringPhysicianName",
+        "SpecificCharacterSet",
+    ):
         assert sc[keyword].value == original[keyword].value, keyword
     assert (sc.SamplesPerPixel, sc.PhotometricInterpretation, sc.BitsAllocated) == (3, "RGB", 8)
     pixels = sc.pixel_array
@@ -239,8 +259,11 @@ def test_structured_report_content_tree(client, stored_pair):
     assert sr.SOPClassUID == SR_CLASS and sr.Modality == "SR" and sr.StudyInstanceUID == study
     assert sr.PatientName == original.PatientName and sr.CompletionFlag == "COMPLETE"
     assert sr.ValueType == "CONTAINER" and sr.ConceptNameCodeSequence[0].CodeValue == "111050"
-    by_concept = {item.ConceptNameCodeSequence[0].CodeValue: item for item in sr.ContentSequence
-                  if "ConceptNameCodeSequence" in item}
+    by_concept = {
+        item.ConceptNameCodeSequence[0].CodeValue: item
+        for item in sr.ContentSequence
+        if "ConceptNameCodeSequence" in item
+    }
     probability = by_concept["122157"].MeasuredValueSequence[0]
     assert probability.FloatingPointValue == assessed["probability"]
     assert abs(float(probability.NumericValue) - assessed["probability"]) < 1e-12
@@ -254,11 +277,15 @@ def test_structured_report_content_tree(client, stored_pair):
     selected_from = peak.ContentSequence[0]
     assert selected_from.RelationshipType == "SELECTED FROM" and selected_from.ValueType == "IMAGE"
     assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
-    assert by_concept["130404"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-        result["secondary_capture"]["sop_instance_uid"]
+    assert (
+        by_concept["130404"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == result["secondary_capture"]["sop_instance_uid"]
+    )
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
-    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-        original.SOPInstanceUID
+    assert (
+        evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == original.SOPInstanceUID
+    )
 
 
 @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk not installed (.ci/run installs it)")
@@ -295,11 +322,15 @@ def test_mixed_request_is_202_with_a_failure_reason_per_bad_instance(client):
     answer = stow(client, [good, b"\x00" * 64 + b"not dicom", other_study, no_pixels], study=study)
     assert answer.status_code == 202
     body = answer.json()
-    assert [uid_values(i, "00081155") for i in body["stow"][REFERENCED]["Value"]] == \
-        [pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID]
+    assert [uid_values(i, "00081155") for i in body["stow"][REFERENCED]["Value"]] == [
+        pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID
+    ]
     reasons = [i[REASON]["Value"][0] for i in body["stow"][FAILED]["Value"]]
-    assert reasons == [FailureReason.CANNOT_UNDERSTAND, FailureReason.DATA_SET_MISMATCH,
-                       FailureReason.SOP_CLASS_NOT_SUPPORTED]
+    assert reasons == [
+        FailureReason.CANNOT_UNDERSTAND,
+        FailureReason.DATA_SET_MISMATCH,
+        FailureReason.SOP_CLASS_NOT_SUPPORTED,
+    ]
     failed = body["stow"][FAILED]["Value"]
     assert "Value" not in failed[0]["00081155"]  # unreadable bytes: no UID to echo
     assert uid_values(failed[1], "00081155") == pydicom.dcmread(io.BytesIO(other_study)).SOPInstanceUID
@@ -322,8 +353,11 @@ def test_request_level_errors_are_spec_json(client):
     assert wrong_type.status_code == 415 and wrong_type.json()["error"] == "unsupported_media_type"
     too_many = stow(client, [dicom] * 7)
     assert too_many.status_code == 413 and too_many.json()["error"] == "too_large"
-    truncated = client.post("/dicomweb/studies", content=b"--x\r\nContent-Type: application/dicom\r\n\r\nDICM",
-                            headers={"content-type": 'multipart/related; type="application/dicom"; boundary=x'})
+    truncated = client.post(
+        "/dicomweb/studies",
+        content=b"--x\r\nContent-Type: application/dicom\r\n\r\nDICM",
+        headers={"content-type": 'multipart/related; type="application/dicom"; boundary=x'},
+    )
     assert truncated.status_code == 400 and truncated.json()["error"] == "bad_image"
     assert stow(client, [dicom], model="nope").json()["error"] == "bad_parameter"
     assert client.post("/dicomweb/studies/not-a-uid", content=b"x").status_code == 422
@@ -333,8 +367,9 @@ def test_request_level_errors_are_spec_json(client):
 
 def test_instances_of_one_request_share_model_batches(models_dir):
     batch_sizes: list[int] = []
-    app = create_app(settings_for(models_dir, max_batch_wait_ms=500),
-                     batch_hook=lambda name, batch: batch_sizes.append(len(batch)))
+    app = create_app(
+        settings_for(models_dir, max_batch_wait_ms=500), batch_hook=lambda name, batch: batch_sizes.append(len(batch))
+    )
     with TestClient(app) as client:
         wait_ready_sync(client)
         warmup = len(batch_sizes)
@@ -347,38 +382,55 @@ def test_logs_name_uids_never_patient_data(models_dir, caplog, recwarn, capfd):
     app = create_app(settings_for(models_dir))
     sop_uid = generate_uid()
     # Invalid birth date and age: pydicom's validation messages would quote them.
-    malformed = pydicom.dcmread(io.BytesIO(dx_instance(chest_like(40, 40), patient_name=PHI_NAME,
-                                                       patient_id=PHI_ID)))
+    malformed = pydicom.dcmread(io.BytesIO(dx_instance(chest_like(40, 40), patient_name=PHI_NAME, patient_id=PHI_ID)))
     malformed.PatientBirthDate = "03/02/1961"
     malformed.PatientAge = "61 years"
     buffer = io.BytesIO()
     malformed.save_as(buffer)
-    files = [dx_instance(chest_like(40, 40), sop_uid=sop_uid, patient_name=PHI_NAME, patient_id=PHI_ID),
-             dx_instance(chest_like(40, 40), patient_name=PHI_NAME, patient_id=PHI_ID)[:700],  # truncated
-             buffer.getvalue()]
+    files = [
+        dx_instance(chest_like(40, 40), sop_uid=sop_uid, patient_name=PHI_NAME, patient_id=PHI_ID),
+        dx_instance(chest_like(40, 40), patient_name=PHI_NAME, patient_id=PHI_ID)[:700],  # truncated
+        buffer.getvalue(),
+    ]
     # Only what the service logs counts (building the malformed file above made pydicom complain already).
     caplog.clear()
     recwarn.clear()
     capfd.readouterr()
-    with caplog.at_level(logging.DEBUG):
-        with TestClient(app) as client:
-            wait_ready_sync(client)
-            answer = stow(client, files)
-            assert answer.status_code == 202
-            assert [r["status"] for r in answer.json()["results"]] == ["assessed", "failed", "assessed"]
+    with caplog.at_level(logging.DEBUG), TestClient(app) as client:
+        wait_ready_sync(client)
+        answer = stow(client, files)
+        assert answer.status_code == 202
+        assert [r["status"] for r in answer.json()["results"]] == ["assessed", "failed", "assessed"]
     captured = capfd.readouterr()
-    text = " ".join([caplog.text, *(str(r.args) for r in caplog.records), *(str(w.message) for w in recwarn),
-                     captured.out, captured.err])
+    text = " ".join(
+        [
+            caplog.text,
+            *(str(r.args) for r in caplog.records),
+            *(str(w.message) for w in recwarn),
+            captured.out,
+            captured.err,
+        ]
+    )
     assert sop_uid in text  # the logs do say which instance was assessed
     assert "<redacted>" in text  # pydicom did complain about the malformed values, without quoting them
-    for secret in (PHI_NAME, PHI_ID, "Sentinel", "Patricia", "ACC-PHI-55", "19610203", "03/02/1961",
-                   "61 years", "Referrer"):
+    for secret in (
+        PHI_NAME,
+        PHI_ID,
+        "Sentinel",
+        "Patricia",
+        "ACC-PHI-55",
+        "19610203",
+        "03/02/1961",
+        "61 years",
+        "Referrer",
+    ):
         assert secret not in text, secret
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Pushing results
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _run(coroutine):
     return asyncio.run(coroutine)
@@ -403,7 +455,7 @@ class ScriptedServer:
 
 
 def _pusher(server: ScriptedServer, **kw) -> DicomwebPusher:
-    options = dict(max_attempts=4, backoff_s=0.01, authorization="Bearer s3cret")
+    options = {"max_attempts": 4, "backoff_s": 0.01, "authorization": "Bearer s3cret"}
     options.update(kw)
     return DicomwebPusher("http://pacs.invalid/dicom-web/", transport=httpx.MockTransport(server), **options)
 
@@ -418,6 +470,7 @@ def test_push_retries_transient_failures_with_backoff_then_stores():
             return await pusher.push(PushJob([b"SC-BYTES", b"SR-BYTES"], ["1.2.3", "1.2.4"]))
         finally:
             await pusher.stop()
+
     assert _run(scenario()) == "pushed"
     assert len(server.requests) == 3
     last = server.requests[-1]
@@ -427,12 +480,15 @@ def test_push_retries_transient_failures_with_backoff_then_stores():
     assert [p.body for p in parts] == [b"SC-BYTES", b"SR-BYTES"]
 
 
-@pytest.mark.parametrize("script, outcome, attempts", [
-    ([400], "failed", 1),  # a refusal is final
-    ([409], "failed", 1),
-    ([202], "partial", 1),
-    ([500, 500, 500, 500], "failed", 4),  # transient, but out of attempts
-])
+@pytest.mark.parametrize(
+    "script, outcome, attempts",
+    [
+        ([400], "failed", 1),  # a refusal is final
+        ([409], "failed", 1),
+        ([202], "partial", 1),
+        ([500, 500, 500, 500], "failed", 4),  # transient, but out of attempts
+    ],
+)
 def test_push_outcomes(script, outcome, attempts):
     server = ScriptedServer(script)
     pusher = _pusher(server)
@@ -443,12 +499,14 @@ def test_push_outcomes(script, outcome, attempts):
             return await pusher.push(PushJob([b"x"], ["1.2.3"]))
         finally:
             await pusher.stop()
+
     assert _run(scenario()) == outcome and len(server.requests) == attempts
 
 
 def test_full_push_queue_drops_without_waiting_and_counts():
     server = ScriptedServer([200, 200])
     from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry()
     pusher = _pusher(server, queue_size=1, registry=registry)
 
@@ -457,6 +515,7 @@ def test_full_push_queue_drops_without_waiting_and_counts():
         accepted = [pusher.submit(PushJob([b"x"], [f"1.2.{i}"])) for i in range(3)]
         await pusher.stop(drain_timeout_s=5)
         return accepted
+
     accepted = _run(scenario())
     # The sender may take the first set off the queue before the third submit; at least one is dropped.
     assert accepted[0] is True and accepted.count(False) >= 1

@@ -44,21 +44,25 @@ def test_small_image_passes_the_limits(client):
     assert post(client, SMALL_PNG).status_code == 200
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (b"", "image/png"),
-    (b"definitely not an image", "image/png"),
-    (SMALL_PNG[: len(SMALL_PNG) // 2], "image/png"),
-    (b"\xff\xd8\xff\xe0" + b"\0" * 20, "image/jpeg"),
-    (b"garbage", None),
-])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"", "image/png"),
+        (b"definitely not an image", "image/png"),
+        (SMALL_PNG[: len(SMALL_PNG) // 2], "image/png"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 20, "image/jpeg"),
+        (b"garbage", None),
+    ],
+)
 def test_bad_image(client, body, content_type):
     headers = {"content-type": content_type} if content_type else {}
     assert_error(client.post("/assess", content=body, headers=headers), 400, "bad_image")
 
 
 def test_dicom_without_pixel_data_is_bad_image(client):
-    from pydicom import dcmread
     import io
+
+    from pydicom import dcmread
 
     dataset = dcmread(io.BytesIO(dicom_bytes(radiograph(20, 20))))
     del dataset.PixelData
@@ -68,8 +72,7 @@ def test_dicom_without_pixel_data_is_bad_image(client):
 
 
 def test_multipart_without_a_file_field(client):
-    response = client.post("/assess", data={"note": "no file here"},
-                           files={"other": ("x.png", SMALL_PNG, "image/png")})
+    response = client.post("/assess", data={"note": "no file here"}, files={"other": ("x.png", SMALL_PNG, "image/png")})
     body = assert_error(response, 400, "bad_image")
     assert "'file'" in body["detail"]
 
@@ -101,11 +104,14 @@ def test_unsupported_media_type(client):
     assert_error(post(client, SMALL_PNG, "text/plain"), 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("params, word", [
-    ({"model": "no-such-model"}, "no-such-model"),
-    ({"method": "no-such-method"}, "no-such-method"),
-    ({"heatmap": "jpg"}, "heatmap"),
-])
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        ({"model": "no-such-model"}, "no-such-model"),
+        ({"method": "no-such-method"}, "no-such-method"),
+        ({"heatmap": "jpg"}, "heatmap"),
+    ],
+)
 def test_bad_parameters(client, params, word):
     body = assert_error(post(client, SMALL_PNG, **params), 422, "bad_parameter")
     assert word in body["detail"]
@@ -140,12 +146,14 @@ def test_api_keys(models_dir):
         wait_ready_sync(client)
         missing = assert_error(post(client, SMALL_PNG), 401, "unauthorized")
         assert "Bearer" in missing["detail"]
-        wrong = client.post("/assess", content=SMALL_PNG,
-                            headers={"content-type": "image/png", "authorization": "Bearer k-three"})
+        wrong = client.post(
+            "/assess", content=SMALL_PNG, headers={"content-type": "image/png", "authorization": "Bearer k-three"}
+        )
         assert_error(wrong, 401, "unauthorized")
         assert wrong.headers["www-authenticate"] == "Bearer"
         for key in ("k-one", "k-two"):
-            ok = client.post("/assess", content=SMALL_PNG,
-                             headers={"content-type": "image/png", "authorization": f"Bearer {key}"})
+            ok = client.post(
+                "/assess", content=SMALL_PNG, headers={"content-type": "image/png", "authorization": f"Bearer {key}"}
+            )
             assert ok.status_code == 200
         assert client.get("/healthz").status_code == 200  # probes stay open (issue 6 makes this configurable)

@@ -92,12 +92,30 @@ def workspace(tmp_path_factory):
     model.eval()
     models_dir = base / "models"
     checkpoint = models_dir / "tiny"
-    save_checkpoint(model, CheckpointMeta(name="tiny", version="1", arch="resnet18", input_size=[SIZE, SIZE]),
-                    checkpoint)
+    save_checkpoint(
+        model, CheckpointMeta(name="tiny", version="1", arch="resnet18", input_size=[SIZE, SIZE]), checkpoint
+    )
 
     single = base / "single"
-    code = evaluate_main(["--data", str(data), "--split", "test", "--model", str(checkpoint), "--methods", METHODS,
-                          "--tau", str(TAU), "--batch-size", "8", "--out", str(single), "--quiet"])
+    code = evaluate_main(
+        [
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--model",
+            str(checkpoint),
+            "--methods",
+            METHODS,
+            "--tau",
+            str(TAU),
+            "--batch-size",
+            "8",
+            "--out",
+            str(single),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return SimpleNamespace(base=base, data=data, models_dir=models_dir, checkpoint=checkpoint, single=single)
 
@@ -144,12 +162,22 @@ def _assert_results_equal(a: dict, b: dict) -> None:
 
 # --- end to end --------------------------------------------------------------------------------------------
 
+
 def test_end_to_end_normgrad_points_far_better_than_the_random_control(workspace):
     results = json.loads((workspace.single / "results.json").read_text())
     rows = _read_csv(workspace.single / "per_image.csv")
     n_methods = len(METHODS.split(","))
-    assert list(rows[0].keys())[:9] == ["image", "model", "method", "label", "probability", "point_x", "point_y",
-                                        "hit", "n_boxes"]
+    assert list(rows[0].keys())[:9] == [
+        "image",
+        "model",
+        "method",
+        "label",
+        "probability",
+        "point_x",
+        "point_y",
+        "hit",
+        "n_boxes",
+    ]
     assert len(rows) == N_TEST * n_methods
     assert len({(r["image"], r["model"], r["method"]) for r in rows}) == len(rows)
 
@@ -191,13 +219,38 @@ def test_end_to_end_normgrad_points_far_better_than_the_random_control(workspace
 
 def test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts(workspace, tmp_path, fault_row):
     out, db = tmp_path / "resumed", tmp_path / "jobs.sqlite3"
-    args = ["--data", str(workspace.data), "--split", "test", "--model", str(workspace.checkpoint),
-            "--methods", METHODS, "--tau", str(TAU), "--batch-size", "1", "--out", str(out), "--job-db", str(db),
-            "--quiet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", NORMGATE_EVAL_TORCH_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    child = subprocess.Popen([sys.executable, "-m", "service.evaluate", *args], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "--data",
+        str(workspace.data),
+        "--split",
+        "test",
+        "--model",
+        str(workspace.checkpoint),
+        "--methods",
+        METHODS,
+        "--tau",
+        str(TAU),
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--job-db",
+        str(db),
+        "--quiet",
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        NORMGATE_EVAL_TORCH_THREADS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "service.evaluate", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     done = 0
     try:
@@ -231,20 +284,43 @@ def test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts(w
     rows = _read_csv(out / "per_image.csv")
     keys = [(r["image"], r["model"], r["method"]) for r in rows]
     assert len(keys) == len(set(keys)) == N_TEST * len(METHODS.split(","))
-    _assert_results_equal(json.loads((out / "results.json").read_text()),
-                          json.loads((workspace.single / "results.json").read_text()))
+    _assert_results_equal(
+        json.loads((out / "results.json").read_text()), json.loads((workspace.single / "results.json").read_text())
+    )
     resumed = "resumed: every row once, results equal to an uninterrupted run"
-    fault_row("evaluation jobs", f"job process killed with SIGKILL mid-run (≥ 3 of {total} images stored)",
-              resumed, resumed)  # reached only when every assertion above held
+    fault_row(
+        "evaluation jobs", f"job process killed with SIGKILL mid-run (≥ 3 of {total} images stored)", resumed, resumed
+    )  # reached only when every assertion above held
 
 
 def test_two_shards_merged_equal_the_single_run(workspace, tmp_path):
     shard_dirs = []
     for i in range(2):
         shard_dir = tmp_path / f"shard{i}"
-        assert evaluate_main(["--data", str(workspace.data), "--split", "test", "--model", str(workspace.checkpoint),
-                              "--methods", METHODS, "--tau", str(TAU), "--batch-size", "8", "--shard", f"{i}/2",
-                              "--out", str(shard_dir), "--quiet"]) == 0
+        assert (
+            evaluate_main(
+                [
+                    "--data",
+                    str(workspace.data),
+                    "--split",
+                    "test",
+                    "--model",
+                    str(workspace.checkpoint),
+                    "--methods",
+                    METHODS,
+                    "--tau",
+                    str(TAU),
+                    "--batch-size",
+                    "8",
+                    "--shard",
+                    f"{i}/2",
+                    "--out",
+                    str(shard_dir),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         shard_dirs.append(shard_dir)
     shard_rows = [_read_csv(d / "per_image.csv") for d in shard_dirs]
     assert {len(r) for r in shard_rows} == {N_TEST // 2 * len(METHODS.split(","))}
@@ -280,15 +356,15 @@ def test_cli_refuses_bad_parameters(workspace, tmp_path, capsys):
 
 # --- HTTP --------------------------------------------------------------------------------------------------
 
+
 def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(workspace):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from service.routes.evaluate import router, start_evaluation_runner, stop_evaluation_runner
-
     from service.config import Settings
+    from service.routes.evaluate import router, start_evaluation_runner, stop_evaluation_runner
 
     settings = Settings(data_dir=workspace.base / "data", models_dir=workspace.models_dir, device="cpu")
 
@@ -303,8 +379,14 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings  # the routes' API-key check reads it (no keys configured here)
     app.include_router(router)
-    body = {"data": "synthetic", "split": "test", "model": "tiny",
-            "methods": ["normgrad-conv1x1-combined", "random"], "tau": TAU, "batch_size": 8}
+    body = {
+        "data": "synthetic",
+        "split": "test",
+        "model": "tiny",
+        "methods": ["normgrad-conv1x1-combined", "random"],
+        "tau": TAU,
+        "batch_size": 8,
+    }
     with TestClient(app) as client:
         first = client.post("/evaluate", json=body)
         assert first.status_code == 202, first.text
@@ -327,7 +409,7 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
                 break
             time.sleep(0.25)
         assert status["status"] == "done", status
-        assert seen[0] in ("queued", "running") and "running" in seen + ["running"] and seen[-1] == "done"
+        assert seen[0] in ("queued", "running") and "running" in [*seen, "running"] and seen[-1] == "done"
         assert status["progress"] == {"done": N_TEST, "total": N_TEST}
         assert status["results"]["methods"]["normgrad-conv1x1-combined"]["tiny"]["n"] == N_TEST // 2
         report = client.get(f"/evaluate/{job_id}/report")
@@ -338,14 +420,24 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
         assert client.delete(f"/evaluate/{job_id}").status_code == 409  # already done
         assert client.get("/evaluate/nope").status_code == 404
 
-        for bad in ({"data": "../../etc"}, {"data": "/etc"}, {"data": "synthetic/../../models"},
-                    {"model": "../../etc"}, {"model": "/etc"}, {"methods": ["nope"]}, {"init": "x"},
-                    {"unknown_flag": 1}, {"split": "../test"}):
+        for bad in (
+            {"data": "../../etc"},
+            {"data": "/etc"},
+            {"data": "synthetic/../../models"},
+            {"model": "../../etc"},
+            {"model": "/etc"},
+            {"methods": ["nope"]},
+            {"init": "x"},
+            {"unknown_flag": 1},
+            {"split": "../test"},
+        ):
             response = client.post("/evaluate", json=dict(body, **bad))
             assert response.status_code == 422, (bad, response.text)
             assert response.json()["error"] == "bad_parameter"
-        assert client.post("/evaluate", content=b"not json",
-                           headers={"content-type": "application/json"}).status_code == 422
+        assert (
+            client.post("/evaluate", content=b"not json", headers={"content-type": "application/json"}).status_code
+            == 422
+        )
 
 
 def test_the_service_app_serves_evaluate_with_spec_errors(workspace, tmp_path):
@@ -355,8 +447,9 @@ def test_the_service_app_serves_evaluate_with_spec_errors(workspace, tmp_path):
     from service.app import create_app
     from service.config import Settings
 
-    settings = Settings(models_dir=workspace.models_dir, default_model="tiny", data_dir=workspace.base / "data",
-                        device="cpu")
+    settings = Settings(
+        models_dir=workspace.models_dir, default_model="tiny", data_dir=workspace.base / "data", device="cpu"
+    )
     app = create_app(settings)
     with TestClient(app) as client:
         assert app.state.evaluation_runner is not None
@@ -371,9 +464,19 @@ def test_a_running_job_stops_between_batches_when_cancelled(workspace, tmp_path)
     from service.jobs import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite3")
-    params = build_params(data=workspace.data, split="test", models=[str(workspace.checkpoint)],
-                          methods="normgrad-conv1x1-combined", tau=TAU, smooth_sigma=0.0, init="trained",
-                          combine="geometric-mean", batch_size=4, shard=(0, 1), out=tmp_path / "out")
+    params = build_params(
+        data=workspace.data,
+        split="test",
+        models=[str(workspace.checkpoint)],
+        methods="normgrad-conv1x1-combined",
+        tau=TAU,
+        smooth_sigma=0.0,
+        init="trained",
+        combine="geometric-mean",
+        batch_size=4,
+        shard=(0, 1),
+        out=tmp_path / "out",
+    )
     job = store.create(params, out_dir=tmp_path / "out", status="running")
     store.request_cancel(job.id)  # flagged while running: honoured after the batch in flight
     final = run_job(store, job.id, show_progress=False)

@@ -70,11 +70,15 @@ def test_a_model_that_raises_mid_batch_fails_that_batch_only(models_dir, fault_r
             return reference, failed, recovered, await client.get("/readyz")
 
     reference, failed, recovered, ready = asyncio.run(scenario())
-    fault_row("model faults", "model raises inside layer3 during a batch of 3",
-              "500 internal ×3, each with its own request_id", "500 internal ×3, each with its own request_id"
-              if [outcome(r) for r in failed] == ["500 internal"] * 3
-              and len({r.json().get("request_id") for r in failed}) == 3 else
-              ", ".join(outcome(r) for r in failed))
+    fault_row(
+        "model faults",
+        "model raises inside layer3 during a batch of 3",
+        "500 internal ×3, each with its own request_id",
+        "500 internal ×3, each with its own request_id"
+        if [outcome(r) for r in failed] == ["500 internal"] * 3
+        and len({r.json().get("request_id") for r in failed}) == 3
+        else ", ".join(outcome(r) for r in failed),
+    )
     ids = set()
     for response in failed:
         assert response.status_code == 500 and response.json()["error"] == "internal"
@@ -82,9 +86,14 @@ def test_a_model_that_raises_mid_batch_fails_that_batch_only(models_dir, fault_r
         assert "secret-internal-detail" not in response.text and "Traceback" not in response.text
         ids.add(response.json()["request_id"])
     assert len(ids) == 3
-    fault_row("model faults", "the next batch after the failing one", "200 ×3, same answers as before",
-              "200 ×3, same answers as before" if [answer(r) for r in recovered] == [answer(r) for r in reference]
-              else "different")
+    fault_row(
+        "model faults",
+        "the next batch after the failing one",
+        "200 ×3, same answers as before",
+        "200 ×3, same answers as before"
+        if [answer(r) for r in recovered] == [answer(r) for r in reference]
+        else "different",
+    )
     assert [r.status_code for r in recovered] == [200, 200, 200]
     assert [answer(r) for r in recovered] == [answer(r) for r in reference]
     assert ready.status_code == 200
@@ -125,11 +134,17 @@ def test_out_of_memory_splits_the_batch_then_answers_503_for_a_single_image(mode
             return reference, split, split_sizes, single, after, metrics
 
     reference, split, sizes, single, after, metrics = asyncio.run(scenario())
-    observed = "200 ×4, same answers" if [answer(r) for r in split] == [answer(r) for r in reference] \
+    observed = (
+        "200 ×4, same answers"
+        if [answer(r) for r in split] == [answer(r) for r in reference]
         else ", ".join(outcome(r) for r in split)
-    fault_row("model faults", "out of memory on batches larger than 1 (batch of 4)",
-              "split 4 → 2+2 → 1+1+1+1; 200 ×4, same answers",
-              f"split {'4 → 2+2 → 1+1+1+1' if sizes == [4, 2, 1, 1, 2, 1, 1] else sizes}; {observed}")
+    )
+    fault_row(
+        "model faults",
+        "out of memory on batches larger than 1 (batch of 4)",
+        "split 4 → 2+2 → 1+1+1+1; 200 ×4, same answers",
+        f"split {'4 → 2+2 → 1+1+1+1' if sizes == [4, 2, 1, 1, 2, 1, 1] else sizes}; {observed}",
+    )
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
     assert [r.status_code for r in split] == [200] * 4
     assert [answer(r) for r in split] == [answer(r) for r in reference]
@@ -168,8 +183,12 @@ def test_worker_thread_death_makes_the_model_unready_until_the_supervisor_restar
     crash = CrashOnce()
 
     async def scenario():
-        app = create_app(settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=8,
-                                      worker_restart_delay_s=1.5), batch_hook=crash)
+        app = create_app(
+            settings_for(
+                models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=8, worker_restart_delay_s=1.5
+            ),
+            batch_hook=crash,
+        )
         async with running_app(app) as client:
             queue = app.state.registry.get("default").queue
             crash.release.clear()
@@ -192,21 +211,25 @@ def test_worker_thread_death_makes_the_model_unready_until_the_supervisor_restar
             ready = await client.get("/readyz")
             after = await post(client, body_of(5))
             metrics = (await client.get("/metrics")).text
-            return (died, while_dead, refused, answered, ready, after, metrics,
-                    len(crash.computed) - computed_before)
+            return (died, while_dead, refused, answered, ready, after, metrics, len(crash.computed) - computed_before)
 
     died, while_dead, refused, answered, ready, after, metrics, computed = asyncio.run(scenario())
-    fault_row("worker death", "an exception escapes the serving loop: the batch in flight", "500 internal",
-              outcome(died))
+    fault_row(
+        "worker death", "an exception escapes the serving loop: the batch in flight", "500 internal", outcome(died)
+    )
     assert died.status_code == 500 and died.json()["error"] == "internal"
     assert "injected" not in died.text
     fault_row("worker death", "/readyz while the worker is dead", "503 not_ready", outcome(while_dead))
     assert while_dead.status_code == 503 and "worker thread died" in while_dead.json()["detail"]
     fault_row("worker death", "a new /assess while the worker is dead", "503 not_ready", outcome(refused))
     assert refused.status_code == 503 and refused.json()["error"] == "not_ready"
-    fault_row("worker death", "requests queued before the death", "200 ×2 after the restart",
-              ("200 ×2" if [outcome(r) for r in answered] == ["200", "200"]
-               else " ".join(outcome(r) for r in answered)) + " after the restart")
+    fault_row(
+        "worker death",
+        "requests queued before the death",
+        "200 ×2 after the restart",
+        ("200 ×2" if [outcome(r) for r in answered] == ["200", "200"] else " ".join(outcome(r) for r in answered))
+        + " after the restart",
+    )
     assert [r.status_code for r in answered] == [200, 200]
     assert computed == 3  # the two queued ones and the one after the restart, each once
     assert ready.status_code == 200 and after.status_code == 200

@@ -13,8 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from service.inference import (DecodeBacklogFull, DecodePool, argmax_point, decode_thread_count, heatmap_to_png,
-                               resolve_device)
+from service.inference import (
+    DecodeBacklogFull,
+    DecodePool,
+    argmax_point,
+    decode_thread_count,
+    heatmap_to_png,
+    resolve_device,
+)
 
 
 def decode(png: bytes) -> np.ndarray:

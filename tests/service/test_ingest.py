@@ -14,21 +14,36 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image, ImageFile
-
 import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile
 from pydicom import uid
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from service.ingest import (
-    BadImage, BadParameter, DecodedImage, IngestError, IngestLimits, TooLarge, UnsupportedMediaType,
-    decode_image, sniff_media_type, to_display_png,
+    BadImage,
+    BadParameter,
+    DecodedImage,
+    IngestError,
+    IngestLimits,
+    TooLarge,
+    UnsupportedMediaType,
+    decode_image,
+    sniff_media_type,
+    to_display_png,
 )
 from tests.service.data.make_ingest_corpus import (
-    CORPUS_DIR, dicom_bytes, dicom_dataset, exif_jpeg, jpeg_bytes, png_bytes, png_declaring, radiograph,
+    CORPUS_DIR,
+    dicom_bytes,
+    dicom_dataset,
+    exif_jpeg,
+    jpeg_bytes,
+    png_bytes,
+    png_declaring,
+    radiograph,
 )
 
 # pydicom warns (rightly) about the malformed files below; the outcomes are what these tests check.
@@ -48,6 +63,7 @@ def _decode_dicom(pixels, limits: IngestLimits = IngestLimits(), **kwargs) -> De
 
 # ---- the committed corpus --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
 def test_corpus_file_has_its_expected_outcome(entry):
     body = (CORPUS_DIR / entry["file"]).read_bytes()
@@ -57,7 +73,7 @@ def test_corpus_file_has_its_expected_outcome(entry):
         image = decode_image(body, entry["content_type"], limits)
         assert (image.width, image.height) == (expected["ok"]["width"], expected["ok"]["height"])
         assert image.pixels.shape == (image.height, image.width) and image.pixels.dtype == np.float32
-        assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+        assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
         assert image.pixels.max() > image.pixels.min(), "a corpus image should keep its contrast"
     else:
         with pytest.raises(IngestError) as caught:
@@ -85,26 +101,58 @@ def test_corpus_is_small_and_every_file_is_listed():
 
 # name → (width, height) when it must decode, else the error code.
 PYDICOM_FILES = {
-    "CT_small.dcm": (128, 128), "MR_small.dcm": (64, 64), "MR_small_RLE.dcm": (64, 64),
-    "MR_small_bigendian.dcm": (64, 64), "MR_small_expb.dcm": (64, 64), "MR_small_implicit.dcm": (64, 64),
-    "MR_small_jp2klossless.dcm": (64, 64), "MR_small_jpeg_ls_lossless.dcm": (64, 64),
-    "MR_small_padded.dcm": (64, 64), "693_J2KI.dcm": (512, 512), "J2K_pixelrep_mismatch.dcm": (512, 512),
-    "JPEG2000.dcm": (256, 1024), "JPGExtended.dcm": (256, 1024), "JPEGLSNearLossless_08.dcm": (10, 45),
-    "JPEGLSNearLossless_16.dcm": (10, 50), "ExplVR_BigEnd.dcm": (80, 60), "GDCMJ2K_TextGBR.dcm": (400, 400),
-    "SC_rgb_jpeg_dcmtk.dcm": (100, 100), "SC_rgb_jpeg_gdcm.dcm": (100, 100), "SC_rgb_rle.dcm": (100, 100),
-    "SC_rgb_rle_16bit.dcm": (100, 100), "SC_rgb_rle_32bit.dcm": (100, 100), "SC_rgb_gdcm_KY.dcm": (100, 100),
-    "SC_rgb_dcmtk_+eb+cy+np.dcm": (100, 100), "SC_rgb_jls_lossy_line.dcm": (100, 100),
-    "SC_ybr_full_422_uncompressed.dcm": (100, 100), "SC_rgb_small_odd_jpeg.dcm": (3, 3),
-    "examples_jpeg2k.dcm": (640, 480), "examples_overlay.dcm": (484, 300), "examples_palette.dcm": (800, 350),
-    "examples_rgb_color.dcm": (320, 240), "image_dfl.dcm": (512, 512), "liver_1frame.dcm": (512, 512),
-    "rtdose_1frame.dcm": (10, 10), "rtdose_rle_1frame.dcm": (10, 10),
-    "MR_truncated.dcm": "bad_image", "JPEG-lossy.dcm": "bad_image",
-    "JPEG2000-embedded-sequence-delimiter.dcm": "bad_image", "badVR.dcm": "bad_image",
-    "meta_missing_tsyntax.dcm": "bad_image", "nested_priv_SQ.dcm": "bad_image", "rtplan.dcm": "bad_image",
-    "rtplan_truncated.dcm": "bad_image", "test-SR.dcm": "bad_image", "waveform_ecg.dcm": "bad_image",
-    "ExplVR_LitEndNoMeta.dcm": "bad_image", "ExplVR_BigEndNoMeta.dcm": "bad_image", "no_meta.dcm": "bad_image",
-    "SC_rgb_rle_2frame.dcm": "bad_parameter", "examples_ybr_color.dcm": "bad_parameter",
-    "rtdose.dcm": "bad_parameter", "rtdose_rle.dcm": "bad_parameter",
+    "CT_small.dcm": (128, 128),
+    "MR_small.dcm": (64, 64),
+    "MR_small_RLE.dcm": (64, 64),
+    "MR_small_bigendian.dcm": (64, 64),
+    "MR_small_expb.dcm": (64, 64),
+    "MR_small_implicit.dcm": (64, 64),
+    "MR_small_jp2klossless.dcm": (64, 64),
+    "MR_small_jpeg_ls_lossless.dcm": (64, 64),
+    "MR_small_padded.dcm": (64, 64),
+    "693_J2KI.dcm": (512, 512),
+    "J2K_pixelrep_mismatch.dcm": (512, 512),
+    "JPEG2000.dcm": (256, 1024),
+    "JPGExtended.dcm": (256, 1024),
+    "JPEGLSNearLossless_08.dcm": (10, 45),
+    "JPEGLSNearLossless_16.dcm": (10, 50),
+    "ExplVR_BigEnd.dcm": (80, 60),
+    "GDCMJ2K_TextGBR.dcm": (400, 400),
+    "SC_rgb_jpeg_dcmtk.dcm": (100, 100),
+    "SC_rgb_jpeg_gdcm.dcm": (100, 100),
+    "SC_rgb_rle.dcm": (100, 100),
+    "SC_rgb_rle_16bit.dcm": (100, 100),
+    "SC_rgb_rle_32bit.dcm": (100, 100),
+    "SC_rgb_gdcm_KY.dcm": (100, 100),
+    "SC_rgb_dcmtk_+eb+cy+np.dcm": (100, 100),
+    "SC_rgb_jls_lossy_line.dcm": (100, 100),
+    "SC_ybr_full_422_uncompressed.dcm": (100, 100),
+    "SC_rgb_small_odd_jpeg.dcm": (3, 3),
+    "examples_jpeg2k.dcm": (640, 480),
+    "examples_overlay.dcm": (484, 300),
+    "examples_palette.dcm": (800, 350),
+    "examples_rgb_color.dcm": (320, 240),
+    "image_dfl.dcm": (512, 512),
+    "liver_1frame.dcm": (512, 512),
+    "rtdose_1frame.dcm": (10, 10),
+    "rtdose_rle_1frame.dcm": (10, 10),
+    "MR_truncated.dcm": "bad_image",
+    "JPEG-lossy.dcm": "bad_image",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "bad_image",
+    "badVR.dcm": "bad_image",
+    "meta_missing_tsyntax.dcm": "bad_image",
+    "nested_priv_SQ.dcm": "bad_image",
+    "rtplan.dcm": "bad_image",
+    "rtplan_truncated.dcm": "bad_image",
+    "test-SR.dcm": "bad_image",
+    "waveform_ecg.dcm": "bad_image",
+    "ExplVR_LitEndNoMeta.dcm": "bad_image",
+    "ExplVR_BigEndNoMeta.dcm": "bad_image",
+    "no_meta.dcm": "bad_image",
+    "SC_rgb_rle_2frame.dcm": "bad_parameter",
+    "examples_ybr_color.dcm": "bad_parameter",
+    "rtdose.dcm": "bad_parameter",
+    "rtdose_rle.dcm": "bad_parameter",
 }
 
 
@@ -126,8 +174,13 @@ def test_pydicom_test_file(name):
 def test_every_transfer_syntax_of_mr_small_gives_the_same_image():
     """Lossless encodings of one image (native LE/BE, implicit, RLE, JPEG 2000, JPEG-LS) decode identically."""
     reference = decode_image(Path(get_testdata_file("MR_small.dcm")).read_bytes(), DICOM)
-    for name in ("MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-                 "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"):
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ):
         other = decode_image(Path(get_testdata_file(name)).read_bytes(), DICOM)
         np.testing.assert_array_equal(other.pixels, reference.pixels, err_msg=name)
 
@@ -154,6 +207,7 @@ def test_dicom_identifiers_come_back_and_patient_data_does_not():
 
 # ---- DICOM pixel pipeline against hand computations ----------------------------------------------------
 
+
 def test_monochrome1_and_monochrome2_of_the_same_image_are_equal_min_max():
     stored = radiograph(bits=12)
     mono2 = _decode_dicom(stored, bits_stored=12)
@@ -169,8 +223,14 @@ def test_monochrome1_and_monochrome2_of_the_same_image_are_equal_windowed(functi
     center is 4096 − c; LINEAR_EXACT mirrors at 4095 − c."""
     stored = radiograph(bits=12)
     mono2 = _decode_dicom(stored, bits_stored=12, WindowCenter=1500, WindowWidth=1200, VOILUTFunction=function)
-    mono1 = _decode_dicom(4095 - stored, bits_stored=12, photometric="MONOCHROME1",
-                          WindowCenter=mono1_center, WindowWidth=1200, VOILUTFunction=function)
+    mono1 = _decode_dicom(
+        4095 - stored,
+        bits_stored=12,
+        photometric="MONOCHROME1",
+        WindowCenter=mono1_center,
+        WindowWidth=1200,
+        VOILUTFunction=function,
+    )
     np.testing.assert_allclose(mono1.pixels, mono2.pixels, atol=1e-6)
     assert 0.0 < mono2.pixels.mean() < 1.0
 
@@ -198,8 +258,9 @@ def test_rescale_slope_intercept_with_signed_pixels():
     # stored −1000, −1, 0, 1000, 2000 → ×2 − 100 → −2100, −102, −100, 1900, 3900
     # window c = 900, w = 4001: 0 for v ≤ −1100.5, 1 for v > 2899.5, else (v − 899.5)/4000 + 0.5
     stored = np.array([[-1000, -1, 0, 1000, 2000]], dtype=np.int16)
-    image = _decode_dicom(stored, signed=True, RescaleSlope=2, RescaleIntercept=-100,
-                          WindowCenter=900, WindowWidth=4001)
+    image = _decode_dicom(
+        stored, signed=True, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=900, WindowWidth=4001
+    )
     np.testing.assert_allclose(image.pixels[0], [0.0, 0.249625, 0.250125, 0.750125, 1.0], atol=1e-6)
 
 
@@ -237,13 +298,26 @@ def test_large_images_match_the_per_pixel_formulas(case):
         expected = np.clip((stored - 999.5) / 999.0 + 0.5, 0.0, 1.0)
     elif case == "monochrome1-window":
         stored = _large_stored(0, 4095, np.uint16)
-        image = _decode_dicom(stored, bits_stored=12, photometric="MONOCHROME1", WindowCenter=2000,
-                              WindowWidth=3000, VOILUTFunction="LINEAR_EXACT")
+        image = _decode_dicom(
+            stored,
+            bits_stored=12,
+            photometric="MONOCHROME1",
+            WindowCenter=2000,
+            WindowWidth=3000,
+            VOILUTFunction="LINEAR_EXACT",
+        )
         expected = 1.0 - np.clip((stored - 2000.0) / 3000.0 + 0.5, 0.0, 1.0)
     else:
         stored = _large_stored(-2000, 2000, np.int16)
-        image = _decode_dicom(stored, signed=True, RescaleSlope=-0.5, RescaleIntercept=10, WindowCenter=0,
-                              WindowWidth=800, VOILUTFunction="SIGMOID")
+        image = _decode_dicom(
+            stored,
+            signed=True,
+            RescaleSlope=-0.5,
+            RescaleIntercept=10,
+            WindowCenter=0,
+            WindowWidth=800,
+            VOILUTFunction="SIGMOID",
+        )
         expected = 1.0 / (1.0 + np.exp(-4.0 * (stored * -0.5 + 10.0) / 800.0))
     assert image.pixels.shape == _LARGE and image.pixels.size > 1 << 18
     np.testing.assert_allclose(image.pixels, expected, atol=1e-6)
@@ -264,8 +338,9 @@ def test_pixel_padding_range_limit_and_signed_padding_value():
     np.testing.assert_allclose(image.pixels[0], [0.0, 0.0, 0.0, 0.0, 1.0], atol=1e-6)
     # CT-style: signed pixels padded with −2000, windowed: padding is black even though it is below the window
     ct = np.array([[-2000, -1000, 0, 1000]], np.int16)
-    image = _decode_dicom(ct, signed=True, PixelPaddingValue=-2000, WindowCenter=0, WindowWidth=2001,
-                          VOILUTFunction="LINEAR_EXACT")
+    image = _decode_dicom(
+        ct, signed=True, PixelPaddingValue=-2000, WindowCenter=0, WindowWidth=2001, VOILUTFunction="LINEAR_EXACT"
+    )
     np.testing.assert_allclose(image.pixels[0], [0.0, 0.5 - 1000 / 2001, 0.5, 0.5 + 1000 / 2001], atol=1e-6)
 
 
@@ -319,19 +394,24 @@ def test_rgb_and_ybr_dicom_become_bt601_luminance():
 def test_palette_colour_dicom_uses_its_lookup_tables():
     indices = np.array([[0, 51, 255]], np.uint8)
     ramp = np.arange(256, dtype=np.uint16) * 257
-    image = _decode_dicom(indices, photometric="PALETTE COLOR", bits_allocated=8,
-                          RedPaletteColorLookupTableDescriptor=[256, 0, 16],
-                          GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
-                          BluePaletteColorLookupTableDescriptor=[256, 0, 16],
-                          RedPaletteColorLookupTableData=ramp.tobytes(),
-                          GreenPaletteColorLookupTableData=(65535 - ramp).tobytes(),
-                          BluePaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes())
+    image = _decode_dicom(
+        indices,
+        photometric="PALETTE COLOR",
+        bits_allocated=8,
+        RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+        GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+        BluePaletteColorLookupTableDescriptor=[256, 0, 16],
+        RedPaletteColorLookupTableData=ramp.tobytes(),
+        GreenPaletteColorLookupTableData=(65535 - ramp).tobytes(),
+        BluePaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes(),
+    )
     # index i → (i/255, 1 − i/255, 0) → .299 i/255 + .587 (1 − i/255)
     expected = [0.299 * i / 255 + 0.587 * (1 - i / 255) for i in (0, 51, 255)]
     np.testing.assert_allclose(image.pixels[0], expected, atol=1e-5)
 
 
 # ---- limits: checked from headers before anything is decoded -----------------------------------------------
+
 
 def test_png_bomb_is_refused_from_its_header_without_allocating(monkeypatch):
     def no_load(self):  # pragma: no cover - reaching it is the failure
@@ -344,7 +424,7 @@ def test_png_bomb_is_refused_from_its_header_without_allocating(monkeypatch):
         decode_image(png_declaring(100_000, 100_000), "image/png")
     assert time.perf_counter() - started < 1.0
     assert caught.value.status == 413 and "100000×100000" in caught.value.detail
-    assert Image.MAX_IMAGE_PIXELS == before, "Pillow's process-wide limit is not touched"
+    assert before == Image.MAX_IMAGE_PIXELS, "Pillow's process-wide limit is not touched"
 
 
 def test_our_pixel_limit_replaces_pillows():
@@ -353,8 +433,9 @@ def test_our_pixel_limit_replaces_pillows():
         decode_image(small, "image/png", IngestLimits(max_pixels=1999))
     assert decode_image(small, "image/png", IngestLimits(max_pixels=2000)).width == 50
     with pytest.raises(TooLarge):
-        decode_image(jpeg_bytes(Image.fromarray(np.zeros((40, 50), np.uint8))), "image/jpeg",
-                     IngestLimits(max_pixels=1999))
+        decode_image(
+            jpeg_bytes(Image.fromarray(np.zeros((40, 50), np.uint8))), "image/jpeg", IngestLimits(max_pixels=1999)
+        )
 
 
 def test_pillows_bomb_check_does_not_override_a_higher_limit_of_ours(monkeypatch):
@@ -366,7 +447,7 @@ def test_pillows_bomb_check_does_not_override_a_higher_limit_of_ours(monkeypatch
         raise RuntimeError("reached load")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", sentinel_load)
-    assert 20_000 * 10_000 > 2 * Image.MAX_IMAGE_PIXELS
+    assert 2 * Image.MAX_IMAGE_PIXELS < 20_000 * 10_000
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with pytest.raises(BadImage) as caught:
@@ -401,6 +482,7 @@ def test_body_over_the_limit_is_refused():
 
 # ---- PNG / JPEG ---------------------------------------------------------------------------------------------
 
+
 def test_sixteen_bit_png_keeps_its_precision():
     values = np.array([[0, 1, 32768, 65535]], np.uint16)
     image = decode_image(png_bytes(Image.fromarray(values)), "image/png")
@@ -431,18 +513,25 @@ def test_8_bit_gray_jpeg_and_png_scale_by_255():
     assert flat.pixels.mean() == pytest.approx(200 / 255, abs=1.5 / 255) and flat.bits_stored == 8
 
 
-@pytest.mark.parametrize("orientation, size, bright_corner", [
-    (1, (40, 20), "top-left"),
-    (6, (20, 40), "top-right"),   # rotate 90° clockwise to display
-    (3, (40, 20), "bottom-right"),
-    (8, (20, 40), "bottom-left"),
-])
+@pytest.mark.parametrize(
+    "orientation, size, bright_corner",
+    [
+        (1, (40, 20), "top-left"),
+        (6, (20, 40), "top-right"),  # rotate 90° clockwise to display
+        (3, (40, 20), "bottom-right"),
+        (8, (20, 40), "bottom-left"),
+    ],
+)
 def test_exif_orientation_is_applied(orientation, size, bright_corner):
     image = decode_image(exif_jpeg(orientation), "image/jpeg")
     assert (image.width, image.height) == size
     h, w = image.pixels.shape
-    corners = {"top-left": image.pixels[1, 1], "top-right": image.pixels[1, w - 2],
-               "bottom-left": image.pixels[h - 2, 1], "bottom-right": image.pixels[h - 2, w - 2]}
+    corners = {
+        "top-left": image.pixels[1, 1],
+        "top-right": image.pixels[1, w - 2],
+        "bottom-left": image.pixels[h - 2, 1],
+        "bottom-right": image.pixels[h - 2, w - 2],
+    }
     for corner, value in corners.items():
         if corner == bright_corner:
             assert value > 0.8, (corner, value)
@@ -461,6 +550,7 @@ def test_truncated_rasters_are_refused_not_partially_decoded(kind):
 
 
 # ---- media types and sniffing ------------------------------------------------------------------------------
+
 
 def test_sniffing_recognises_each_kind():
     assert sniff_media_type(png_bytes(Image.new("L", (2, 2)))) == "image/png"
@@ -502,12 +592,17 @@ def test_empty_and_garbage_bodies_are_bad_images():
 
 def test_error_classes_map_onto_spec_errors():
     assert [(cls.code, cls.status) for cls in (BadImage, TooLarge, UnsupportedMediaType, BadParameter)] == [
-        ("bad_image", 400), ("too_large", 413), ("unsupported_media_type", 415), ("bad_parameter", 422)]
+        ("bad_image", 400),
+        ("too_large", 413),
+        ("unsupported_media_type", 415),
+        ("bad_parameter", 422),
+    ]
     error = TooLarge("over")
     assert isinstance(error, IngestError) and error.detail == "over" and str(error) == "over"
 
 
 # ---- display PNG, threads, fuzzing --------------------------------------------------------------------------
+
 
 def test_display_png_is_exactly_what_the_model_sees():
     image = _decode_dicom(radiograph(), bits_stored=12, WindowCenter=2000, WindowWidth=3000)
@@ -518,8 +613,11 @@ def test_display_png_is_exactly_what_the_model_sees():
 
 def test_concurrent_decoding_gives_the_same_answers():
     bodies = [(_dicom(radiograph(seed=s), bits_stored=12), DICOM) for s in range(3)]
-    bodies += [(Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes(), DICOM),
-               (exif_jpeg(6), "image/jpeg"), (png_bytes(Image.fromarray(radiograph().astype(np.uint16))), None)]
+    bodies += [
+        (Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes(), DICOM),
+        (exif_jpeg(6), "image/jpeg"),
+        (png_bytes(Image.fromarray(radiograph().astype(np.uint16))), None),
+    ]
     single = [decode_image(body, ct).pixels for body, ct in bodies]
     with ThreadPoolExecutor(max_workers=4) as pool:
         threaded = list(pool.map(lambda pair: decode_image(*pair).pixels, bodies * 4))
@@ -549,7 +647,7 @@ def _assert_decoded_or_refused(body: bytes, content_type: str | None) -> None:
         return
     assert isinstance(image, DecodedImage)
     assert image.pixels.dtype == np.float32 and image.pixels.shape == (image.height, image.width)
-    assert np.isfinite(image.pixels).all() and 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+    assert np.isfinite(image.pixels).all() and image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
 
 
 FUZZ_SEEDS = _fuzz_seeds()
@@ -571,12 +669,17 @@ def _mutated(draw):
         elif action == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif action == "delete":
-            del data[at:at + draw(st.integers(1, 16))]
+            del data[at : at + draw(st.integers(1, 16))]
     return bytes(data), content_type
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(_mutated())
 def test_mutated_images_only_ever_decode_or_raise_ingest_errors(case):
     _assert_decoded_or_refused(*case)

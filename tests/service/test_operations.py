@@ -90,8 +90,16 @@ def test_models_lists_checkpoint_metadata(client, models_dir):
     assert set(by_name) == {"default", "wide"}
     for name, info in by_name.items():
         meta = json.loads((models_dir / name / "model.json").read_text())
-        for key in ("version", "arch", "input_size", "classes", "positive_class", "threshold",
-                    "normgrad_layers", "trained_on"):
+        for key in (
+            "version",
+            "arch",
+            "input_size",
+            "classes",
+            "positive_class",
+            "threshold",
+            "normgrad_layers",
+            "trained_on",
+        ):
             assert info[key] == meta[key], key
         assert info["device"] == "cpu"
         assert info["default"] == (name == "default")
@@ -118,8 +126,18 @@ def test_openapi_documents_the_real_shapes(client):
     assert params["method"]["schema"]["default"] == "normgrad-conv1x1-combined"
     assert "positive class" in assess["description"]
     schema = spec["components"]["schemas"]["AssessResponse"]
-    assert set(schema["required"]) >= {"request_id", "model", "label", "probability", "threshold", "decision",
-                                       "point", "image", "heatmap", "timings_ms"}
+    assert set(schema["required"]) >= {
+        "request_id",
+        "model",
+        "label",
+        "probability",
+        "threshold",
+        "decision",
+        "point",
+        "image",
+        "heatmap",
+        "timings_ms",
+    }
     for path in ("/models", "/methods", "/healthz", "/readyz", "/metrics"):
         assert path in spec["paths"]
     assert client.get("/docs").status_code == 200

@@ -72,7 +72,8 @@ def dicomweb_plugin() -> str | None:
 pytestmark = pytest.mark.skipif(
     not (shutil.which("Orthanc") and shutil.which("storescu") and dicomweb_plugin())
     and os.environ.get("CI", "").lower() != "true",
-    reason="needs Debian's orthanc, orthanc-dicomweb and dcmtk (.ci/run installs them)")
+    reason="needs Debian's orthanc, orthanc-dicomweb and dcmtk (.ci/run installs them)",
+)
 
 
 def free_port() -> int:
@@ -138,15 +139,25 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
     lua = tmp_path / "forward-to-normgate.lua"
     lua.write_text(FORWARD_LUA)
     config = tmp_path / "orthanc.json"
-    config.write_text(json.dumps(orthanc_config(tmp_path / "orthanc-db", orthanc_http, orthanc_dicom,
-                                                f"{normgate}/dicomweb/", lua), indent=2))
+    config.write_text(
+        json.dumps(
+            orthanc_config(tmp_path / "orthanc-db", orthanc_http, orthanc_dicom, f"{normgate}/dicomweb/", lua), indent=2
+        )
+    )
     normgate_log, orthanc_log = tmp_path / "normgate.log", tmp_path / "orthanc.log"
     logs = [normgate_log, orthanc_log]
 
-    env = {**os.environ, "NORMGATE_HOST": "127.0.0.1", "NORMGATE_PORT": str(normgate_port),
-           "NORMGATE_MODELS_DIR": str(models), "NORMGATE_DEFAULT_MODEL": "default", "NORMGATE_DEVICE": "cpu",
-           "NORMGATE_DICOMWEB_PUSH_URL": f"{orthanc}/dicom-web", "NORMGATE_DICOMWEB_PUSH_BACKOFF_S": "0.5",
-           "NORMGATE_API_KEYS": ""}
+    env = {
+        **os.environ,
+        "NORMGATE_HOST": "127.0.0.1",
+        "NORMGATE_PORT": str(normgate_port),
+        "NORMGATE_MODELS_DIR": str(models),
+        "NORMGATE_DEFAULT_MODEL": "default",
+        "NORMGATE_DEVICE": "cpu",
+        "NORMGATE_DICOMWEB_PUSH_URL": f"{orthanc}/dicom-web",
+        "NORMGATE_DICOMWEB_PUSH_BACKOFF_S": "0.5",
+        "NORMGATE_API_KEYS": "",
+    }
     attenuation = chest_like(512, 416, seed=7, bright_object=(300, 120))
     study_uid = generate_uid()
     radiograph = tmp_path / "chest-dx.dcm"
@@ -154,24 +165,36 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
     original = pydicom.dcmread(radiograph)
 
     normgate_process = orthanc_process = None
-    with normgate_log.open("wb") as normgate_out, orthanc_log.open("wb") as orthanc_out, \
-            httpx.Client(timeout=30) as http:
+    with (
+        normgate_log.open("wb") as normgate_out,
+        orthanc_log.open("wb") as orthanc_out,
+        httpx.Client(timeout=30) as http,
+    ):
         try:
-            normgate_process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                                                stdout=normgate_out, stderr=subprocess.STDOUT)
-            orthanc_process = subprocess.Popen(["Orthanc", str(config)], cwd=tmp_path, stdout=orthanc_out,
-                                               stderr=subprocess.STDOUT)
+            normgate_process = subprocess.Popen(
+                [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=normgate_out, stderr=subprocess.STDOUT
+            )
+            orthanc_process = subprocess.Popen(
+                ["Orthanc", str(config)], cwd=tmp_path, stdout=orthanc_out, stderr=subprocess.STDOUT
+            )
             wait_until(lambda: http.get(f"{orthanc}/system").status_code == 200, 30, "Orthanc up", logs)
             wait_until(lambda: http.get(f"{normgate}/readyz").status_code == 200, 90, "NormGate ready", logs)
 
-            sent = subprocess.run(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(orthanc_dicom), str(radiograph)],
-                                  capture_output=True, text=True, timeout=60)
+            sent = subprocess.run(
+                ["storescu", "-aec", "ORTHANC", "127.0.0.1", str(orthanc_dicom), str(radiograph)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert sent.returncode == 0, sent.stderr
 
             def study_instances():
-                found = http.post(f"{orthanc}/tools/find", json={"Level": "Instance", "Expand": True,
-                                                                 "Query": {"StudyInstanceUID": study_uid}}).json()
+                found = http.post(
+                    f"{orthanc}/tools/find",
+                    json={"Level": "Instance", "Expand": True, "Query": {"StudyInstanceUID": study_uid}},
+                ).json()
                 return found if len(found) >= 3 else None
+
             instances = wait_until(study_instances, 90, "three instances in Orthanc's study", logs)
 
             by_class = {}
@@ -181,20 +204,21 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
             assert set(by_class) == {original.SOPClassUID, SC_CLASS, SR_CLASS}
 
             # The SR in Orthanc says what /assess says about the same file.
-            direct = http.post(f"{normgate}/assess", content=radiograph.read_bytes(),
-                               headers={"content-type": "application/dicom"}).json()
+            direct = http.post(
+                f"{normgate}/assess", content=radiograph.read_bytes(), headers={"content-type": "application/dicom"}
+            ).json()
             sr_id, _ = by_class[SR_CLASS]
             sr = pydicom.dcmread(io.BytesIO(http.get(f"{orthanc}/instances/{sr_id}/file").content))
             assert sr.StudyInstanceUID == study_uid and sr.PatientID == PHI_ID
-            items = {i.ConceptNameCodeSequence[0].CodeValue: i for i in sr.ContentSequence
-                     if "ConceptNameCodeSequence" in i}
+            items = {
+                i.ConceptNameCodeSequence[0].CodeValue: i for i in sr.ContentSequence if "ConceptNameCodeSequence" in i
+            }
             assert items["122157"].MeasuredValueSequence[0].FloatingPointValue == direct["probability"]
             assert items["122411"].MeasuredValueSequence[0].FloatingPointValue == direct["threshold"]
             assert items["121075"].ConceptCodeSequence[0].CodeValue == direct["decision"].upper()
             peak = items["SALIENCY-PEAK"]
             assert list(peak.GraphicData) == [direct["point"]["x"] + 0.5, direct["point"]["y"] + 0.5]
-            assert peak.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-                original.SOPInstanceUID
+            assert peak.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
 
             # The Secondary Capture is displayable: Orthanc renders it at its own size, in colour.
             sc_id, sc_tags = by_class[SC_CLASS]

@@ -41,13 +41,26 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(models_dir: Path, log_path: Path, batch_seconds: float, **settings):
     port = free_port()
-    env = dict(os.environ, NORMGATE_HOST="127.0.0.1", NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(models_dir),
-               NORMGATE_DEVICE="cpu", NORMGATE_TORCH_THREADS="1", NORMGATE_API_KEYS="",
-               NORMGATE_TEST_BATCH_SECONDS=str(batch_seconds), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        NORMGATE_HOST="127.0.0.1",
+        NORMGATE_PORT=str(port),
+        NORMGATE_MODELS_DIR=str(models_dir),
+        NORMGATE_DEVICE="cpu",
+        NORMGATE_TORCH_THREADS="1",
+        NORMGATE_API_KEYS="",
+        NORMGATE_TEST_BATCH_SECONDS=str(batch_seconds),
+        PYTHONUNBUFFERED="1",
+    )
     env.update({f"NORMGATE_{k.upper()}": str(v) for k, v in settings.items()})
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tests.service.fault_server"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.service.fault_server"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -87,8 +100,10 @@ def test_several_times_capacity_gives_only_200_503_504_each_answered_once(models
     total = int(rate_per_s * duration_s)
 
     async def load(base: str):
-        async with httpx.AsyncClient(base_url=base, timeout=60,
-                                     limits=httpx.Limits(max_connections=total + 5)) as client:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=60, limits=httpx.Limits(max_connections=total + 5)
+        ) as client:
+
             async def one(i: int):
                 await asyncio.sleep(i / rate_per_s)
                 return await client.post("/assess", content=body_of(i), headers={"content-type": "image/png"})
@@ -97,17 +112,28 @@ def test_several_times_capacity_gives_only_200_503_504_each_answered_once(models
             metrics = (await client.get("/metrics")).text
             return responses, metrics
 
-    with server(models_dir, tmp_path / "server.log", batch_seconds, max_batch_size=max_batch,
-                max_batch_wait_ms=5, max_queue_size=4, request_timeout_ms=1500, decode_workers=1) as (_, base):
+    with server(
+        models_dir,
+        tmp_path / "server.log",
+        batch_seconds,
+        max_batch_size=max_batch,
+        max_batch_wait_ms=5,
+        max_queue_size=4,
+        request_timeout_ms=1500,
+        decode_workers=1,
+    ) as (_, base):
         responses, metrics = asyncio.run(load(base))
 
     statuses = collections.Counter(r.status_code for r in responses)
     ids = [r.headers["x-request-id"] for r in responses]
     observed = ", ".join(f"{s}×{n}" for s, n in sorted(statuses.items()))
     only_allowed = set(statuses) <= {200, 503, 504}
-    fault_row("overload", f"{total} requests at {rate_per_s / capacity_per_s:g}× capacity (real server)",
-              "only 200/503/504, each answered once", "only 200/503/504, each answered once"
-              if only_allowed and len(set(ids)) == total else observed)
+    fault_row(
+        "overload",
+        f"{total} requests at {rate_per_s / capacity_per_s:g}× capacity (real server)",
+        "only 200/503/504, each answered once",
+        "only 200/503/504, each answered once" if only_allowed and len(set(ids)) == total else observed,
+    )
     assert only_allowed, observed
     assert statuses[200] >= capacity_per_s * duration_s * 0.25, observed  # it kept serving, not only refusing
     assert statuses[503] > 0, observed  # it was really overloaded
@@ -120,8 +146,9 @@ def test_several_times_capacity_gives_only_200_503_504_each_answered_once(models
             if response.status_code == 503:
                 assert int(response.headers["retry-after"]) >= 1
     for status, count in statuses.items():  # the server answered each exactly once, too
-        assert counter(metrics, "normgate_request_duration_seconds_count",
-                       endpoint="/assess", status=str(status)) == count
+        assert (
+            counter(metrics, "normgate_request_duration_seconds_count", endpoint="/assess", status=str(status)) == count
+        )
     computed = counter(metrics, "normgate_batch_size_sum", model="default") - WARM_UP_IMAGES
     assert computed == statuses[200]  # every computed image answered, no image computed for a refusal
     assert counter(metrics, "normgate_decisions_total", model="default") == statuses[200]
@@ -131,8 +158,7 @@ def test_a_slow_body_over_a_real_socket_gets_408_and_the_connection_closed(model
     with server(models_dir, tmp_path / "server.log", 0.0, body_read_timeout_s=1.0) as (_, base):
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"POST /assess HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                         b"Content-Length: 5000\r\n\r\n")
+            sock.sendall(b"POST /assess HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
             started = time.monotonic()
             received = b""
             sock.settimeout(0.2)
@@ -141,7 +167,7 @@ def test_a_slow_body_over_a_real_socket_gets_408_and_the_connection_closed(model
                     sock.sendall(b"\x89")  # one byte every 200 ms
                 try:
                     chunk = sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     break
@@ -150,11 +176,14 @@ def test_a_slow_body_over_a_real_socket_gets_408_and_the_connection_closed(model
                 received += chunk
             took = time.monotonic() - started
     head = received.split(b"\r\n", 1)[0].decode(errors="replace")
-    fault_row("limits", "body trickled 1 byte / 200 ms over a real socket, timeout 1 s",
-              "408 request_timeout, connection closed",
-              f"{head.split(' ', 2)[1] if ' ' in head else head} "
-              f"{'request_timeout' if b'request_timeout' in received else '?'}, connection "
-              f"{'closed' if took < 10 else 'left open'}")
+    fault_row(
+        "limits",
+        "body trickled 1 byte / 200 ms over a real socket, timeout 1 s",
+        "408 request_timeout, connection closed",
+        f"{head.split(' ', 2)[1] if ' ' in head else head} "
+        f"{'request_timeout' if b'request_timeout' in received else '?'}, connection "
+        f"{'closed' if took < 10 else 'left open'}",
+    )
     assert head.startswith("HTTP/1.1 408"), received
     assert b'"error":"request_timeout"' in received
     assert 1.0 <= took < 8
@@ -166,6 +195,7 @@ def test_sigterm_stops_accepting_and_drains_within_the_grace(models_dir, tmp_pat
 
     async def scenario(process, base):
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
             async def one(i):
                 try:
                     return await client.post("/assess", content=body_of(i), headers={"content-type": "image/png"})
@@ -186,15 +216,28 @@ def test_sigterm_stops_accepting_and_drains_within_the_grace(models_dir, tmp_pat
             exit_code = await asyncio.to_thread(process.wait, 60)
             return results, late, exit_code, time.monotonic() - terminated_at
 
-    with server(models_dir, tmp_path / "server.log", batch_seconds, max_batch_size=1, max_batch_wait_ms=0,
-                max_queue_size=16, request_timeout_ms=30_000, shutdown_grace_s=grace_s) as (process, base):
+    with server(
+        models_dir,
+        tmp_path / "server.log",
+        batch_seconds,
+        max_batch_size=1,
+        max_batch_wait_ms=0,
+        max_queue_size=16,
+        request_timeout_ms=30_000,
+        shutdown_grace_s=grace_s,
+    ) as (process, base):
         results, late, exit_code, took = asyncio.run(scenario(process, base))
 
     answered = [r for r in results if isinstance(r, httpx.Response)]
     late_outcome = outcome(late) if isinstance(late, httpx.Response) else "connection refused"
-    fault_row("shutdown", f"new request after SIGTERM (grace {grace_s:g} s)", "refused (503 or connection refused)",
-              "refused (503 or connection refused)" if late_outcome in ("connection refused", "503 not_ready",
-                                                                       "503 overloaded") else late_outcome)
+    fault_row(
+        "shutdown",
+        f"new request after SIGTERM (grace {grace_s:g} s)",
+        "refused (503 or connection refused)",
+        "refused (503 or connection refused)"
+        if late_outcome in ("connection refused", "503 not_ready", "503 overloaded")
+        else late_outcome,
+    )
     assert late_outcome in ("connection refused", "503 not_ready", "503 overloaded"), late
     # 503 not_ready: cancelled when the grace ran out (never a plain-text 500).
     assert all(outcome(r) in ("200", "503 not_ready") for r in answered), [outcome(r) for r in answered]
@@ -204,17 +247,27 @@ def test_sigterm_stops_accepting_and_drains_within_the_grace(models_dir, tmp_pat
     assert exit_code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log[-3000:]
     exit_code = "clean" if exit_code in (0, -signal.SIGTERM) else exit_code
     if expect_all:
-        fault_row("shutdown", f"{queued} requests queued at SIGTERM, grace {grace_s:g} s",
-                  f"all {queued} answered 200, then a clean exit", f"{len(completed)} answered 200, then exit {exit_code}"
-                  if len(completed) < queued else f"all {queued} answered 200, then a {exit_code} exit")
+        fault_row(
+            "shutdown",
+            f"{queued} requests queued at SIGTERM, grace {grace_s:g} s",
+            f"all {queued} answered 200, then a clean exit",
+            f"{len(completed)} answered 200, then exit {exit_code}"
+            if len(completed) < queued
+            else f"all {queued} answered 200, then a {exit_code} exit",
+        )
         assert len(completed) == queued
     else:
         # Past the grace uvicorn cancels what is left: those get 503 not_ready (send again), never a second
         # answer; the image being computed finishes; the process exits soon after the grace.
         expected = "done within the grace 200, the rest 503 not_ready, clean exit soon after"
-        fault_row("shutdown", f"{queued} requests queued at SIGTERM, grace {grace_s:g} s (< the queue's time)",
-                  expected, expected if 1 <= len(completed) < queued and len(answered) == queued
-                  and took < grace_s + 5 else f"{[outcome(r) for r in answered]}, exit after {took:.1f} s")
+        fault_row(
+            "shutdown",
+            f"{queued} requests queued at SIGTERM, grace {grace_s:g} s (< the queue's time)",
+            expected,
+            expected
+            if 1 <= len(completed) < queued and len(answered) == queued and took < grace_s + 5
+            else f"{[outcome(r) for r in answered]}, exit after {took:.1f} s",
+        )
         assert 1 <= len(completed) < queued and len(answered) == queued
         assert took < grace_s + 5
 
@@ -234,13 +287,20 @@ def test_requests_beyond_max_concurrent_requests_get_503_at_once_but_probes_pass
         assert release.wait(60)
 
     async def scenario():
-        app = create_app(settings_for(models_dir, max_concurrent_requests=2, max_batch_size=1,
-                                      max_batch_wait_ms=0), batch_hook=hold)
+        app = create_app(
+            settings_for(models_dir, max_concurrent_requests=2, max_batch_size=1, max_batch_wait_ms=0), batch_hook=hold
+        )
         async with running_app(app) as client:
             release.clear()
             entered.clear()
-            post = lambda i: client.post("/assess", content=body_of(i),  # noqa: E731
-                                         headers={"content-type": "image/png"})
+
+            def post(i):
+                return client.post(
+                    "/assess",
+                    content=body_of(i),
+                    headers={"content-type": "image/png"},
+                )
+
             held = [asyncio.ensure_future(post(i)) for i in range(2)]
             # Both in progress: one held in the model, the other queued behind it.
             assert await asyncio.to_thread(entered.wait, 30)

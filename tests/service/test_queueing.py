@@ -65,7 +65,10 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 
 REQUESTS = [  # (seed, params): a batch mixing methods and heatmap modes
-    (1, {}), (2, {}), (3, {"method": "gradcam"}), (4, {"heatmap": "none"}),
+    (1, {}),
+    (2, {}),
+    (3, {"method": "gradcam"}),
+    (4, {"heatmap": "none"}),
 ]
 
 
@@ -77,6 +80,7 @@ def same_answer(batched: dict, single: dict) -> None:
         assert batched["heatmap"] is None
     else:
         from tests.service.test_assess import heatmap_array
+
         diff = heatmap_array(batched).astype(int) - heatmap_array(single).astype(int)
         assert np.abs(diff).max() <= 1
 
@@ -89,15 +93,20 @@ def test_concurrent_requests_form_one_batch_with_unchanged_answers(models_dir):
 
         gate = Gate()
         # A long window: only a full batch can leave before it ends.
-        batching_app = create_app(settings_for(models_dir, max_batch_size=4, max_batch_wait_ms=10_000),
-                                  batch_hook=gate)
+        batching_app = create_app(settings_for(models_dir, max_batch_size=4, max_batch_wait_ms=10_000), batch_hook=gate)
         async with running_app(batching_app) as client:
             before = (await client.get("/metrics")).text
             warmup_batches = len(gate.batch_sizes)
             responses = await asyncio.gather(*(post(client, body_of(seed), **params) for seed, params in REQUESTS))
             after = (await client.get("/metrics")).text
-        return (singles, responses, gate.batch_sizes[warmup_batches:], gate.oldest_waits[warmup_batches:],
-                before, after)
+        return (
+            singles,
+            responses,
+            gate.batch_sizes[warmup_batches:],
+            gate.oldest_waits[warmup_batches:],
+            before,
+            after,
+        )
 
     singles, responses, batch_sizes, oldest_waits, before, after = asyncio.run(scenario())
     assert batch_sizes == [4]
@@ -132,8 +141,9 @@ def test_partial_batch_leaves_after_max_wait(models_dir):
 def test_full_queue_answers_503_with_retry_after(models_dir):
     async def scenario():
         gate = Gate()
-        app = create_app(settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=2),
-                         batch_hook=gate)
+        app = create_app(
+            settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=2), batch_hook=gate
+        )
         async with running_app(app) as client:
             n = len(gate.batch_sizes)
             gate.opened.clear()
@@ -143,12 +153,12 @@ def test_full_queue_answers_503_with_retry_after(models_dir):
             queued = [asyncio.ensure_future(post(client, body_of(s))) for s in (2, 3)]
             await queue_depth_reaches(app, 2)
             refused = await post(client, body_of(4))
-            depth_metric = metric_value((await client.get("/metrics")).text, "normgate_queue_depth",
-                                        'model="default"')
+            depth_metric = metric_value((await client.get("/metrics")).text, "normgate_queue_depth", 'model="default"')
             gate.opened.set()
             answered = await asyncio.gather(running, *queued)
-            rejected = metric_value((await client.get("/metrics")).text, "normgate_rejected_total",
-                                    'reason="overloaded"')
+            rejected = metric_value(
+                (await client.get("/metrics")).text, "normgate_rejected_total", 'reason="overloaded"'
+            )
             return refused, depth_metric, answered, gate.batch_sizes[n:], rejected
 
     refused, depth_metric, answered, batch_sizes, rejected = asyncio.run(scenario())
@@ -164,8 +174,9 @@ def test_full_queue_answers_503_with_retry_after(models_dir):
 def test_deadline_passed_in_queue_answers_504_and_is_never_computed(models_dir):
     async def scenario():
         gate = Gate()
-        app = create_app(settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0,
-                                      request_timeout_ms=1500), batch_hook=gate)
+        app = create_app(
+            settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, request_timeout_ms=1500), batch_hook=gate
+        )
         async with running_app(app) as client:
             n = len(gate.batch_sizes)
             gate.opened.clear()
@@ -234,17 +245,28 @@ def test_client_disconnect_frees_its_slot_and_is_never_computed(models_dir):
         async def send(message):
             messages.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/assess", "raw_path": b"/assess", "query_string": b"",
-                 "root_path": "", "client": ("127.0.0.1", 5000), "server": ("normgate", 80),
-                 "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/assess",
+            "raw_path": b"/assess",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 5000),
+            "server": ("normgate", 80),
+            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+        }
         await app(scope, receive, send)
         return messages
 
     async def scenario():
         gate = Gate()
-        app = create_app(settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=1),
-                         batch_hook=gate)
+        app = create_app(
+            settings_for(models_dir, max_batch_size=1, max_batch_wait_ms=0, max_queue_size=1), batch_hook=gate
+        )
         async with running_app(app) as client:
             n = len(gate.batch_sizes)
             gate.opened.clear()

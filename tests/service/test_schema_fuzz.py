@@ -15,8 +15,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis.generation.modes import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -60,12 +60,19 @@ def test_every_operation_answers_as_documented(app, fault_row):
         operation = result.ok()
         operations += 1
         seen: list[int] = []
-        cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
-                          operation.as_strategy(GenerationMode.NEGATIVE))
+        cases = st.one_of(
+            operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
+        )
 
         @given(case=cases)
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             response = case.call()
             seen.append(response.status_code)
@@ -77,10 +84,11 @@ def test_every_operation_answers_as_documented(app, fault_row):
             observed = expected
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as exc:  # noqa: BLE001 - a FailureGroup; collected so one run reports all
+        except BaseException as exc:
             failures[operation.label] = str(exc)[:2000]
             observed = f"statuses {sorted(set(seen))}: {str(exc).splitlines()[0][:120]}"
-        fault_row("schema fuzzing", f"{operation.label}: schemathesis, valid and schema-breaking requests",
-                  expected, observed)
+        fault_row(
+            "schema fuzzing", f"{operation.label}: schemathesis, valid and schema-breaking requests", expected, observed
+        )
     assert operations >= 10
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())

@@ -51,8 +51,9 @@ def bearer(key: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def locked(models_dir):
     """Keys configured: one stored as its digest, one plain; every optional endpoint closed."""
-    settings = settings_for(models_dir, api_keys=[hash_key(KEY_ONE), KEY_TWO], public_endpoints=[],
-                            max_body_mb=MAX_BODY_MB)
+    settings = settings_for(
+        models_dir, api_keys=[hash_key(KEY_ONE), KEY_TWO], public_endpoints=[], max_body_mb=MAX_BODY_MB
+    )
     app = create_app(settings)
     with TestClient(app) as client:
         deadline = time.monotonic() + 120
@@ -84,9 +85,16 @@ PROTECTED = {
     "GET /methods (not public)": ("GET", "/methods", None, {}),
 }
 # What each answers with a valid key (the evaluation job ids do not exist; a 404 proves the key was taken).
-WITH_KEY = {"POST /assess": 200, "POST /render": 200, "POST /dicomweb/studies": 200,
-            "GET /dicomweb/…/instances/{uid}": 404, "POST /evaluate": 422, "GET /evaluate/{id}": 404,
-            "GET /evaluate/{id}/report": 404, "DELETE /evaluate/{id}": 404}
+WITH_KEY = {
+    "POST /assess": 200,
+    "POST /render": 200,
+    "POST /dicomweb/studies": 200,
+    "GET /dicomweb/…/instances/{uid}": 404,
+    "POST /evaluate": 422,
+    "GET /evaluate/{id}": 404,
+    "GET /evaluate/{id}/report": 404,
+    "DELETE /evaluate/{id}": 404,
+}
 
 
 @pytest.mark.parametrize("name", list(PROTECTED))
@@ -120,8 +128,12 @@ def test_public_endpoints_are_configurable(models_dir, public):
     app = create_app(settings_for(models_dir, api_keys=[KEY_ONE], public_endpoints=public))
     with TestClient(app) as client:
         wait_ready_sync(client) if "readyz" in public else None
-        paths = {"healthz": ["/healthz"], "readyz": ["/readyz"], "metrics": ["/metrics"],
-                 "models": ["/models", "/methods"]}
+        paths = {
+            "healthz": ["/healthz"],
+            "readyz": ["/readyz"],
+            "metrics": ["/metrics"],
+            "models": ["/models", "/methods"],
+        }
         for name, urls in paths.items():
             for url in urls:
                 response = client.get(url)
@@ -130,8 +142,9 @@ def test_public_endpoints_are_configurable(models_dir, public):
                 else:
                     spec_error(response, 401, "unauthorized")
                     assert client.get(url, headers=bearer(KEY_ONE)).status_code in (200, 503)
-        spec_error(client.post("/assess", content=SMALL_PNG, headers={"content-type": "image/png"}),
-                   401, "unauthorized")  # never public
+        spec_error(
+            client.post("/assess", content=SMALL_PNG, headers={"content-type": "image/png"}), 401, "unauthorized"
+        )  # never public
 
 
 def test_no_keys_configured_means_open(models_dir):
@@ -165,9 +178,18 @@ def test_key_comparison_is_over_digests_of_every_key():
 
 def test_keys_cli_prints_the_entry_and_makes_new_keys():
     root = Path(__file__).resolve().parents[2]
-    run = lambda *args, stdin=None: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "service.keys", *args], cwd=root, input=stdin, capture_output=True, text=True,
-        timeout=60, check=True).stdout
+
+    def run(*args, stdin=None):
+        return subprocess.run(
+            [sys.executable, "-m", "service.keys", *args],
+            cwd=root,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
     assert run("hash", KEY_ONE).strip() == hash_key(KEY_ONE)
     assert run("hash", stdin=KEY_ONE + "\n").strip() == hash_key(KEY_ONE)
     made = dict(line.split(": ", 1) for line in run("new").splitlines())
@@ -175,6 +197,7 @@ def test_keys_cli_prints_the_entry_and_makes_new_keys():
 
 
 # -- limits -------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def limited(models_dir):
@@ -188,8 +211,11 @@ def _multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "b0u
     chunks = []
     for name, filename, data in fields:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                      f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
@@ -199,41 +225,70 @@ OVER = b"\0" * int(MAX_BODY_MB * 1024 * 1024 + 1)
 
 def _chunks(data: bytes, size: int = 8192):
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 LIMIT_CASES = {
-    "/assess body over NORMGATE_MAX_BODY_MB (Content-Length)":
-        (("POST", "/assess"), {"content": OVER, "headers": {"content-type": "image/png"}}, "413 too_large"),
-    "/assess chunked body over the limit (no Content-Length)":
-        (("POST", "/assess"), {"content": _chunks(OVER), "headers": {"content-type": "image/png"}}, "413 too_large"),
-    "/assess Content-Length not a number":
-        (("POST", "/assess"), {"content": SMALL_PNG, "headers": {"content-type": "image/png",
-                                                                 "content-length": "12abc"}}, "400 bad_image"),
-    "/render body over the limit":
-        (("POST", "/render"), {"content": OVER, "headers": {"content-type": "image/png"}}, "413 too_large"),
-    "/dicomweb/studies body over the limit":
-        (("POST", "/dicomweb/studies"), dict(zip(("content", "headers"), _stow(OVER))), "413 too_large"),
-    "/dicomweb/studies more parts than NORMGATE_DICOMWEB_MAX_INSTANCES":
-        (("POST", "/dicomweb/studies"),
-         dict(zip(("content", "headers"), _stow(SMALL_DICOM, copies=3))),
-         "413 too_large"),
-    "/evaluate JSON body over 64 KiB":
-        (("POST", "/evaluate"), {"content": b'{"data": "' + b"a" * 70_000 + b'"}',
-                                 "headers": {"content-type": "application/json"}}, "413 too_large"),
-    "/assess multipart with two file fields":
-        (("POST", "/assess"), dict(zip(("content", "headers"), _multipart([("file", "a.png", SMALL_PNG),
-                                                                           ("file", "b.png", SMALL_PNG)]))),
-         "400 bad_image"),
-    "/assess multipart with 40 form fields":
-        (("POST", "/assess"), dict(zip(("content", "headers"), _multipart(
-            [("file", "a.png", SMALL_PNG)] + [(f"f{i}", None, b"x") for i in range(40)]))), "400 bad_image"),
-    "/assess multipart without a closing boundary":
-        (("POST", "/assess"), {"content": _multipart([("file", "a.png", SMALL_PNG)])[0][:-12],
-                               "headers": _multipart([])[1]}, "400 bad_image"),
-    "/assess multipart field named other than file":
-        (("POST", "/assess"), dict(zip(("content", "headers"), _multipart([("image", "a.png", SMALL_PNG)]))),
-         "400 bad_image"),
+    "/assess body over NORMGATE_MAX_BODY_MB (Content-Length)": (
+        ("POST", "/assess"),
+        {"content": OVER, "headers": {"content-type": "image/png"}},
+        "413 too_large",
+    ),
+    "/assess chunked body over the limit (no Content-Length)": (
+        ("POST", "/assess"),
+        {"content": _chunks(OVER), "headers": {"content-type": "image/png"}},
+        "413 too_large",
+    ),
+    "/assess Content-Length not a number": (
+        ("POST", "/assess"),
+        {"content": SMALL_PNG, "headers": {"content-type": "image/png", "content-length": "12abc"}},
+        "400 bad_image",
+    ),
+    "/render body over the limit": (
+        ("POST", "/render"),
+        {"content": OVER, "headers": {"content-type": "image/png"}},
+        "413 too_large",
+    ),
+    "/dicomweb/studies body over the limit": (
+        ("POST", "/dicomweb/studies"),
+        dict(zip(("content", "headers"), _stow(OVER))),
+        "413 too_large",
+    ),
+    "/dicomweb/studies more parts than NORMGATE_DICOMWEB_MAX_INSTANCES": (
+        ("POST", "/dicomweb/studies"),
+        dict(zip(("content", "headers"), _stow(SMALL_DICOM, copies=3))),
+        "413 too_large",
+    ),
+    "/evaluate JSON body over 64 KiB": (
+        ("POST", "/evaluate"),
+        {"content": b'{"data": "' + b"a" * 70_000 + b'"}', "headers": {"content-type": "application/json"}},
+        "413 too_large",
+    ),
+    "/assess multipart with two file fields": (
+        ("POST", "/assess"),
+        dict(zip(("content", "headers"), _multipart([("file", "a.png", SMALL_PNG), ("file", "b.png", SMALL_PNG)]))),
+        "400 bad_image",
+    ),
+    "/assess multipart with 40 form fields": (
+        ("POST", "/assess"),
+        dict(
+            zip(
+                ("content", "headers"),
+                _multipart([("file", "a.png", SMALL_PNG)] + [(f"f{i}", None, b"x") for i in range(40)]),
+            )
+        ),
+        "400 bad_image",
+    ),
+    "/assess multipart without a closing boundary": (
+        ("POST", "/assess"),
+        {"content": _multipart([("file", "a.png", SMALL_PNG)])[0][:-12], "headers": _multipart([])[1]},
+        "400 bad_image",
+    ),
+    "/assess multipart field named other than file": (
+        ("POST", "/assess"),
+        dict(zip(("content", "headers"), _multipart([("image", "a.png", SMALL_PNG)]))),
+        "400 bad_image",
+    ),
 }
 
 
@@ -253,8 +308,10 @@ def test_one_file_multipart_within_the_limits_is_assessed(limited):
 
 # -- slow bodies --------------------------------------------------------------------------------------------
 
-async def _trickle(app, path: str, headers: list[tuple[bytes, bytes]], every_s: float,
-                   give_up_s: float) -> tuple[list[dict], float]:
+
+async def _trickle(
+    app, path: str, headers: list[tuple[bytes, bytes]], every_s: float, give_up_s: float
+) -> tuple[list[dict], float]:
     """Send one byte every ``every_s`` seconds, forever; return the answer and how long it took."""
     answered = asyncio.Event()
     messages: list[dict] = []
@@ -270,36 +327,58 @@ async def _trickle(app, path: str, headers: list[tuple[bytes, bytes]], every_s: 
         if message["type"] == "http.response.body" and not message.get("more_body"):
             answered.set()
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "client": ("127.0.0.1", 5001), "server": ("normgate", 80), "headers": headers}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 5001),
+        "server": ("normgate", 80),
+        "headers": headers,
+    }
     started = time.monotonic()
     await asyncio.wait_for(app(scope, receive, send), give_up_s)
     return messages, time.monotonic() - started
 
 
-@pytest.mark.parametrize("path,content_type", [("/assess", b"image/png"), ("/render", b"image/png"),
-                                               ("/dicomweb/studies", b'multipart/related; type="application/dicom"; '
-                                                                     b"boundary=x"),
-                                               ("/evaluate", b"application/json")])
+@pytest.mark.parametrize(
+    "path,content_type",
+    [
+        ("/assess", b"image/png"),
+        ("/render", b"image/png"),
+        ("/dicomweb/studies", b'multipart/related; type="application/dicom"; boundary=x'),
+        ("/evaluate", b"application/json"),
+    ],
+)
 def test_a_trickled_body_gets_408_after_the_body_read_timeout(models_dir, path, content_type, fault_row):
     async def scenario():
         app = create_app(settings_for(models_dir, body_read_timeout_s=0.6))
         async with running_app(app):
-            return await _trickle(app, path, [(b"content-type", content_type), (b"content-length", b"10000")],
-                                  every_s=0.1, give_up_s=20)
+            return await _trickle(
+                app, path, [(b"content-type", content_type), (b"content-length", b"10000")], every_s=0.1, give_up_s=20
+            )
 
     messages, took = asyncio.run(scenario())
     start = messages[0]
     body = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))
-    fault_row("limits", f"{path}: body trickled 1 byte / 100 ms, NORMGATE_BODY_READ_TIMEOUT_S=0.6",
-              "408 request_timeout", f"{start['status']} {body['error']}")
+    fault_row(
+        "limits",
+        f"{path}: body trickled 1 byte / 100 ms, NORMGATE_BODY_READ_TIMEOUT_S=0.6",
+        "408 request_timeout",
+        f"{start['status']} {body['error']}",
+    )
     assert start["status"] == 408 and body["error"] == "request_timeout"
     assert (b"connection", b"close") in start["headers"]
     assert 0.6 <= took < 5
 
 
 # -- evaluation jobs stay inside their roots ---------------------------------------------------------------
+
 
 def _dataset(folder: Path) -> Path:
     folder.mkdir(parents=True)
@@ -375,13 +454,19 @@ def test_ingest_corpus_over_http(models_dir, fault_row):
             wait_ready_sync(client)
             for entry in entries:
                 headers = {"content-type": entry["content_type"]} if entry["content_type"] else {}
-                response = client.post("/assess", params={"heatmap": "none"},
-                                       content=(CORPUS_DIR / entry["file"]).read_bytes(), headers=headers)
+                response = client.post(
+                    "/assess",
+                    params={"heatmap": "none"},
+                    content=(CORPUS_DIR / entry["file"]).read_bytes(),
+                    headers=headers,
+                )
                 expected_error = entry["expected"].get("error")
                 expected = f"{_STATUS[expected_error]} {expected_error}" if expected_error else "200"
                 fault_row("ingestion corpus", f"{entry['file']}: {entry['why']}", expected, outcome(response))
                 assert outcome(response) == expected, (entry["file"], response.text)
                 if expected == "200":
                     size = response.json()["image"]
-                    assert (size["width"], size["height"]) == (entry["expected"]["ok"]["width"],
-                                                               entry["expected"]["ok"]["height"])
+                    assert (size["width"], size["height"]) == (
+                        entry["expected"]["ok"]["width"],
+                        entry["expected"]["ok"]["height"],
+                    )

@@ -37,23 +37,35 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SHIPPED = REPO / "models" / "checkpoints" / "default"
 ARTIFACTS = REPO / "artifacts" / "viewer"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MARKER_TOLERANCE_PX = 3.0
 # The whole suite shares two cores; give the page's own work (decode, draw) room before failing.
 sync_api.expect.set_options(timeout=20_000)
 
 pytestmark = [
     # Under CI=true .ci/run has installed chromium: a missing one must fail the run, not skip it silently.
-    pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI", "").lower() != "true", reason="Debian chromium not installed (.ci/run installs it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and os.environ.get("CI", "").lower() != "true",
+        reason="Debian chromium not installed (.ci/run installs it)",
+    ),
     pytest.mark.timeout(180),
 ]
 
 
 # ------------------------------------------------------------------------------------ test images
 
-def synthetic_radiograph(width: int, height: int, obj_xy: tuple[int, int], obj_radius: int,
-                         seed: int = 0) -> np.ndarray:
+
+def synthetic_radiograph(
+    width: int, height: int, obj_xy: tuple[int, int], obj_radius: int, seed: int = 0
+) -> np.ndarray:
     """A chest-like 8-bit image: bright mediastinum and ribs, dark lungs, and one very bright disc
     (a coin-like foreign object) centred at ``obj_xy``."""
     rng = np.random.default_rng(seed)
@@ -65,7 +77,7 @@ def synthetic_radiograph(width: int, height: int, obj_xy: tuple[int, int], obj_r
     img += 18.0 * np.sin(yy / height * 2 * np.pi * 7) * (np.abs(xx - width / 2) > 0.08 * width)  # ribs
     img += rng.normal(0, 6, img.shape)
     ox, oy = obj_xy
-    disc = (xx - ox) ** 2 + (yy - oy) ** 2 <= obj_radius ** 2
+    disc = (xx - ox) ** 2 + (yy - oy) ** 2 <= obj_radius**2
     img[disc] = 252.0
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -104,6 +116,7 @@ def dicom_bytes(gray16: np.ndarray) -> bytes:
 
 # ------------------------------------------------------------------------------------- fixtures
 
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -119,10 +132,13 @@ def models_dir(tmp_path_factory) -> Path:
         import torch
 
         from models import CheckpointMeta, build_model, save_checkpoint
+
         torch.manual_seed(0)
-        save_checkpoint(build_model("resnet18"),
-                        CheckpointMeta(name="default", version="test", arch="resnet18", input_size=[64, 64]),
-                        folder / "default")
+        save_checkpoint(
+            build_model("resnet18"),
+            CheckpointMeta(name="default", version="test", arch="resnet18", input_size=[64, 64]),
+            folder / "default",
+        )
     return folder
 
 
@@ -131,11 +147,16 @@ def server(models_dir: Path) -> str:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORMGATE_")}
-    env.update(NORMGATE_HOST="127.0.0.1", NORMGATE_PORT=str(port), NORMGATE_MODELS_DIR=str(models_dir),
-               NORMGATE_DEVICE="cpu", NORMGATE_DECODE_WORKERS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        NORMGATE_HOST="127.0.0.1",
+        NORMGATE_PORT=str(port),
+        NORMGATE_MODELS_DIR=str(models_dir),
+        NORMGATE_DEVICE="cpu",
+        NORMGATE_DECODE_WORKERS="1",
+        PYTHONUNBUFFERED="1",
+    )
     log = open(ARTIFACTS / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -198,8 +219,9 @@ def images(tmp_path_factory) -> dict[str, dict]:
 
 
 def assess_directly(server: str, path: Path, content_type: str) -> dict:
-    response = httpx.post(f"{server}/assess", content=path.read_bytes(),
-                          headers={"Content-Type": content_type}, timeout=60)
+    response = httpx.post(
+        f"{server}/assess", content=path.read_bytes(), headers={"Content-Type": content_type}, timeout=60
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -221,15 +243,18 @@ def marker_centre(page) -> tuple[float, float]:
 def expected_screen_point(page, point: dict, image: dict) -> tuple[float, float]:
     # The displayed image's on-screen rectangle, as the browser laid it out (transform included).
     rect = page.locator("#image-canvas").bounding_box()
-    return (rect["x"] + (point["x"] + 0.5) * rect["width"] / image["width"],
-            rect["y"] + (point["y"] + 0.5) * rect["height"] / image["height"])
+    return (
+        rect["x"] + (point["x"] + 0.5) * rect["width"] / image["width"],
+        rect["y"] + (point["y"] + 0.5) * rect["height"] / image["height"],
+    )
 
 
 def assert_marker_on(page, point: dict, image: dict) -> None:
     mx, my = marker_centre(page)
     ex, ey = expected_screen_point(page, point, image)
-    assert abs(mx - ex) <= MARKER_TOLERANCE_PX and abs(my - ey) <= MARKER_TOLERANCE_PX, \
+    assert abs(mx - ex) <= MARKER_TOLERANCE_PX and abs(my - ey) <= MARKER_TOLERANCE_PX, (
         f"marker at ({mx:.1f}, {my:.1f}), expected ({ex:.1f}, {ey:.1f})"
+    )
 
 
 def screenshot(page, name: str) -> bytes:
@@ -238,6 +263,7 @@ def screenshot(page, name: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------- tests
+
 
 def test_page_and_assets_are_served(server):
     page = httpx.get(server + "/")
@@ -269,8 +295,9 @@ def test_render_answers_the_pixels_the_model_reads(server, images):
     shown = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
     assert np.abs(shown - np.rint(values / 65535 * 255)).max() <= 1
 
-    bad = httpx.post(f"{server}/render", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 10,
-                     headers={"Content-Type": "image/png"})
+    bad = httpx.post(
+        f"{server}/render", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 10, headers={"Content-Type": "image/png"}
+    )
     assert bad.status_code == 400 and bad.json()["error"] == "bad_image" and bad.json()["detail"]
     text = httpx.post(f"{server}/render", content=b"hello", headers={"Content-Type": "text/plain"})
     assert text.status_code == 415 and text.json()["error"] == "unsupported_media_type"
@@ -290,8 +317,9 @@ def test_render_needs_the_api_key_when_keys_are_set(models_dir, images):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://normgate") as client:
             page = await client.get("/")  # the page itself stays public: it has to ask for the key
             refused = await client.post("/render", content=body, headers={"Content-Type": "image/png"})
-            allowed = await client.post("/render", content=body,
-                                        headers={"Content-Type": "image/png", "Authorization": "Bearer s3cret"})
+            allowed = await client.post(
+                "/render", content=body, headers={"Content-Type": "image/png", "Authorization": "Bearer s3cret"}
+            )
             return page, refused, allowed
 
     page, refused, allowed = asyncio.run(calls())
@@ -393,7 +421,7 @@ def test_keyboard_alone(page, server, images):
     width_fit = page.locator("#image-canvas").bounding_box()["width"]
     page.keyboard.press("+")
     page.keyboard.press("+")
-    assert page.locator("#image-canvas").bounding_box()["width"] == pytest.approx(width_fit * 1.25 ** 2, rel=0.01)
+    assert page.locator("#image-canvas").bounding_box()["width"] == pytest.approx(width_fit * 1.25**2, rel=0.01)
     before = page.locator("#image-canvas").bounding_box()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowDown")
@@ -448,13 +476,16 @@ def test_history_flips_with_j_and_k(page, server, images):
 def test_drag_and_drop_opens_a_file(page, server, images):
     image = images["chest_b.png"]
     expected = assess_directly(server, image["path"], "image/png")
-    data_transfer = page.evaluate_handle("""(b64) => {
+    data_transfer = page.evaluate_handle(
+        """(b64) => {
         const bin = atob(b64), bytes = new Uint8Array(bin.length);
         for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
         return dt;
-    }""", base64.b64encode(image["path"].read_bytes()).decode())
+    }""",
+        base64.b64encode(image["path"].read_bytes()).decode(),
+    )
     page.dispatch_event("#viewport", "dragenter", {"dataTransfer": data_transfer})
     assert page.locator("#drop-hint").is_visible()
     page.dispatch_event("#viewport", "drop", {"dataTransfer": data_transfer})
@@ -485,19 +516,31 @@ def test_bad_uploads_show_clear_errors(page, server, images, tmp_path):
     assert "File type not supported" in page.locator("#error").inner_text()
 
 
-@pytest.mark.parametrize("status,body,headers,title", [
-    (503, {"error": "overloaded", "detail": "the queue is full"}, {"Retry-After": "3"}, "Server busy"),
-    (503, {"error": "not_ready", "detail": "model default is loading"}, {"Retry-After": "5"}, "Model still loading"),
-    (504, {"error": "timeout", "detail": "deadline passed in queue"}, {}, "Assessment timed out"),
-    (413, {"error": "too_large", "detail": "over 60000000 pixels"}, {}, "Image too large"),
-    (422, {"error": "bad_parameter", "detail": "unknown model 'x'"}, {}, "Invalid setting"),
-    (408, {"error": "request_timeout", "detail": "the body took over 30 s"}, {}, "Upload too slow"),
-    (500, {"error": "internal", "detail": "internal error", "request_id": "abc123"}, {}, "Server error"),
-])
+@pytest.mark.parametrize(
+    "status,body,headers,title",
+    [
+        (503, {"error": "overloaded", "detail": "the queue is full"}, {"Retry-After": "3"}, "Server busy"),
+        (
+            503,
+            {"error": "not_ready", "detail": "model default is loading"},
+            {"Retry-After": "5"},
+            "Model still loading",
+        ),
+        (504, {"error": "timeout", "detail": "deadline passed in queue"}, {}, "Assessment timed out"),
+        (413, {"error": "too_large", "detail": "over 60000000 pixels"}, {}, "Image too large"),
+        (422, {"error": "bad_parameter", "detail": "unknown model 'x'"}, {}, "Invalid setting"),
+        (408, {"error": "request_timeout", "detail": "the body took over 30 s"}, {}, "Upload too slow"),
+        (500, {"error": "internal", "detail": "internal error", "request_id": "abc123"}, {}, "Server error"),
+    ],
+)
 def test_server_side_errors_are_explained(page, images, status, body, headers, title):
     # Overload, warm-up and timeouts cannot be provoked on demand from a browser; answer them here instead.
-    page.route("**/assess*", lambda route: route.fulfill(
-        status=status, body=json.dumps(body), headers={"Content-Type": "application/json", **headers}))
+    page.route(
+        "**/assess*",
+        lambda route: route.fulfill(
+            status=status, body=json.dumps(body), headers={"Content-Type": "application/json", **headers}
+        ),
+    )
     upload(page, images["chest_a.png"]["path"])
     text = page.locator("#error").inner_text()
     assert title in text and body["detail"] in text
@@ -518,8 +561,11 @@ def test_api_key_prompt_on_401(page, server, images):
         key = route.request.headers.get("authorization")
         seen.append(key)
         if key != "Bearer s3cret":
-            route.fulfill(status=401, headers={"Content-Type": "application/json", "WWW-Authenticate": "Bearer"},
-                          body=json.dumps({"error": "unauthorized", "detail": "the API key is not valid"}))
+            route.fulfill(
+                status=401,
+                headers={"Content-Type": "application/json", "WWW-Authenticate": "Bearer"},
+                body=json.dumps({"error": "unauthorized", "detail": "the API key is not valid"}),
+            )
         else:
             route.continue_()
 
@@ -543,8 +589,9 @@ def test_dicom_is_shown_as_the_model_saw_it(page, server, tmp_path):
     path.write_bytes(dicom_bytes(gray12))
     expected = assess_directly(server, path, "application/dicom")
     assert expected["image"] == {"width": 500, "height": 620}
-    display = httpx.post(f"{server}/render", content=path.read_bytes(),
-                         headers={"Content-Type": "application/dicom"}, timeout=60)
+    display = httpx.post(
+        f"{server}/render", content=path.read_bytes(), headers={"Content-Type": "application/dicom"}, timeout=60
+    )
     assert display.status_code == 200 and display.headers["content-type"] == "image/png"
     shown_by_server = np.asarray(Image.open(io.BytesIO(display.content)))
     assert shown_by_server.shape == (620, 500) and shown_by_server.dtype == np.uint8
@@ -552,10 +599,13 @@ def test_dicom_is_shown_as_the_model_saw_it(page, server, tmp_path):
     upload(page, path)
     assert page.locator("#error").is_hidden()
     assert_marker_on(page, expected["point"], {"width": 500, "height": 620})
-    canvas = np.array(page.evaluate("""() => {
+    canvas = np.array(
+        page.evaluate("""() => {
         const c = document.getElementById('image-canvas');
         return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 0));
-    }"""), dtype=np.uint8).reshape(620, 500)
+    }"""),
+        dtype=np.uint8,
+    ).reshape(620, 500)
     assert np.abs(canvas.astype(int) - shown_by_server.astype(int)).max() <= 1
 
     # Shift-drag changes window/level on the DICOM display.
@@ -639,7 +689,11 @@ def test_shipped_model_points_at_the_object(page, server, tmp_path):
     k = rect["width"] / width
     mx, my = marker_centre(page)
     tau_screen = 15 * (width / grid_w) * k
-    screen_box = (rect["x"] + box[0] * k, rect["y"] + box[1] * k, rect["x"] + (box[2] + 1) * k,
-                  rect["y"] + (box[3] + 1) * k)
+    screen_box = (
+        rect["x"] + box[0] * k,
+        rect["y"] + box[1] * k,
+        rect["x"] + (box[2] + 1) * k,
+        rect["y"] + (box[3] + 1) * k,
+    )
     assert distance_to_box(mx, my, screen_box) <= tau_screen + MARKER_TOLERANCE_PX
     screenshot(page, "viewer-shipped-model.png")

@@ -64,8 +64,11 @@ def test_input_x_grad_and_gradient_match_captum(resnet18_not_inplace, resnet18, 
 def test_integrated_gradients_matches_captum(resnet18_not_inplace, resnet18, images96):
     steps = 32  # SPEC §9 default
     images = images96[:, :, :64, :64]
-    reference = IntegratedGradients(resnet18_not_inplace).attribute(
-        images, target=TARGET, n_steps=steps, method="riemann_trapezoid").detach()
+    reference = (
+        IntegratedGradients(resnet18_not_inplace)
+        .attribute(images, target=TARGET, n_steps=steps, method="riemann_trapezoid")
+        .detach()
+    )
     ours = explain(resnet18, images, "integrated-gradients", target=TARGET)
     _assert_each_image_correlates(ours, reference.abs().sum(1))
     # Same path points; captum's trapezoid steps are 1/n where the rule's are 1/(n−1).
@@ -74,8 +77,13 @@ def test_integrated_gradients_matches_captum(resnet18_not_inplace, resnet18, ima
 
 def test_guided_ig_without_deviation_is_left_riemann_ig(resnet18_not_inplace, resnet18, images96):
     images = images96[:, :, :32, :32]
-    reference = IntegratedGradients(resnet18_not_inplace).attribute(
-        images, target=TARGET, n_steps=6, method="riemann_left").detach().abs().sum(1)
+    reference = (
+        IntegratedGradients(resnet18_not_inplace)
+        .attribute(images, target=TARGET, n_steps=6, method="riemann_left")
+        .detach()
+        .abs()
+        .sum(1)
+    )
     ours = explain(resnet18, images, "guided-ig", target=TARGET, steps=6, max_dist=0.0)
     _assert_each_image_correlates(ours, reference)
     torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-6)
@@ -98,7 +106,8 @@ def test_trapezoid_weights_integrate_exactly_linear_functions():
 
 def test_guided_gradcam_is_product_of_its_parts(resnet18, images96):
     product = explain(resnet18, images96, "gradcam", target=TARGET) * explain(
-        resnet18, images96, "guided-backprop", target=TARGET)
+        resnet18, images96, "guided-backprop", target=TARGET
+    )
     torch.testing.assert_close(explain(resnet18, images96, "guided-gradcam", target=TARGET), product)
 
 
@@ -140,14 +149,19 @@ def test_guided_backprop_follows_eq5_and_eq8(activation):
     with frozen_for_explanation(model):
         ours = guided_backprop_gradient(model, image, 0)
     np.testing.assert_allclose(ours[0, 0].numpy(), expected, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(explain(model, image, "guided-backprop", target=0)[0].numpy(), np.abs(expected),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        explain(model, image, "guided-backprop", target=0)[0].numpy(), np.abs(expected), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_smoothgrad_without_noise_is_gradient_and_is_seeded(resnet18, images96):
     plain = explain(resnet18, images96, "gradient", target=TARGET)
-    torch.testing.assert_close(explain(resnet18, images96, "smoothgrad", target=TARGET, noise_level=0.0, samples=3),
-                               plain, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        explain(resnet18, images96, "smoothgrad", target=TARGET, noise_level=0.0, samples=3),
+        plain,
+        rtol=1e-4,
+        atol=1e-7,
+    )
     a = explain(resnet18, images96, "smoothgrad", target=TARGET, samples=4, seed=7)
     b = explain(resnet18, images96, "smoothgrad", target=TARGET, samples=4, seed=7)
     c = explain(resnet18, images96, "smoothgrad", target=TARGET, samples=4, seed=8)
@@ -159,7 +173,7 @@ def test_smoothgrad_is_mean_gradient_over_noisy_copies(resnet18, images96):
     """Reference: the same unit noise drawn by hand, gradients by captum's Saliency one copy at a time."""
     samples, level = 3, 0.1
     generator = torch.Generator().manual_seed(0)
-    unit = torch.randn((samples, 1) + tuple(images96.shape[1:]), generator=generator)
+    unit = torch.randn((samples, 1, *tuple(images96.shape[1:])), generator=generator)
     spread = images96.flatten(1).amax(1) - images96.flatten(1).amin(1)
     sigma = (level * spread).view(-1, 1, 1, 1)
     total = torch.zeros_like(images96)

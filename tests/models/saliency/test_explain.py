@@ -13,11 +13,26 @@ from models.saliency.registry import LAYERS_NONE
 from .conftest import pearson
 
 SPEC_METHODS = [f"normgrad-{k}-{s}" for k in ("bias", "scaling", "conv1x1", "conv3x3") for s in ("single", "combined")]
-SPEC_METHODS += ["gradcam", "guided-gradcam", "guided-backprop", "input-x-grad", "gradient", "smoothgrad",
-                 "integrated-gradients", "guided-ig", "blur-ig", "xrai"]
+SPEC_METHODS += [
+    "gradcam",
+    "guided-gradcam",
+    "guided-backprop",
+    "input-x-grad",
+    "gradient",
+    "smoothgrad",
+    "integrated-gradients",
+    "guided-ig",
+    "blur-ig",
+    "xrai",
+]
 # Fewer steps/samples for the iterative methods: tests stay within the CPU budget.
-FAST_OPTIONS = {"smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 6}, "guided-ig": {"steps": 4},
-                "blur-ig": {"steps": 6}, "xrai": {"steps": 6}}
+FAST_OPTIONS = {
+    "smoothgrad": {"samples": 4},
+    "integrated-gradients": {"steps": 6},
+    "guided-ig": {"steps": 4},
+    "blur-ig": {"steps": 6},
+    "xrai": {"steps": 6},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +42,13 @@ def small_images():
 
 
 def _hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
 
 
 def test_list_methods_is_the_spec_set():
@@ -51,7 +71,7 @@ def test_batch_equals_one_image_at_a_time(resnet18, small_images, method):
     target = torch.tensor([1, 0])
     batched = explain(resnet18, small_images, method, target=target, **options)
     for i in range(small_images.shape[0]):
-        alone = explain(resnet18, small_images[i:i + 1], method, target=int(target[i]), **options)[0]
+        alone = explain(resnet18, small_images[i : i + 1], method, target=int(target[i]), **options)[0]
         scale = float(alone.abs().max())
         torch.testing.assert_close(batched[i], alone, rtol=1e-4, atol=1e-5 * scale)
 
@@ -118,11 +138,14 @@ def test_backward_stops_at_earliest_hooked_layer(small_images):
     def record(name):
         def hook(module, inputs, output):
             seen[name] = output.requires_grad
+
         return hook
 
-    handles = [model.layer1.register_forward_hook(record("layer1")),
-               model.layer2[1].register_forward_hook(record("layer2.1")),
-               model.conv1.register_forward_hook(record("conv1"))]
+    handles = [
+        model.layer1.register_forward_hook(record("layer1")),
+        model.layer2[1].register_forward_hook(record("layer2.1")),
+        model.conv1.register_forward_hook(record("conv1")),
+    ]
     try:
         explain(model, small_images)
     finally:
@@ -212,8 +235,9 @@ def test_channels_last_gives_the_same_maps(resnet18, small_images):
     model = model.eval().to(memory_format=torch.channels_last)
     images = small_images.contiguous(memory_format=torch.channels_last)
     for method in ("normgrad-conv3x3-combined", "gradcam", "input-x-grad"):
-        torch.testing.assert_close(explain(model, images, method), explain(resnet18, small_images, method),
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            explain(model, images, method), explain(resnet18, small_images, method), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_cpu_autocast_bfloat16_stays_close_to_float32(resnet18, small_images):
@@ -236,13 +260,13 @@ def test_float16_autocast_keeps_gradient_scale(resnet18, small_images):
 
 
 def test_concurrent_threads_get_their_own_results(resnet18, small_images):
-    expected = [explain(resnet18, small_images[i:i + 1], "normgrad-conv1x1-combined") for i in range(2)]
+    expected = [explain(resnet18, small_images[i : i + 1], "normgrad-conv1x1-combined") for i in range(2)]
     results, errors = {}, []
 
     def work(i):
         try:
             for _ in range(3):
-                results[i] = explain(resnet18, small_images[i:i + 1], "normgrad-conv1x1-combined")
+                results[i] = explain(resnet18, small_images[i : i + 1], "normgrad-conv1x1-combined")
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -312,17 +336,36 @@ def test_explain_many_equals_explain_and_shares_one_pass(resnet18, small_images)
     for method_id in normgrad_ids:
         torch.testing.assert_close(shared[method_id], explain(resnet18, small_images, method_id, target=1))
     layers = ["layer3.0", "layer4.1"]
-    mixed = explain_many(resnet18, small_images, ["normgrad-scaling-single", "normgrad-conv3x3-combined", "gradcam",
-                                                   "guided-backprop", "guided-gradcam", "gradient"],
-                         layers=layers, combine="minmax-product")
-    assert list(mixed) == ["normgrad-scaling-single", "normgrad-conv3x3-combined", "gradcam", "guided-backprop",
-                           "guided-gradcam", "gradient"]
-    torch.testing.assert_close(mixed["normgrad-scaling-single"],
-                               explain(resnet18, small_images, "normgrad-scaling-single", layers=layers,
-                                       combine="minmax-product"))
-    torch.testing.assert_close(mixed["normgrad-conv3x3-combined"],
-                               explain(resnet18, small_images, "normgrad-conv3x3-combined", layers=layers,
-                                       combine="minmax-product"))
+    mixed = explain_many(
+        resnet18,
+        small_images,
+        [
+            "normgrad-scaling-single",
+            "normgrad-conv3x3-combined",
+            "gradcam",
+            "guided-backprop",
+            "guided-gradcam",
+            "gradient",
+        ],
+        layers=layers,
+        combine="minmax-product",
+    )
+    assert list(mixed) == [
+        "normgrad-scaling-single",
+        "normgrad-conv3x3-combined",
+        "gradcam",
+        "guided-backprop",
+        "guided-gradcam",
+        "gradient",
+    ]
+    torch.testing.assert_close(
+        mixed["normgrad-scaling-single"],
+        explain(resnet18, small_images, "normgrad-scaling-single", layers=layers, combine="minmax-product"),
+    )
+    torch.testing.assert_close(
+        mixed["normgrad-conv3x3-combined"],
+        explain(resnet18, small_images, "normgrad-conv3x3-combined", layers=layers, combine="minmax-product"),
+    )
     for method_id in ("gradcam", "guided-gradcam", "gradient"):  # layers apply to NormGrad only
         torch.testing.assert_close(mixed[method_id], explain(resnet18, small_images, method_id))
     with pytest.raises(ValueError, match="unknown saliency method"):

@@ -50,8 +50,8 @@ def _hand_maps():
     a2 = np.einsum("kj,jhw->khw", M_SECOND, a1)
     maps = {}
     for name, g, a in (("first", g1, a1), ("second", g2, a2)):
-        g_norm = math.sqrt(float((g ** 2).sum()))
-        x_norm = np.sqrt((a ** 2).sum(0))
+        g_norm = math.sqrt(float((g**2).sum()))
+        x_norm = np.sqrt((a**2).sum(0))
         neighbourhood = np.zeros_like(X)
         for i in range(h):
             for j in range(w):
@@ -114,13 +114,15 @@ def test_toy_minmax_product_matches_seed_code_rule(toy):
     def minmax(m):
         return (m - m.min()) / (m.max() - m.min())
 
-    ours = explain(model, image, "normgrad-scaling-combined", target=TARGET, layers=["first", "second"],
-                   combine="minmax-product")
+    ours = explain(
+        model, image, "normgrad-scaling-combined", target=TARGET, layers=["first", "second"], combine="minmax-product"
+    )
     expected = minmax(hand["first"]["scaling"]) * minmax(hand["second"]["scaling"])
     np.testing.assert_allclose(ours[0].numpy(), expected, rtol=1e-5, atol=1e-6)
     # Only the bias type drops the last layer's map; conv3x3 keeps both.
-    conv3x3 = explain(model, image, "normgrad-conv3x3-combined", target=TARGET, layers=["first", "second"],
-                   combine="minmax-product")
+    conv3x3 = explain(
+        model, image, "normgrad-conv3x3-combined", target=TARGET, layers=["first", "second"], combine="minmax-product"
+    )
     np.testing.assert_allclose(
         conv3x3[0].numpy(), minmax(hand["first"]["conv3x3"]) * minmax(hand["second"]["conv3x3"]), rtol=1e-5, atol=1e-6
     )
@@ -129,8 +131,14 @@ def test_toy_minmax_product_matches_seed_code_rule(toy):
 def test_bias_minmax_product_skips_last_layer():
     """A spatially varying gradient in the first layer; the last bias map must not enter the product."""
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
     image = torch.randn(1, 1, 8, 8)
     both = explain(model, image, "normgrad-bias-combined", target=0, layers=["0", "2"], combine="minmax-product")
     first = explain(model, image, "normgrad-bias-single", target=0, layers=["0"])[0]
