@@ -56,8 +56,7 @@ def serve() -> None:
     @app.post("/_bench/batching", include_in_schema=False)
     def set_batching(max_batch: int = Query(ge=1), wait_ms: float = Query(ge=0)) -> dict:
         for worker in app.state.registry.workers.values():
-            worker.queue.max_batch_size = max_batch
-            worker.queue.max_wait_s = wait_ms / 1000.0
+            worker.configure_batching(max_batch, wait_ms / 1000.0)
             worker.settings = worker.settings.model_copy(update={"max_batch_size": max_batch})
         return {"max_batch": max_batch, "wait_ms": wait_ms}
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.checkpoint import load_checkpoint
 from models.datasets import load_gray, read_split
-from models.preprocess import normalise, original_box_to_grid, resize_unit
+from models.imaging.grid import normalise, original_box_to_grid, resize_unit
 from models.saliency import explain
 from models.train import classification_metrics
 

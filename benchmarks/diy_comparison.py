@@ -127,10 +127,10 @@ def main() -> None:
 
     import diy_service
 
-    from models.preprocess import preprocess_batch
+    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.grid import preprocess_batch
     from models.saliency import explain
     from models.saliency.hooks import frozen_for_explanation
-    from service.ingest import IngestLimits, decode_image
 
     rows, cols = (int(v) for v in args.dicom_size.split("x"))
     bodies = [dicom_bytes(radiograph(rows, cols, seed=s), s) for s in range(args.images)]

@@ -62,9 +62,9 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     from models import load_checkpoint
-    from models.preprocess import preprocess_batch
+    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.grid import preprocess_batch
     from models.saliency.hooks import frozen_for_explanation
-    from service.ingest import IngestLimits, decode_image
 
     rows, cols = (int(v) for v in args.dicom_size.split("x"))
     bodies = [dicom_bytes(radiograph(rows, cols, seed=s), s) for s in range(4)]

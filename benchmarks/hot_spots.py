@@ -2,7 +2,7 @@
 
 In one process, interleaved repetition by repetition (a busy shared machine slows both sides alike):
 
-* ``decode``  — a 16-bit 2500 × 3000 DICOM through ``service.ingest.decode_image``: the per-pixel float64
+* ``decode``  — a 16-bit 2500 × 3000 DICOM through ``models.imaging.decode.decode_image``: the per-pixel float64
   pipeline (forced) vs the per-stored-value table (the default path now); same output checked;
 * ``png``     — a 320 × 320 heatmap to PNG at Pillow's default zlib level 6 vs level 1 (now);
 * ``model``   — the worker's model step for a batch of B: a separate inference forward for the logits + the
@@ -48,11 +48,11 @@ def main() -> None:
 
     from images import dicom_bytes, radiograph
 
-    import service.ingest as ingest
+    import models.imaging.decode as ingest
     from models import load_checkpoint
-    from models.preprocess import preprocess_batch
-    from service.inference import ModelRunner
-    from service.metrics import ServiceMetrics
+    from models.imaging.grid import preprocess_batch
+    from service.observability.metrics import ServiceMetrics
+    from service.serving.worker import ModelRunner
 
     body = dicom_bytes(radiograph(2500, 3000, 0), 0)
     limits = ingest.IngestLimits(max_pixels=60_000_000)

@@ -4,7 +4,7 @@
 
 Threads are grouped by role (event loop, decode pool, model worker, other); for each role it prints the share
 of samples and the functions with the most *inclusive* samples inside NormGate's own code and the libraries
-it calls, so a hot spot reads as "decode pool: 60 % in service/ingest.py _min_max".
+it calls, so a hot spot reads as "decode pool: 60 % in models/imaging/decode.py _min_max".
 """
 
 from __future__ import annotations

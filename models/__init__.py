@@ -4,19 +4,14 @@ It never imports ``service`` or FastAPI.
 """
 
 from models.architectures import SUPPORTED_ARCHS, build_model
-from models.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointMeta,
-    load_checkpoint,
-    save_checkpoint,
-)
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.metadata import ModelMetadata
 
 __all__ = [
     "SUPPORTED_ARCHS",
     "Checkpoint",
     "CheckpointError",
-    "CheckpointMeta",
+    "ModelMetadata",
     "build_model",
     "load_checkpoint",
     "save_checkpoint",

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from models.architectures import SUPPORTED_ARCHS, build_model, classifier_head, default_normgrad_layers
-from models.checkpoint import CheckpointError, CheckpointMeta, load_matching_state, save_checkpoint
+from models.checkpoint import CheckpointError, load_matching_state, save_checkpoint
+from models.metadata import ModelMetadata, TrainingRecord
 
 # ImageNet statistics: the right normalisation for weights trained on ImageNet with torchvision's transforms.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -137,7 +138,7 @@ def convert(
         )
     load_matching_state(model, state, str(weights), arch)
     size = [input_size, input_size] if isinstance(input_size, int) else [int(s) for s in input_size]
-    meta = CheckpointMeta(
+    meta = ModelMetadata(
         name=name,
         version=version,
         arch=arch,
@@ -148,7 +149,7 @@ def convert(
         positive_class=positive_class,
         threshold=float(threshold),
         normgrad_layers=default_normgrad_layers(arch),
-        trained_on={"converted_from": str(Path(weights).name)},
+        trained_on=TrainingRecord(notes=f"converted from {Path(weights).name} by python -m models.convert"),
         metrics={},
     )
     return save_checkpoint(model, meta, out, dtype=dtype)

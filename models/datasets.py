@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import numpy.typing as npt
+
+from models.imaging import ImageError, decode_file
 
 RECTANGLE, ELLIPSE, POLYGON = 0, 1, 2
 _KIND_NAMES = {RECTANGLE: "rectangle", ELLIPSE: "ellipse", POLYGON: "polygon"}
@@ -33,7 +35,8 @@ _KIND_NAMES = {RECTANGLE: "rectangle", ELLIPSE: "ellipse", POLYGON: "polygon"}
 POSITIVE_LABELS = frozenset({"1", "foreign_object", "foreign object", "positive", "pos", "yes", "true"})
 NEGATIVE_LABELS = frozenset({"0", "no_foreign_object", "no foreign object", "negative", "neg", "no", "false"})
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+# What models.imaging decodes, as /assess does (PNG, JPEG, DICOM).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
 class DatasetError(ValueError):
@@ -300,53 +303,20 @@ def read_split(root: str | Path, split: str, **kwargs) -> list[Sample]:
     return read_csv(csv_path, root, **kwargs)
 
 
-def load_gray(path: str | Path) -> np.ndarray:
-    """A radiograph as a 2-D array in its native dtype: uint8, uint16 (16-bit PNG/TIFF kept 16-bit) or float32.
+def load_gray(path: str | Path) -> npt.NDArray[np.float32]:
+    """An image file as the model sees it: float32 [H, W] in [0, 1], MONOCHROME2 (dense is bright).
 
-    Colour images become luminance (ITU-R 601-2, Pillow's ``L``). DICOM files are read with pydicom
-    (MONOCHROME1 inverted so that dense is bright, as in every other format).
+    This is :func:`models.imaging.decode_file`, the service's own decode path (DICOM Modality and VOI LUTs,
+    MONOCHROME1 inversion, padding; PNG/JPEG luminance), so training, evaluation and ``/assess`` see the same
+    array for the same file. A file that cannot be used raises :class:`DatasetError` naming it.
     """
     path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return _load_dicom_gray(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-                arr = np.asarray(im).astype(np.uint16)
-            elif mode == "I":
-                arr = np.asarray(im)
-                if arr.size and arr.min() >= 0 and arr.max() <= 65535:
-                    arr = arr.astype(np.uint16)
-            elif mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
-            elif mode == "L":
-                arr = np.asarray(im)
-            else:  # 1, P, RGB, RGBA, LA, CMYK, YCbCr …
-                arr = np.asarray(im.convert("L"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such image file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path}: cannot decode image ({exc})") from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise DatasetError(f"{path}: expected a single-channel image, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
-def _load_dicom_gray(path: Path) -> np.ndarray:
-    import pydicom  # local: only DICOM data sets need it
-
-    try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many kinds for bad files
-        raise DatasetError(f"{path}: cannot decode DICOM ({exc})") from None
-    if arr.ndim != 2:
-        raise DatasetError(f"{path}: expected one grayscale frame, got pixel array of shape {arr.shape}")
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() + arr.min() - arr
-    return np.ascontiguousarray(arr)
+        return decode_file(path).pixels
+    except ImageError as exc:
+        if not path.exists():
+            raise DatasetError(f"{path}: no such image file") from None
+        raise DatasetError(f"{path}: cannot decode image ({exc.detail})") from None
 
 
 def dataset_fingerprint(samples: Iterable[Sample]) -> str:

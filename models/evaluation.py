@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.architectures import build_model, default_normgrad_layers, reset_classifier_head
-from models.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint
 from models.datasets import Sample, load_gray
+from models.imaging.grid import grid_point_to_original, original_box_to_grid, preprocess_batch
+from models.metadata import ModelMetadata
 from models.pointing_game import argmax_point, energy_pointing_game, pointing_game_hit
-from models.preprocess import grid_point_to_original, original_box_to_grid, preprocess_batch
 
 INIT_MODES = ("trained", "semi-random", "full-random")
 COMBINE_MODES = ("geometric-mean", "minmax-product")
@@ -78,7 +79,7 @@ class EvaluatedModel:
 
     key: str
     model: nn.Module
-    meta: CheckpointMeta
+    meta: ModelMetadata
     init: str = "trained"
     seed: int = 0
     source: str = ""
@@ -287,7 +288,7 @@ class DecodedBatch:
     _tensors: dict = field(default_factory=dict)
 
     def tensor_for(
-        self, meta: CheckpointMeta, indices: Sequence[int] | None = None, device: str | torch.device = "cpu"
+        self, meta: ModelMetadata, indices: Sequence[int] | None = None, device: str | torch.device = "cpu"
     ) -> torch.Tensor:
         """The batch preprocessed for a model's grid (computed once per distinct grid/mean/std)."""
         cache_key = (tuple(meta.input_size), tuple(meta.mean), tuple(meta.std))

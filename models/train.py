@@ -8,8 +8,8 @@ accuracy. The papers fine-tune ImageNet weights at 600×600 for 20 epochs; ``--p
 user-supplied torchvision state_dict for that (nothing is downloaded), otherwise the network starts from
 He-initialised weights.
 
-Speed on a CPU: every image is decoded and resized once (through models.preprocess, the service's path) into an
-in-memory uint8 cache at the model grid; augmentation then runs batched on tensors. ``--amp bf16`` runs the
+Speed on a CPU: every image is decoded and resized once (through models.imaging.grid, the service's path) into an
+in-memory float32 cache at the model grid; augmentation then runs batched on tensors. ``--amp bf16`` runs the
 forward/backward under bfloat16 autocast (≈3× faster on CPUs with AMX, and on GPUs); weights stay float32.
 
 Determinism and resuming: all randomness of epoch e (shuffle, augmentation, dropout) comes from seeds derived
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -43,10 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.architectures import SUPPORTED_ARCHS, build_model, default_normgrad_layers, reset_classifier_head
-from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_state_dict
 from models.device import resolve_device
-from models.preprocess import normalise, resize_unit
+from models.imaging.grid import normalise, resize_unit
+from models.metadata import DatasetRecord, ModelMetadata, TrainingRecord, portable_command
 
 CLASSES = ["no_foreign_object", "foreign_object"]
 POSITIVE_CLASS = "foreign_object"
@@ -127,12 +127,14 @@ def read_samples(root: Path, split: str):
 
 
 def build_cache(
-    samples, input_size: Sequence[int], workers: int = 2, dtype: torch.dtype = torch.uint8, desc: str = "cache"
+    samples, input_size: Sequence[int], workers: int = 2, dtype: torch.dtype = torch.float32, desc: str = "cache"
 ) -> torch.Tensor:
-    """Decode + resize every image once to the model grid: [N, h, w] (uint8 0–255, or float in [0, 1]).
+    """Decode + resize every image once to the model grid: [N, h, w] (float in [0, 1], or uint8 0–255).
 
-    The resize is models.preprocess.resize_unit, the same antialiased stretch the service applies. uint8 (the
-    training cache) keeps 3000 images at 320² in ~300 MB; the rounding (≤ 1/510) is far below the jitter.
+    Decoding is models.imaging (the service's own decode path) and the resize models.imaging.grid.resize_unit,
+    the same antialiased stretch the service applies: a float32 cache holds exactly the tensor /assess would
+    build for the same file (tests/models/test_decode_parity.py). uint8 quarters the memory for very large runs
+    at the price of a rounding of at most 1/510.
     """
     from models.datasets import load_gray
 
@@ -310,7 +312,7 @@ class TrainResult:
     """What ``main`` hands back to Python callers (tests): the best model in memory and where it was saved."""
 
     model: nn.Module
-    meta: CheckpointMeta
+    meta: ModelMetadata
     out: Path
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -413,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Parse ``argv`` (default: the command line), train, and return the best model and its checkpoint."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return run(args, "python -m models.train " + shlex.join(argv))
+    return run(args, "python -m models.train " + portable_command(list(argv)))
 
 
 def run(args: argparse.Namespace, command: str) -> TrainResult:
@@ -497,7 +499,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
 
     # ---- caches (decode + resize once)
     t0 = time.perf_counter()
-    train_cache = build_cache(splits["train"], size, args.workers, torch.uint8, desc="train cache")
+    train_cache = build_cache(splits["train"], size, args.workers, torch.float32, desc="train cache")
     dev_cache = build_cache(splits["dev"], size, args.workers, torch.float32, desc="dev cache")
     dev_labels = np.array([s.label for s in splits["dev"]])
     _log(
@@ -601,23 +603,27 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
 
     model.load_state_dict(load_file(str(best_state_path)))
     model.eval()
-    trained_on = {
-        "data": str(root.resolve()),
-        "test_data": str(test_root.resolve()) if "test" in splits else None,
-        "fingerprint": fingerprints["train"],
-        "fingerprints": fingerprints,
-        "sizes": {name: len(samples) for name, samples in splits.items()},
-        "positives": {name: int(sum(s.label for s in samples)) for name, samples in splits.items()},
-        "command": commands[0] if len(commands) == 1 else commands,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "best_epoch": best["epoch"],
-        "pretrained": Path(args.pretrained).name if args.pretrained else None,
-        "amp": args.amp,
-        "device": str(device),
-        "train_seconds": round(sum(h["seconds"] for h in history), 1),
-    }
-    meta = CheckpointMeta(
+    # Data sets are named by content (fingerprint, sizes), never by where they lay on this machine.
+    trained_on = TrainingRecord(
+        data=[
+            DatasetRecord(
+                split=name,
+                fingerprint=fingerprints[name],
+                size=len(samples),
+                positives=int(sum(s.label for s in samples)),
+            )
+            for name, samples in splits.items()
+        ],
+        commands=commands,
+        seconds=round(sum(h["seconds"] for h in history), 1),
+        seed=args.seed,
+        epochs=args.epochs,
+        best_epoch=best["epoch"],
+        pretrained=Path(args.pretrained).name if args.pretrained else None,
+        amp=args.amp,
+        device=str(device),
+    )
+    meta = ModelMetadata(
         name=args.name,
         version=args.version,
         arch=args.arch,

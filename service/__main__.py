@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import uvicorn
 
 from service.config import Settings, get_settings
+from service.serving.registry import ConfigurationError, discover_checkpoints
 
 
-def main() -> None:
+def main() -> int:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        # Checked before uvicorn starts, so a bad checkpoint is one line on stderr, not a lifespan traceback.
+        discover_checkpoints(Path(settings.models_dir), settings.default_model)
+    except ConfigurationError as exc:
+        print(f"normgate: error: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run("service.app:create_app", factory=True, **uvicorn_options(settings))
+    return 0
 
 
 def uvicorn_options(settings: Settings) -> dict:
@@ -35,4 +45,4 @@ def uvicorn_options(settings: Settings) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

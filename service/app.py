@@ -20,15 +20,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import openapi as service_openapi
-from service.assessment import Assessor
+from service.api import openapi as service_openapi
+from service.api.errors import install_error_handlers
+from service.api.routes import assess, health, models, viewer
+from service.api.routes import dicomweb as dicomweb_routes
+from service.api.routes import evaluate as evaluate_routes
 from service.config import Settings, get_settings
-from service.errors import INTERNAL_DETAIL, error_body, install_error_handlers
-from service.inference import BatchHook, DecodePool, ModelRegistry, decode_thread_count
-from service.metrics import ServiceMetrics
-from service.routes import assess, health, models, viewer
-from service.routes import dicomweb as dicomweb_routes
-from service.routes import evaluate as evaluate_routes
+from service.errors import INTERNAL_DETAIL, error_body
+from service.ingest.decode_pool import DecodePool, decode_thread_count
+from service.observability.metrics import ServiceMetrics
+from service.serving.assessment import Assessor
+from service.serving.registry import ModelRegistry
+from service.serving.worker import BatchHook
 
 log = logging.getLogger("normgate.app")
 

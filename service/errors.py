@@ -1,20 +1,14 @@
-"""Every error the API answers with, as SPEC §3 JSON: ``{"error": code, "detail": sentence}``.
+"""The service's one error family: every refusal is an :class:`ApiError` with its HTTP status, its code and a
+sentence, answered as JSON ``{"error": code, "detail": sentence, "request_id": …}`` (docs/api.md, "Errors").
 
-Handlers here replace FastAPI's defaults (HTML-free already, but shaped ``{"detail": ...}``) so that a 404, a
-405, a query-parameter validation failure and an unexpected exception all look the same to a client, and none
-of them ever carries a stack trace.
+Plain Python (no FastAPI): the serving, ingest, DICOMweb and evaluation layers raise these; ``service.api.errors``
+turns them into responses. The image decoder of the library raises :class:`models.imaging.ImageError` (a code,
+no HTTP); :func:`from_image_error` is the one place that gives each of its codes a status.
 """
 
 from __future__ import annotations
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("normgate.errors")
+from models.imaging import ImageError
 
 
 class ApiError(Exception):
@@ -33,8 +27,8 @@ class BadParameter(ApiError):
     status, code = 422, "bad_parameter"
 
 
-class BadImageRequest(ApiError):
-    """The body is not a usable upload (malformed multipart, no file field, empty)."""
+class BadImage(ApiError):
+    """The body is not a usable image: undecodable, empty, truncated; a malformed multipart, no file field."""
 
     status, code = 400, "bad_image"
 
@@ -90,55 +84,15 @@ def error_body(code: str, detail: str, request_id: str | None = None) -> dict[st
     return body
 
 
-def error_response(
-    request: Request, status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    request.state.error_code = code  # read by the request middleware for normgate_rejected_total
-    return JSONResponse(error_body(code, detail, request_id), status_code=status, headers=headers)
-
-
-def _validation_sentence(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
-        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid value')}")
-    return "invalid request parameter(s): " + "; ".join(parts)
-
-
-_HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    401: "unauthorized",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "bad_parameter",
-    503: "not_ready",
+# The library's image refusals by code (models/imaging/errors.py) → the API error that answers them.
+_API_ERROR_OF_IMAGE_CODE: dict[str, type[ApiError]] = {
+    "bad_image": BadImage,
+    "too_large": TooLarge,
+    "unsupported_media_type": UnsupportedMediaType,
+    "bad_parameter": BadParameter,
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    # The ingestion module defines its own error family (code, status, detail); it maps 1:1 onto SPEC §3.
-    from service.ingest import IngestError
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.detail, exc.headers)
-
-    @app.exception_handler(IngestError)
-    async def _ingest_error(request: Request, exc: IngestError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.detail)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(request, 422, "bad_parameter", _validation_sentence(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404:
-            detail = f"no such endpoint: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            detail = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(request, exc.status_code, code, detail, getattr(exc, "headers", None))
+def from_image_error(exc: ImageError) -> ApiError:
+    """The API error for a decoder's refusal (400, 413, 415 or 422), keeping its sentence."""
+    return _API_ERROR_OF_IMAGE_CODE.get(exc.code, BadImage)(exc.detail)

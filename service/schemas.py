@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_METHOD = "normgrad-conv1x1-combined"
+from models.metadata import ModelMetadata
+from models.saliency import DEFAULT_METHOD
+
 HeatmapMode = Literal["png", "none"]
 
 
@@ -90,21 +92,12 @@ class AssessResponse(BaseModel):
     )
 
 
-class ModelInfo(BaseModel):
-    name: str
-    version: str
-    arch: str
-    input_size: list[int] = Field(description="[height, width] of the model input grid.")
-    classes: list[str]
-    positive_class: str
-    threshold: float
-    normgrad_layers: list[str]
-    trained_on: str
-    metrics: dict
-    device: str
-    default: bool = Field(description="True for the model /assess uses without ?model=.")
+class ModelInfo(ModelMetadata):
+    """A loaded model: its whole ``model.json`` (docs/formats.md) plus where it runs."""
 
-    model_config = ConfigDict(protected_namespaces=())
+    device: str = Field(description="Torch device the model runs on, e.g. cpu or cuda:0.")
+    state: str = Field(description="loading, warming_up, ready, or why not (failed: …, worker thread died).")
+    default: bool = Field(description="True for the model /assess uses without ?model=.")
 
 
 class ModelsResponse(BaseModel):

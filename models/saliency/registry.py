@@ -34,6 +34,11 @@ class SaliencyMethod:
     options: tuple[str, ...]  # keyword options the caller may pass through ``explain``
     summary: str
 
+    @property
+    def uses_normgrad_layers(self) -> bool:
+        """Whether the method reads a checkpoint's NormGrad layers (all of them, or the last one)."""
+        return self.layer_use in (LAYERS_COMBINED, LAYERS_SINGLE)
+
 
 _REGISTRY: dict[str, SaliencyMethod] = {}
 

@@ -161,14 +161,15 @@ def live_app(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from models.architectures import build_model
-    from models.checkpoint import CheckpointMeta, save_checkpoint
+    from models.checkpoint import save_checkpoint
+    from models.metadata import ModelMetadata
 
     root = tmp_path_factory.mktemp("deploy_live_app")
     models_dir = root / "models"
     torch.manual_seed(0)
     save_checkpoint(
         build_model("resnet18"),
-        CheckpointMeta(name="default", version="test", arch="resnet18", input_size=[64, 64]),
+        ModelMetadata(name="default", version="test", arch="resnet18", input_size=[64, 64]),
         models_dir / "default",
     )
     port = free_loopback_port()

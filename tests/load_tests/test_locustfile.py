@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import make_checkpoint, settings_for, wait_ready_sync
+from tests.helpers import make_checkpoint, settings_for, wait_ready_sync
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -117,9 +117,9 @@ def test_profile_report_groups_threads_by_role():
     raw = "\n".join(
         [
             "thread (1): normgate-decode_0;_worker (concurrent/futures/thread.py:83);"
-            "Assessor._decode_and_prepare (service/assessment.py:70);_min_max (service/ingest.py:790) 30",
-            "thread (2): normgate-model-default;serve_forever (service/batching.py:183);"
-            "ModelRunner.run (service/inference.py:141) 60",
+            "Assessor._decode_and_prepare (service/serving/assessment.py:70);_min_max (models/imaging/decode.py:790) 30",
+            "thread (2): normgate-model-default;serve_forever (service/serving/batching.py:183);"
+            "ModelRunner.run (service/serving/worker.py:141) 60",
             "thread (3): MainThread;BaseEventLoop.run_forever (asyncio/base_events.py:607) 10",
         ]
     )
@@ -127,7 +127,7 @@ def test_profile_report_groups_threads_by_role():
     assert text.startswith("100 samples")
     assert "## model worker: 60 samples (60.0 % of all)" in text
     assert "## decode pool: 30 samples (30.0 % of all)" in text
-    assert "100.0 %  _min_max (service/ingest.py)" in text
+    assert "100.0 %  _min_max (models/imaging/decode.py)" in text
     assert "## event loop: 10 samples" in text
 
 

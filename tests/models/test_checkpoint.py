@@ -7,16 +7,18 @@ import pickle
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from models.architectures import build_model, default_normgrad_layers
-from models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.convert import convert, infer_arch_from_state, load_backbone, read_state_dict
 from models.convert import main as convert_main
+from models.metadata import ModelMetadata
 
 
-def _meta(arch: str = "resnet18", **kw) -> CheckpointMeta:
-    return CheckpointMeta(name="t", version="0", arch=arch, input_size=[64, 64], **kw)
+def _meta(arch: str = "resnet18", **kw) -> ModelMetadata:
+    return ModelMetadata(name="t", version="0", arch=arch, input_size=[64, 64], **kw)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def test_json_missing_required_field(tmp_path, resnet18):
     data = json.loads((folder / "model.json").read_text())
     del data["arch"]
     (folder / "model.json").write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="missing required field.*arch"):
+    with pytest.raises(CheckpointError, match=r"model\.json: field arch: missing required field$"):
         load_checkpoint(folder)
 
 
@@ -176,11 +178,33 @@ def test_unknown_normgrad_layer(tmp_path, resnet18):
         load_checkpoint(folder)
 
 
-def test_bad_metadata_values(tmp_path, resnet18):
-    with pytest.raises(CheckpointError, match="positive_class 'pneumonia' is not one of"):
-        save_checkpoint(resnet18, _meta(positive_class="pneumonia"), tmp_path / "ck")
-    with pytest.raises(CheckpointError, match="threshold must be in"):
-        save_checkpoint(resnet18, _meta(threshold=1.5), tmp_path / "ck")
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"positive_class": "pneumonia"},
+            r"field \(the object\): Value error, positive_class 'pneumonia' is not one of",
+        ),
+        ({"threshold": 1.5}, r"field threshold: Input should be less than or equal to 1$"),
+        ({"threshhold": 0.7}, r"field threshhold: unknown field"),
+        ({"trained_on": "a sentence"}, r"field trained_on: Input should be a valid dictionary"),
+        ({"trained_on": {"commands": ["train --data /home/me/cxr"]}}, r"field trained_on\.commands: .*absolute path"),
+        ({"input_size": [16, 16]}, r"field input_size: .*32\.\.4096"),
+    ],
+)
+def test_bad_metadata_is_refused_with_one_line_naming_file_and_field(tmp_path, resnet18, change, message):
+    folder = save_checkpoint(resnet18, _meta(), tmp_path / "ck")
+    data = {**json.loads((folder / "model.json").read_text()), **change}
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_checkpoint(folder)
+    text = str(caught.value)
+    assert text.startswith(str(folder / "model.json") + ": field ") and "\n" not in text
+
+
+def test_metadata_is_validated_when_built_in_code_too():
+    with pytest.raises(ValidationError, match="positive_class 'pneumonia' is not one of"):
+        _meta(positive_class="pneumonia")
 
 
 # ---------------------------------------------------------------------------------------------- converter

@@ -174,19 +174,20 @@ def test_load_gray_bit_depths_and_colour(tmp_path: Path):
     values16 = np.arange(12 * 9, dtype=np.uint16).reshape(12, 9) * 600
     Image.fromarray(values16).save(tmp_path / "g16.png")
     got16 = load_gray(tmp_path / "g16.png")
-    assert got16.dtype == np.uint16 and np.array_equal(got16, values16)
+    # The model's view: float32 in [0, 1] by the bit depth's full scale (models.imaging, as /assess decodes).
+    assert got16.dtype == np.float32 and np.allclose(got16, values16 / 65535.0, atol=1e-7)
 
     values8 = np.arange(6 * 7, dtype=np.uint8).reshape(6, 7) * 5
     Image.fromarray(values8).save(tmp_path / "g8.png")
     got8 = load_gray(tmp_path / "g8.png")
-    assert got8.dtype == np.uint8 and np.array_equal(got8, values8)
+    assert got8.dtype == np.float32 and np.allclose(got8, values8 / 255.0, atol=1e-7)
 
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
     Image.fromarray(rgb).save(tmp_path / "c.png")
     lum = load_gray(tmp_path / "c.png")
     # ITU-R 601-2 luma: (200·299 + 100·587 + 50·114) / 1000 = 124.2
-    assert lum.shape == (4, 5) and lum.dtype == np.uint8 and np.all(np.abs(lum.astype(int) - 124) <= 1)
+    assert lum.shape == (4, 5) and np.all(np.abs(lum * 255.0 - 124.2) <= 1.0)
 
     Image.fromarray(values8).save(tmp_path / "g.jpg", quality=95)
     assert load_gray(tmp_path / "g.jpg").shape == (6, 7)
@@ -198,13 +199,19 @@ def test_load_gray_bit_depths_and_colour(tmp_path: Path):
         load_gray(tmp_path / "nothere.png")
 
 
-def test_load_gray_dicom():
+def test_load_gray_dicom_applies_the_modality_lut_and_min_max():
     import pydicom
     from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
 
     path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
     got = load_gray(path)
-    assert np.array_equal(got, pydicom.dcmread(path).pixel_array)
+    # Independent reference: Rescale Slope/Intercept by pydicom; CT_small has no window, so min–max (docs/formats.md).
+    assert "WindowCenter" not in ds and float(ds.RescaleIntercept) == -1024
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    expected = (hu - hu.min()) / (hu.max() - hu.min())
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
 
 
 def test_fingerprint_is_stable_and_sensitive(object_cxr: Path):

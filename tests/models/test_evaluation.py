@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from models.architectures import build_model
-from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation import initialise_model, smooth_maps, summarise_rows
+from models.metadata import ModelMetadata
 from models.saliency import explain, list_methods
 
 
@@ -37,7 +38,7 @@ def test_gaussian_smoothing_matches_scipy_with_mirror_padding(sigma):
 def test_init_modes_keep_or_reinitialise_exactly_the_right_weights(tmp_path):
     torch.manual_seed(5)
     model = build_model("resnet18")
-    save_checkpoint(model, CheckpointMeta(name="m", version="1", arch="resnet18", input_size=[32, 32]), tmp_path)
+    save_checkpoint(model, ModelMetadata(name="m", version="1", arch="resnet18", input_size=[32, 32]), tmp_path)
     checkpoint = load_checkpoint(tmp_path)
     before = {k: v.clone() for k, v in checkpoint.model.state_dict().items()}
     rng_state = torch.random.get_rng_state()
@@ -100,8 +101,7 @@ def test_engine_maps_equal_explain_method_by_method(combine):
 
     torch.manual_seed(1)
     model = build_model("resnet18").eval()
-    meta = CheckpointMeta(name="m", version="1", arch="resnet18", input_size=[64, 64])
-    meta.validate()
+    meta = ModelMetadata(name="m", version="1", arch="resnet18", input_size=[64, 64])
     entry = EvaluatedModel(key="m", model=model, meta=meta)
     images = torch.randn(2, 3, 64, 64)
     normgrad_ids = tuple(m for m in list_methods() if m.startswith("normgrad-"))

@@ -17,7 +17,7 @@ import models.train as train_mod
 from models.architectures import build_model
 from models.checkpoint import load_checkpoint
 from models.datasets import dataset_fingerprint, load_gray, read_split
-from models.preprocess import preprocess_batch
+from models.imaging.grid import preprocess_batch
 from models.train import TrainError, augment, main, roc_auc
 from tests.models.tiny_cxr import write_tiny_dataset
 
@@ -76,11 +76,13 @@ def test_one_epoch_writes_a_loadable_checkpoint_matching_the_trained_model(tiny,
     assert meta["positive_class"] == "foreign_object" and meta["threshold"] == 0.5
     assert meta["normgrad_layers"] == ["layer2.0", "layer3.0", "layer4.0", "layer4.1"]
     trained_on = meta["trained_on"]
-    train_samples = read_split(tiny, "train")
-    assert trained_on["fingerprint"] == dataset_fingerprint(train_samples)
-    assert trained_on["sizes"] == {"train": 12, "dev": 6, "test": 8}
-    assert trained_on["command"].startswith("python -m models.train --data ")
-    assert "--epochs 1" in trained_on["command"]
+    by_split = {d["split"]: d for d in trained_on["data"]}
+    assert by_split["train"]["fingerprint"] == dataset_fingerprint(read_split(tiny, "train"))
+    assert {k: d["size"] for k, d in by_split.items()} == {"train": 12, "dev": 6, "test": 8}
+    assert [len(trained_on["commands"]), trained_on["commands"][0][:30]] == [1, "python -m models.train --data "]
+    assert "--epochs 1" in trained_on["commands"][0]
+    # No absolute path of the training machine anywhere in the file (the data were given as absolute paths).
+    assert str(tiny.parent) not in (out / "model.json").read_text()
 
     # The recorded metrics are those of the saved checkpoint, recomputed here independently.
     for split in ("dev", "test"):
@@ -116,7 +118,7 @@ def test_resume_after_one_epoch_equals_an_uninterrupted_two_epoch_run(tiny, tmp_
     assert [e["lr"] for e in log_a] == [e["lr"] for e in log_b] == [0.005, 0.0005]
     assert [e["loss"] for e in log_a] == [e["loss"] for e in log_b]
     meta_a = json.loads((interrupted / "model.json").read_text())
-    assert len(meta_a["trained_on"]["command"]) == 2  # the first command and the resume
+    assert len(meta_a["trained_on"]["commands"]) == 2  # the first command and the resume
 
 
 def test_resume_refuses_other_settings_and_fresh_run_refuses_used_folder(tiny, tmp_path):
@@ -159,8 +161,9 @@ def test_pretrained_backbone_fp16_weights_clean_state_and_separate_test_data(tin
     assert raw["fc.weight"].shape == (2, 512)
     meta = json.loads((out / "model.json").read_text())
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["trained_on"]["pretrained"] == "imagenet.pth"
-    assert meta["trained_on"]["sizes"]["test"] == 6 and meta["metrics"]["test"]["n"] == 6
-    assert meta["trained_on"]["test_data"] == str(heldout.resolve())
+    test_record = next(d for d in meta["trained_on"]["data"] if d["split"] == "test")
+    assert test_record["size"] == 6 and meta["metrics"]["test"]["n"] == 6
+    assert test_record["fingerprint"] == dataset_fingerprint(read_split(heldout, "test"))
     assert not (out / "state").exists()
     load_checkpoint(out)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING_TESTS = [
-    "tests/service/test_security.py",
+    "tests/service/api/test_security.py",
     "tests/service/test_faults.py",
-    "tests/service/test_overload.py",
-    "tests/service/test_schema_fuzz.py",
-    "tests/service/test_evaluate.py::test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts",
+    "tests/service/serving/test_overload.py",
+    "tests/service/api/test_schema_fuzz.py",
+    "tests/service/evaluation/test_evaluate.py::test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts",
 ]
 
 

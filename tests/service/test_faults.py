@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from service.app import create_app
-from tests.service.conftest import png_bytes, radiograph, running_app, settings_for, wait_ready
+from tests.helpers import png_bytes, radiograph, running_app, settings_for, wait_ready
 from tests.service.fault_table import outcome
 
 pytestmark = pytest.mark.timeout(180)
@@ -190,7 +190,7 @@ def test_worker_thread_death_makes_the_model_unready_until_the_supervisor_restar
             batch_hook=crash,
         )
         async with running_app(app) as client:
-            queue = app.state.registry.get("default").queue
+            worker = app.state.registry.get("default")
             crash.release.clear()
             crash.entered.clear()
             crash.armed = True
@@ -198,7 +198,7 @@ def test_worker_thread_death_makes_the_model_unready_until_the_supervisor_restar
             assert await asyncio.to_thread(crash.entered.wait, 30)
             queued = [asyncio.ensure_future(post(client, body_of(i))) for i in (2, 3)]
             deadline = time.monotonic() + 30
-            while len(queue) < 2:
+            while worker.queue_depth < 2:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
             computed_before = len(crash.computed)

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.saliency import list_methods
 from service.app import create_app
-from tests.service.conftest import png_bytes, radiograph, settings_for, wait_ready_sync
+from tests.helpers import png_bytes, radiograph, settings_for, wait_ready_sync
 
 SPEC_METRICS = {  # family name → (type, label names)
     "normgate_request_duration_seconds": ("histogram", {"endpoint", "status"}),
@@ -101,7 +101,7 @@ def test_models_lists_checkpoint_metadata(client, models_dir):
             "trained_on",
         ):
             assert info[key] == meta[key], key
-        assert info["device"] == "cpu"
+        assert info["device"] == "cpu" and info["state"] == "ready"
         assert info["default"] == (name == "default")
 
 

@@ -1,0 +1,836 @@
+"""Image ingestion: request bytes (DICOM, PNG, JPEG) → the one grayscale array the model sees.
+
+Every accepted image leaves here as a float32 ``[H, W]`` array in ``[0, 1]`` with MONOCHROME2 semantics
+(higher = brighter on screen = denser), in display orientation. Everything else is refused with an
+:class:`ImageError` whose ``code``/``status``/``detail`` map straight onto the SPEC §3 JSON errors; no other
+exception escapes for any input bytes (the fuzz test holds this). The module knows nothing of HTTP frameworks
+so the routes stay thin; it is synchronous and meant to run in a worker thread.
+
+Safety, in the order the checks run:
+
+* body length against ``max_body_bytes`` (413), empty body (400), declared media type (415 when unknown or
+  contradicted by the magic bytes);
+* pixel count from the *header* against ``max_pixels`` before any pixel buffer is allocated (413): PNG IHDR /
+  JPEG SOF via Pillow's lazy open (the plugin classes are used directly, so Pillow's own process-global
+  ``MAX_IMAGE_PIXELS`` check is neither relied on nor mutated), DICOM Rows × Columns × Number of Frames, and for
+  compressed DICOM also the codestream's own SOF/SIZ size, which must agree with Rows × Columns (a small header
+  in front of a huge codestream is a bomb);
+* DICOM element lengths: every top-level element's declared length must fit in the bytes that follow it (else
+  400, truncated) and under ``max_dicom_element_bytes`` (413); a Deflated transfer syntax is inflated in a
+  bounded stream first, because pydicom inflates the whole dataset in one call;
+* truncated rasters are refused, never partially decoded (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
+
+DICOM pixel pipeline (DICOM PS3.3), applied in this order:
+
+1. Bits Stored / Pixel Representation: pydicom's decoders mask unused high bits and sign-extend signed data
+   (C.7.6.3.1.1); pixels with a Pixel Padding Value (C.7.5.1.1.2), or inside the range it spans with Pixel
+   Padding Range Limit (C.7.6.3.1.4), are marked on these *stored* values.
+2. Modality LUT (C.11.1): Modality LUT Sequence if present, else Rescale Slope / Intercept.
+3. VOI LUT (C.11.2): the first VOI LUT Sequence item if present, else the first Window Center / Width with VOI
+   LUT Function LINEAR (C.11.2.1.2.1), LINEAR_EXACT (C.11.2.1.3.2) or SIGMOID (C.11.2.1.3.1); with neither,
+   min–max over the non-padding pixels. Padding never takes part in the min–max and ends black.
+4. Photometric Interpretation (C.7.6.3.1.2): MONOCHROME1 is inverted after the VOI stage, so the same image
+   stored as MONOCHROME1 and as MONOCHROME2 yields the same array; RGB, YBR_FULL(_422) (converted by pydicom's
+   ``convert_color_space``), YBR_ICT/YBR_RCT (converted inside the JPEG 2000 codec) and PALETTE COLOR
+   (C.7.6.3.1.5–6) become luminance with the ITU-R BT.601 weights that YBR_FULL's Y and Pillow's "L" use.
+   Presentation LUT Shape is not applied.
+
+PNG/JPEG: 1/2/4/8/16-bit grayscale, RGB, palette and alpha (composited over black, like padding) become the
+same BT.601 luminance; EXIF orientation is applied (``ImageOps.exif_transpose``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from PIL import ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+from pydicom import uid as dicom_uid
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
+from pydicom.pixels.processing import apply_color_lut, convert_color_space
+
+from models.imaging.errors import BadImage, ImageError, TooLarge, UnsupportedImage, UnsupportedMediaType
+from models.imaging.limits import DEFAULT_LIMITS, DecodeLimits
+
+__all__ = [
+    "DICOM_MEDIA_TYPE",
+    "JPEG_MEDIA_TYPE",
+    "PNG_MEDIA_TYPE",
+    "decode_file",
+    "decode_image",
+    "media_type_of",
+    "sniff_media_type",
+    "to_display_png",
+]
+
+DICOM_MEDIA_TYPE = "application/dicom"
+PNG_MEDIA_TYPE = "image/png"
+JPEG_MEDIA_TYPE = "image/jpeg"
+
+# ITU-R BT.601 luma weights: the Y of DICOM YBR_FULL (PS3.3 C.7.6.3.1.2) and Pillow's RGB → "L".
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class DecodedImage:
+    pixels: npt.NDArray[np.float32]  # float32 [H, W] in [0, 1], higher = brighter (MONOCHROME2), display orientation
+    width: int
+    height: int
+    source: str  # "dicom" | "png" | "jpeg"
+    bits_stored: int  # DICOM Bits Stored; PNG/JPEG: bits per decoded sample (1, 8 or 16)
+    sop_instance_uid: str | None = None  # DICOM only; identifiers, never patient data, may be logged
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    photometric: str | None = None  # DICOM Photometric Interpretation as stored
+    window: tuple[float, float] | None = None  # (center, width) applied, if any
+
+
+# Decoders written in Rust (pylibjpeg-rle, via pyo3) report a panic on hostile input as
+# pyo3_runtime.PanicException, a BaseException; the decode boundaries catch BaseException and re-raise only these.
+_CONTROL_FLOW = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+# ---------------------------------------------------------------------------------------------------------
+# Media types
+# ---------------------------------------------------------------------------------------------------------
+
+_KIND_OF_MEDIA_TYPE = {
+    DICOM_MEDIA_TYPE: "dicom",
+    PNG_MEDIA_TYPE: "png",
+    JPEG_MEDIA_TYPE: "jpeg",
+    "image/jpg": "jpeg",  # not registered, but sent by some clients for the same bytes
+}
+_MEDIA_TYPE_OF_KIND = {"dicom": DICOM_MEDIA_TYPE, "png": PNG_MEDIA_TYPE, "jpeg": JPEG_MEDIA_TYPE}
+_NAME_OF_KIND = {"dicom": "DICOM", "png": "PNG", "jpeg": "JPEG"}
+_SNIFFED_TYPES = {"", "application/octet-stream"}  # "no claim": let the magic bytes decide
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+# Explicit VR codes (PS3.5 6.2) used to recognise a raw dataset's first element.
+_VR_CODES = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+
+
+def sniff_media_type(body: bytes) -> str | None:
+    """The media type the magic bytes say, or None: PNG signature, JPEG SOI, DICOM Part 10 (128-byte preamble
+    + "DICM") or a raw DICOM dataset without preamble (first element in group 0002 or 0008)."""
+    head = bytes(body[:132])
+    if head.startswith(_PNG_SIGNATURE):
+        return PNG_MEDIA_TYPE
+    if head.startswith(_JPEG_SOI):
+        return JPEG_MEDIA_TYPE
+    if head[128:132] == b"DICM":
+        return DICOM_MEDIA_TYPE
+    if _looks_like_raw_dataset(head, len(body)):
+        return DICOM_MEDIA_TYPE
+    return None
+
+
+def _looks_like_raw_dataset(head: bytes, total: int) -> bool:
+    """A preamble-less dataset (PS3.5 7.1): a little-endian tag in group 0002/0008 followed by an explicit VR
+    code or a plausible implicit-VR length, or a big-endian group 0008 tag followed by a VR code."""
+    if len(head) < 8:
+        return False
+    group_le, element_le = struct.unpack_from("<HH", head)
+    if group_le in (0x0002, 0x0008) and element_le < 0x1000:
+        if head[4:6] in _VR_CODES:
+            return True
+        (implicit_length,) = struct.unpack_from("<I", head, 4)
+        return implicit_length <= total - 8
+    group_be, element_be = struct.unpack_from(">HH", head)
+    return group_be == 0x0008 and element_be < 0x1000 and head[4:6] in _VR_CODES
+
+
+def media_type_of(header_value: str | None) -> str | None:
+    """A Content-Type header's media type: parameters dropped, lower case; None when absent or empty."""
+    if not header_value:
+        return None
+    return header_value.split(";", 1)[0].strip().lower() or None
+
+
+def _declared_kind(content_type: str | None) -> str | None:
+    """ "dicom" | "png" | "jpeg" for a supported Content-Type, None for "sniff"; 415 for anything else."""
+    media_type = media_type_of(content_type) or ""
+    if media_type in _SNIFFED_TYPES:
+        return None
+    kind = _KIND_OF_MEDIA_TYPE.get(media_type)
+    if kind is None:
+        raise UnsupportedMediaType(
+            f"content type {media_type!r} is not supported; send application/dicom, image/png or image/jpeg"
+        )
+    return kind
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------
+
+
+def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
+    """Request body → :class:`DecodedImage`, or an :class:`ImageError` (never another exception)."""
+    if len(body) > limits.max_body_bytes:
+        raise TooLarge(f"the body has {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    declared = _declared_kind(content_type)
+    if len(body) == 0:
+        raise BadImage("the body is empty")
+    body = bytes(body)
+    sniffed_type = sniff_media_type(body)
+    sniffed = _KIND_OF_MEDIA_TYPE[sniffed_type] if sniffed_type else None
+    if declared is None and sniffed is None:
+        raise BadImage("the body is not a PNG, JPEG or DICOM image (its leading bytes match none of them)")
+    if declared is not None and sniffed is not None and declared != sniffed:
+        raise UnsupportedMediaType(
+            f"the content type says {_MEDIA_TYPE_OF_KIND[declared]} but the body is a "
+            f"{_NAME_OF_KIND[sniffed]} image; send it as {_MEDIA_TYPE_OF_KIND[sniffed]}"
+        )
+    kind = sniffed or declared
+    if kind == "dicom":
+        return _decode_dicom(body, limits)
+    return _decode_raster(body, kind, limits)
+
+
+def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
+    """An image file → :class:`DecodedImage` by exactly the path ``decode_image`` takes for uploaded bytes.
+
+    The format comes from the file's magic bytes, not its name. Training, evaluation and the service therefore
+    see the same array for the same file. A missing or unreadable file raises ``BadImage`` naming it.
+    """
+    file_path = Path(path)
+    try:
+        size = file_path.stat().st_size
+        if size > limits.max_body_bytes:
+            raise TooLarge(f"{file_path}: {size} bytes; the limit is {limits.max_body_bytes}")
+        body = file_path.read_bytes()
+    except FileNotFoundError:
+        raise BadImage(f"{file_path}: no such image file") from None
+    except OSError as exc:
+        raise BadImage(f"{file_path}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(body, None, limits)
+
+
+def to_display_png(image: DecodedImage) -> bytes:
+    """8-bit grayscale PNG of exactly the array the model sees (same size, so viewer overlays line up)."""
+    from PIL import Image  # local: only the display path needs the Image factory
+
+    gray8 = np.rint(np.clip(image.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(gray8, mode="L").save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
+
+def _check_pixel_count(width: int, height: int, frames: int, limits: DecodeLimits, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise BadImage(f"the {what} header declares an empty image ({width}×{height})")
+    count = width * height * max(frames, 1)
+    if count > limits.max_pixels:
+        frames_text = f"×{frames} frames" if frames > 1 else ""
+        raise TooLarge(
+            f"the {what} header declares {width}×{height}{frames_text} = {count} pixels; "
+            f"the limit is {limits.max_pixels}"
+        )
+
+
+def _library_failure(exc: BaseException) -> str:
+    """A decoder's own message, shortened: useful to the sender, never a stack trace."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _luminance(rgb: np.ndarray, full_scale: float) -> np.ndarray:
+    """[H, W, 3] → [H, W] float32 in [0, 1] with the BT.601 weights."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    luma = (LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b) / np.float32(full_scale)
+    return np.clip(luma, 0.0, 1.0, out=luma)
+
+
+def _finish(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise BadImage("the image decodes to non-finite values (check Rescale Slope/Intercept and the VOI LUT)")
+    return pixels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PNG / JPEG
+# ---------------------------------------------------------------------------------------------------------
+
+_RASTER_PLUGIN = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile}
+_GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _decode_raster(body: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
+    name = _NAME_OF_KIND[kind]
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Partially decoded images are never accepted; some other code flipped Pillow's process-wide switch.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; NormGate refuses to decode with it")
+    # Pillow raises many exception types for hostile bytes (SyntaxError, OSError, ValueError, struct.error,
+    # EOFError, ...); at this boundary every one of them means "undecodable", hence the broad clauses.
+    try:
+        # The plugin class parses only the header (IHDR / SOF, EXIF) and allocates nothing for pixels.
+        im = _RASTER_PLUGIN[kind](io.BytesIO(body))
+    except MemoryError as exc:
+        raise TooLarge(f"the {name} header could not be parsed within memory") from exc
+    except Exception as exc:
+        raise BadImage(f"not a decodable {name} image: {_library_failure(exc)}") from exc
+    with im:
+        width, height = im.size
+        _check_pixel_count(width, height, 1, limits, name)
+        if getattr(im, "n_frames", 1) > 1:
+            raise UnsupportedImage(f"animated {name} is not supported; send a single still image")
+        try:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            gray, bits = _raster_to_gray(im)
+        except ImageError:
+            raise
+        except MemoryError as exc:
+            raise TooLarge(f"the {name} image could not be decoded within memory") from exc
+        except Exception as exc:
+            raise BadImage(f"the {name} image could not be decoded: {_library_failure(exc)}") from exc
+    pixels = _finish(gray)
+    return DecodedImage(pixels=pixels, width=pixels.shape[1], height=pixels.shape[0], source=kind, bits_stored=bits)
+
+
+def _raster_to_gray(im) -> tuple[np.ndarray, int]:
+    """A loaded Pillow image → ([H, W] float32 in [0, 1], bits per decoded sample)."""
+    mode = im.mode
+    if "transparency" in im.info and mode in ("L", "RGB", "P"):
+        # tRNS marks colours as transparent; make it an alpha channel so it is composited like RGBA.
+        im = im.convert("LA" if mode == "L" else "RGBA")
+    elif mode == "P":
+        im = im.convert("RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode not in ("1", "L", "LA", "RGB", "RGBA") and mode not in _GRAY16_MODES:
+        im = im.convert("RGB")  # CMYK / YCbCr JPEGs and other colour models
+    mode = im.mode
+    arr = np.asarray(im)
+    if mode == "1":
+        return arr.astype(np.float32), 1
+    if mode == "L":
+        return arr.astype(np.float32) / np.float32(255.0), 8
+    if mode in _GRAY16_MODES:
+        return np.clip(arr.astype(np.float32) / np.float32(65535.0), 0.0, 1.0), 16
+    if mode == "LA":
+        alpha = arr[..., 1].astype(np.float32) / np.float32(255.0)
+        return arr[..., 0].astype(np.float32) / np.float32(255.0) * alpha, 8
+    if mode == "RGB":
+        return _luminance(arr, 255.0), 8
+    if mode == "RGBA":
+        alpha = arr[..., 3].astype(np.float32) / np.float32(255.0)
+        return _luminance(arr[..., :3], 255.0) * alpha, 8
+    raise UnsupportedMediaType(f"image mode {mode!r} is not supported")  # unreachable after the conversions
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DICOM
+# ---------------------------------------------------------------------------------------------------------
+
+# Elements above this size are left in the body until used (pixel data only after the size checks passed).
+_DEFER_BYTES = 1 * 2**20
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_REQUIRED_PIXEL_ELEMENTS = (
+    ("Rows", "0028,0010"),
+    ("Columns", "0028,0011"),
+    ("BitsAllocated", "0028,0100"),
+    ("BitsStored", "0028,0101"),
+    ("PhotometricInterpretation", "0028,0004"),
+)
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+
+
+def _decode_dicom(body: bytes, limits: DecodeLimits) -> DecodedImage:
+    ds, stream_length = _read_dicom(body, limits)
+    # pydicom converts element values lazily, on first access, so a hostile value (unknown VR, unparsable
+    # number, wrong length) raises wherever it is first touched; at this boundary all of those are "bad image".
+    try:
+        return _dicom_to_image(ds, stream_length, limits)
+    except (ImageError, *_CONTROL_FLOW):
+        raise
+    except MemoryError as exc:
+        raise TooLarge("the DICOM image could not be processed within memory") from exc
+    except BaseException as exc:
+        raise BadImage(f"the DICOM file is malformed: {_library_failure(exc)}") from exc
+
+
+def _dicom_to_image(ds, stream_length: int, limits: DecodeLimits) -> DecodedImage:
+    _check_element_lengths(ds, stream_length, limits)
+
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedMediaType("DICOM Float/Double Float Pixel Data is not supported; send integer Pixel Data")
+        raise BadImage("the DICOM dataset has no Pixel Data (7FE0,0010): nothing to assess")
+
+    missing = [f"{keyword} ({tag})" for keyword, tag in _REQUIRED_PIXEL_ELEMENTS if ds.get(keyword) in (None, "")]
+    if missing:
+        raise BadImage("the DICOM Image Pixel module lacks " + ", ".join(missing))
+    try:
+        rows = int(ds.Rows)
+        columns = int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits_stored = int(ds.BitsStored)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+    except Exception as exc:  # missing or malformed Image Pixel module elements
+        raise BadImage(f"the DICOM Image Pixel module is incomplete or malformed: {_library_failure(exc)}") from exc
+
+    _check_pixel_count(columns, rows, frames, limits, "DICOM")
+    if frames > 1:
+        raise UnsupportedImage("multi-frame DICOM is not supported; send one frame per instance")
+    if not 1 <= bits_stored <= 32:
+        raise BadImage(f"DICOM Bits Stored {bits_stored} is outside 1–32")
+    if photometric not in _MONOCHROME + _COLOUR:
+        raise UnsupportedMediaType(f"DICOM Photometric Interpretation {photometric!r} is not supported")
+    if (samples == 1) != (photometric in (*_MONOCHROME, "PALETTE COLOR")):
+        raise BadImage(f"DICOM Samples per Pixel {samples} contradicts Photometric Interpretation {photometric}")
+
+    transfer_syntax = ds.file_meta.TransferSyntaxUID
+    decoder = _decoder_for(transfer_syntax)
+    if transfer_syntax.is_compressed:
+        _check_codestream_size(ds, transfer_syntax, rows, columns)
+
+    try:
+        stored, decoded_meta = decoder.as_array(ds, index=0)
+    except _CONTROL_FLOW:
+        raise
+    except MemoryError as exc:
+        raise TooLarge("the DICOM pixel data could not be decoded within memory") from exc
+    except BaseException as exc:
+        raise BadImage(
+            f"the DICOM pixel data ({transfer_syntax.name}) could not be decoded: {_library_failure(exc)}"
+        ) from exc
+    expected_shape = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if stored.shape != expected_shape:
+        raise BadImage(f"the DICOM pixel data decodes to shape {stored.shape}, not {expected_shape}")
+
+    window = None
+    try:
+        if photometric in _MONOCHROME:
+            pixels, window = _monochrome_to_display(stored, ds, photometric)
+        elif photometric == "PALETTE COLOR":
+            rgb = apply_color_lut(stored, ds)
+            depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+            pixels = _luminance(rgb, 2.0**depth - 1.0)
+        else:
+            colour_model = str(decoded_meta.get("photometric_interpretation", photometric))
+            if colour_model in ("YBR_FULL", "YBR_FULL_422"):
+                stored = convert_color_space(stored, colour_model, "RGB")
+            elif colour_model != "RGB":
+                raise UnsupportedMediaType(f"DICOM colour model {colour_model!r} after decoding is not supported")
+            pixels = _luminance(stored, 2.0**bits_stored - 1.0)
+    except ImageError:
+        raise
+    except Exception as exc:  # malformed LUTs / palette descriptors in hostile files
+        raise BadImage(f"the DICOM LUT or palette is malformed: {_library_failure(exc)}") from exc
+
+    pixels = _finish(pixels)
+    return DecodedImage(
+        pixels=pixels,
+        width=columns,
+        height=rows,
+        source="dicom",
+        bits_stored=bits_stored,
+        sop_instance_uid=_uid_or_none(ds, "SOPInstanceUID"),
+        study_instance_uid=_uid_or_none(ds, "StudyInstanceUID"),
+        series_instance_uid=_uid_or_none(ds, "SeriesInstanceUID"),
+        photometric=photometric,
+        window=window,
+    )
+
+
+def _uid_or_none(ds, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed UID element must not sink an otherwise good image
+        return None
+    return str(value) if value else None
+
+
+def _read_dicom(body: bytes, limits: DecodeLimits):
+    """Parse the dataset (pixel data deferred). Returns (dataset, length of the stream element offsets
+    refer to). A file without the "DICM" prefix is retried with ``force=True`` only when its first bytes look
+    like a raw dataset; its transfer syntax is then the encoding pydicom detected (native pixel data)."""
+    meta_end, meta_syntax = _scan_file_meta(body)
+    defer_size: int | None = _DEFER_BYTES
+    stream_length = len(body)
+    if meta_syntax == dicom_uid.DeflatedExplicitVRLittleEndian:
+        stream_length = _bounded_inflated_size(body[meta_end:], limits)
+        defer_size = None  # deferred reads would seek in the deflated bytes, not the inflated stream
+    try:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(body), defer_size=defer_size, force=False)
+        except InvalidDicomError:
+            if not _looks_like_raw_dataset(body[:16], len(body)):
+                raise BadImage(
+                    "not a DICOM file: no 'DICM' prefix after a 128-byte preamble, "
+                    "and the bytes do not start like a raw DICOM dataset"
+                ) from None
+            ds = pydicom.dcmread(io.BytesIO(body), defer_size=defer_size, force=True)
+        if len(ds) == 0:
+            raise BadImage("the DICOM file holds no data elements")
+        if "TransferSyntaxUID" not in ds.file_meta:
+            _infer_native_transfer_syntax(ds)
+        if ds.file_meta.TransferSyntaxUID == dicom_uid.DeflatedExplicitVRLittleEndian and meta_syntax is None:
+            raise BadImage("a Deflated DICOM dataset whose File Meta could not be located")
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise TooLarge("the DICOM dataset could not be parsed within memory") from exc
+    except Exception as exc:  # pydicom raises many types for hostile bytes; all mean "undecodable"
+        raise BadImage(f"the DICOM file could not be parsed: {_library_failure(exc)}") from exc
+    return ds, stream_length
+
+
+def _infer_native_transfer_syntax(ds) -> None:
+    """No (0002,0010): only native pixel data can be read, in the encoding the dataset was parsed with."""
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if raw is not None and getattr(raw, "is_undefined_length", False):
+        raise BadImage("encapsulated (compressed) pixel data without a Transfer Syntax UID cannot be decoded")
+    implicit, little = ds.original_encoding
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = dicom_uid.ImplicitVRLittleEndian
+    elif little or little is None:
+        ds.file_meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
+    else:
+        ds.file_meta.TransferSyntaxUID = dicom_uid.ExplicitVRBigEndian
+
+
+def _scan_file_meta(body: bytes) -> tuple[int, str | None]:
+    """Walk the File Meta group (always Explicit VR Little Endian, PS3.10 7.1) without pydicom, to learn the
+    transfer syntax before the dataset is parsed. Returns (offset of the dataset, Transfer Syntax UID | None)."""
+    offset = 132 if body[128:132] == b"DICM" else 0
+    syntax = None
+    while offset + 8 <= len(body):
+        group, element = struct.unpack_from("<HH", body, offset)
+        if group != 0x0002:
+            break
+        vr = body[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"):
+            if offset + 12 > len(body):
+                break
+            (length,) = struct.unpack_from("<I", body, offset + 8)
+            value_at = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", body, offset + 6)
+            value_at = offset + 8
+        if length == _UNDEFINED_LENGTH or value_at + length > len(body):
+            break
+        if element == 0x0010:
+            syntax = body[value_at : value_at + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        offset = value_at + length
+    return offset, syntax
+
+
+def _bounded_inflated_size(deflated: bytes, limits: DecodeLimits) -> int:
+    """Inflate in chunks, keeping nothing, and refuse a stream that grows past ``max_dicom_element_bytes``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = deflated
+    chunk = 4 * 2**20
+    try:
+        while True:
+            out = inflater.decompress(pending, chunk)
+            total += len(out)
+            if total > limits.max_dicom_element_bytes:
+                raise TooLarge(f"the Deflated DICOM dataset inflates past {limits.max_dicom_element_bytes} bytes")
+            pending = inflater.unconsumed_tail
+            if not pending or not out:
+                break
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise BadImage(f"the Deflated DICOM dataset is corrupt: {exc}") from exc
+    return total
+
+
+def _check_element_lengths(ds, stream_length: int, limits: DecodeLimits) -> None:
+    """Each top-level element's declared length must fit the bytes after it and the element limit.
+
+    pydicom reads a short value silently and then loses every following element (Pixel Data included), so a
+    lying length is reported here as what it is: a truncated or corrupt file."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        # A length the bytes cannot back is a lie (truncation), not a large element: 400 before 413.
+        if raw.value_tell + raw.length > stream_length:
+            raise BadImage(
+                f"DICOM element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes but only "
+                f"{max(stream_length - raw.value_tell, 0)} remain: the file is truncated or corrupt"
+            )
+        if raw.length > limits.max_dicom_element_bytes:
+            raise TooLarge(
+                f"DICOM element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes; "
+                f"the limit is {limits.max_dicom_element_bytes}"
+            )
+
+
+def _decoder_for(transfer_syntax):
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise UnsupportedMediaType(
+            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) has no installed decoder"
+        )
+    return decoder
+
+
+def _check_codestream_size(ds, transfer_syntax, rows: int, columns: int) -> None:
+    """The size the JPEG/JPEG-LS SOF or JPEG 2000 SIZ marker declares must be Rows × Columns: the codec
+    allocates what the codestream says, so a small header in front of a huge codestream is a bomb."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        items = generate_fragments(ds.PixelData)
+        next(items)  # the Basic Offset Table item (PS3.5 A.4), possibly empty
+        first_fragment = next(items)
+    except Exception as exc:
+        raise BadImage(f"the encapsulated DICOM pixel data is malformed: {_library_failure(exc)}") from exc
+    if transfer_syntax == dicom_uid.RLELossless:
+        return  # RLE output size comes from Rows × Columns only, already checked
+    declared = _jpeg2000_size(first_fragment) or _jpeg_size(first_fragment)
+    if declared is None:
+        return  # unparsable headers are left to the codec, which then fails on its own
+    width, height = declared
+    if (width, height) != (columns, rows):
+        raise BadImage(f"the compressed frame declares {width}×{height} but Rows × Columns say {columns}×{rows}")
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOFn (JPEG, ITU T.81 B.2.2) or SOF55 (JPEG-LS) marker."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 4 <= len(stream):
+        if stream[offset] != 0xFF:
+            return None
+        marker = stream[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        (length,) = struct.unpack_from(">H", stream, offset + 2)
+        is_sof = (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7
+        if is_sof and offset + 9 <= len(stream):
+            height, width = struct.unpack_from(">HH", stream, offset + 5)
+            return width, height
+        if marker == 0xDA:  # start of scan before any SOF
+            return None
+        offset += 2 + length
+    return None
+
+
+def _jpeg2000_size(stream: bytes) -> tuple[int, int] | None:
+    """(width, height) from the SIZ marker (ISO/IEC 15444-1 A.5.1), after an optional JP2 box wrapper."""
+    offset = 0
+    if stream.startswith(b"\x00\x00\x00\x0cjP  "):
+        offset = 12
+        while offset + 8 <= len(stream):
+            (box_length,) = struct.unpack_from(">I", stream, offset)
+            if stream[offset + 4 : offset + 8] == b"jp2c":
+                offset += 8
+                break
+            if box_length < 8:
+                return None
+            offset += box_length
+    if stream[offset : offset + 4] != b"\xff\x4f\xff\x51" or offset + 24 > len(stream):
+        return None
+    xsiz, ysiz, x_origin, y_origin = struct.unpack_from(">IIII", stream, offset + 8)
+    return xsiz - x_origin, ysiz - y_origin
+
+
+# ---- monochrome pixel pipeline (PS3.3 C.11) -----------------------------------------------------------------
+
+
+def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    padding = _padding_mask(stored, ds)
+    if (
+        padding is None
+        and stored.dtype.itemsize <= 2
+        and stored.size > _TABLE_MIN_PIXELS
+        and not ds.get("ModalityLUTSequence")
+    ):
+        return _monochrome_by_table(stored, ds, photometric)
+    values = _modality_lut(stored, ds)
+    display, window = _voi(values, ds, padding)
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display  # minimum stored value is white (C.7.6.3.1.2)
+    if padding is not None:
+        display[padding] = 0.0
+    return display.astype(np.float32, copy=False), window
+
+
+# Below this many pixels the per-pixel pipeline is as fast as building a table.
+_TABLE_MIN_PIXELS = 1 << 18
+
+
+def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The same pipeline as ``_monochrome_to_display``, run once per stored value instead of once per pixel.
+
+    For 8/16-bit stored values without padding or a Modality LUT Sequence, every stage (rescale, VOI LUT,
+    window, min–max, MONOCHROME1 inversion) is a function of the stored value alone, so it is computed on
+    ``arange(min, max + 1)`` of the stored values (≤ 65 536 entries, the same float64 operations element by
+    element, so the same numbers bit for bit) and the image becomes one table look-up. The min–max VOI sees
+    the same extremes: the table's range ends are the image's own min and max and rescale is monotonic.
+    A 2500 × 3000 16-bit radiograph: ~35 ms instead of ~210 ms for this stage (docs/benchmarks.md,
+    "Profile and hot spots").
+    """
+    low, high = int(stored.min()), int(stored.max())
+    levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
+    values = _modality_lut(levels, ds)
+    display, window = _voi(values, ds, None)
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    table = np.asarray(display, dtype=np.float32)
+    unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+    full = np.zeros(1 << (8 * stored.dtype.itemsize), dtype=np.float32)
+    if stored.dtype == unsigned:
+        full[low : high + 1] = table
+    else:  # signed: index by the same bits read as unsigned
+        full[levels.view(unsigned)] = table
+    return _look_up_in_strips(full, stored.view(unsigned)), window
+
+
+# Rows per strip of the table look-up: numpy turns a whole index array into intp (8 bytes per pixel, 60 MB for
+# 2500 × 3000) before gathering; strips of 16 rows keep that temporary in cache. 16.4 → 9.3 ms for 2500 × 3000,
+# and ~90 MB less memory traffic next to the model thread (docs/benchmarks.md, "Decode priority").
+_LOOKUP_STRIP_ROWS = 16
+
+
+def _look_up_in_strips(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    out = np.empty(index.shape, dtype=table.dtype)
+    for row in range(0, index.shape[0], _LOOKUP_STRIP_ROWS):
+        np.take(table, index[row : row + _LOOKUP_STRIP_ROWS], out=out[row : row + _LOOKUP_STRIP_ROWS])
+    return out
+
+
+def _padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
+    """Stored values that are padding, not patient (C.7.5.1.1.2 and C.7.6.3.1.4), or None."""
+    value = ds.get("PixelPaddingValue")
+    if value is None:
+        return None
+    signed = np.issubdtype(stored.dtype, np.signedinteger)
+    limit = ds.get("PixelPaddingRangeLimit")
+    ends = [_as_stored_integer(value, ds, signed)]
+    if limit is not None:
+        ends.append(_as_stored_integer(limit, ds, signed))
+    low, high = min(ends), max(ends)
+    mask = (stored >= low) & (stored <= high)
+    return mask if mask.any() else None
+
+
+def _as_stored_integer(value, ds, signed: bool) -> int:
+    """US-or-SS elements may arrive with the wrong signedness; reinterpret for the pixels' representation."""
+    number = int(_first_value(value))
+    bits = int(ds.get("BitsAllocated") or 16)
+    if signed and number >= 2 ** (bits - 1):
+        number -= 2**bits
+    return number
+
+
+def _modality_lut(stored: np.ndarray, ds) -> np.ndarray:
+    """Stored values → modality values (C.11.1) as float64."""
+    sequence = ds.get("ModalityLUTSequence")
+    if sequence:
+        return _lookup(stored, sequence[0], ds)[0]
+    slope = ds.get("RescaleSlope")
+    intercept = ds.get("RescaleIntercept")
+    slope = 1.0 if slope in (None, "") else float(slope)
+    intercept = 0.0 if intercept in (None, "") else float(intercept)
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0.0:
+        raise BadImage(f"DICOM Rescale Slope {slope} / Intercept {intercept} are not usable")
+    return stored.astype(np.float64) * slope + intercept
+
+
+def _lookup(values: np.ndarray, item, ds) -> tuple[np.ndarray, int]:
+    """Apply a LUT item (LUT Descriptor + LUT Data, C.11.1.1.1 / C.11.2.1.1): values below the first mapped
+    value take the first entry, above the last the last entry. Returns (float64 output, bits per entry)."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    entries = descriptor[0] or 2**16  # 0 means 65536 entries
+    first_mapped = descriptor[1]
+    if int(ds.get("PixelRepresentation") or 0) == 1 and first_mapped >= 2**15:
+        first_mapped -= 2**16  # US-or-SS read as US
+    bits = descriptor[2]
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        little = ds.original_encoding[1] is not False
+        table = np.frombuffer(data, dtype="<u2" if little else ">u2")
+    else:
+        table = np.asarray(data if isinstance(data, (list, tuple, MultiValue)) else [data])
+    table = table.astype(np.float64)
+    if table.size < entries:
+        raise BadImage(f"a DICOM LUT declares {entries} entries but holds {table.size}")
+    index = np.clip(np.rint(values) - first_mapped, 0, entries - 1).astype(np.intp)
+    return table[index], bits
+
+
+def _voi(values: np.ndarray, ds, padding: np.ndarray | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Modality values → [0, 1] through the VOI LUT, the window, or min–max over non-padding pixels."""
+    sequence = ds.get("VOILUTSequence")
+    if sequence:
+        output, bits = _lookup(values, sequence[0], ds)
+        if not 1 <= bits <= 16:
+            raise BadImage(f"a DICOM VOI LUT declares {bits} bits per entry")
+        return np.clip(output / (2.0**bits - 1.0), 0.0, 1.0), None
+    window = _first_window(ds)
+    if window is not None:
+        center, width = window
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        return window_to_unit(values, center, width, function), window
+    return _min_max(values, padding), None
+
+
+def _first_window(ds) -> tuple[float, float] | None:
+    """The first Window Center / Width pair, or None when absent or unusable (then min–max applies)."""
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None or center == "" or width == "":
+        return None
+    try:
+        center, width = float(_first_value(center)), float(_first_value(width))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0.0:
+        return None
+    return center, width
+
+
+def _first_value(value):
+    """The first of a multi-valued element (C.11.2.1.2: several windows are alternatives)."""
+    return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
+
+
+def window_to_unit(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """The VOI LUT Function of PS3.3 C.11.2.1.2 with output range [0, 1]:
+    LINEAR: 0 if x ≤ c − 0.5 − (w − 1)/2, 1 if x > c − 0.5 + (w − 1)/2, else ((x − (c − 0.5)) / (w − 1) + 0.5);
+    LINEAR_EXACT: (x − c) / w + 0.5 clipped; SIGMOID: 1 / (1 + exp(−4 (x − c) / w))."""
+    x = values.astype(np.float64, copy=False)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1.0:  # LINEAR requires w ≥ 1; treat a narrower window as the w = 1 step
+        width = 1.0
+    if width == 1.0:
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _min_max(values: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+    patient = values if padding is None else values[~padding]
+    if patient.size == 0:
+        return np.zeros(values.shape, dtype=np.float64)
+    low, high = float(patient.min()), float(patient.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float64)  # a constant image carries no contrast
+    return np.clip((values - low) / (high - low), 0.0, 1.0)

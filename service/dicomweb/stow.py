@@ -1,0 +1,300 @@
+"""The STOW-RS store transaction: every received instance assessed like an /assess upload, results as DICOM.
+
+For each part of a request (all parts concurrently, so they meet in the model's batching queue like
+concurrent /assess requests):
+
+1. cheap checks on the identifiers only (``read_instance_ids``): part media type, Pixel Data present, SOP
+   Class/Instance, Study and Series UIDs present, Study Instance UID equal to the one in the URL;
+2. ``Assessor.assess_keeping_image`` — exactly the /assess path: decode in the decode pool, the model's
+   queue and batches, the default saliency method, a heatmap;
+3. the Secondary Capture and the SR (``service.dicomweb.results``), built in a worker thread, kept for WADO-RS
+   retrieval (``ResultStore``) and queued for the push server when one is configured.
+
+Failures become the instance's Failure Reason (``service.dicomweb.FailureReason``); nothing an instance
+carries can fail the whole request. Logs name request ids and SOP Instance UIDs only — never a patient
+attribute, and not even an exception's message (library messages may quote element values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from service.dicomweb.multipart import (
+    DICOM_MEDIA_TYPE,
+    FailureReason,
+    InstanceIds,
+    Part,
+    StowOutcome,
+    read_instance_ids,
+)
+from service.dicomweb.push import DicomwebPusher, PushJob
+from service.dicomweb.results import DicomResults, build_results, read_source_header
+from service.errors import (
+    ApiError,
+    BadImage,
+    BadParameter,
+    InternalError,
+    NotReady,
+    Overloaded,
+    RequestTimeout,
+    TooLarge,
+    UnsupportedMediaType,
+)
+from service.ingest.upload import Upload
+from service.serving.assessment import Assessor, AssessParams
+
+log = logging.getLogger("normgate.dicomweb")
+
+__all__ = ["ResultStore", "StoredResult", "StowService"]
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    part10: bytes
+
+
+class ResultStore:
+    """Recent result instances by SOP Instance UID, bounded by total bytes (oldest dropped first).
+
+    Lives on the event loop thread only, so it needs no lock. ``capacity_bytes == 0`` keeps nothing.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.size_bytes = 0
+        self._items: OrderedDict[str, StoredResult] = OrderedDict()
+
+    def put(self, item: StoredResult) -> bool:
+        if len(item.part10) > self.capacity_bytes:
+            return False
+        old = self._items.pop(item.sop_instance_uid, None)
+        if old is not None:
+            self.size_bytes -= len(old.part10)
+        self._items[item.sop_instance_uid] = item
+        self.size_bytes += len(item.part10)
+        while self.size_bytes > self.capacity_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.size_bytes -= len(dropped.part10)
+        return True
+
+    def get(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredResult | None:
+        item = self._items.get(sop_uid)
+        if item is None or (item.study_instance_uid, item.series_instance_uid) != (study_uid, series_uid):
+            return None
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _failure_for(exc: Exception) -> tuple[int, str]:
+    """(Failure Reason, API error code) for an error the /assess path raised for one instance."""
+    if isinstance(exc, TooLarge):
+        return FailureReason.OUT_OF_RESOURCES, "too_large"
+    if isinstance(exc, (BadImage, UnsupportedMediaType, BadParameter)):  # the decoder refused the image
+        return FailureReason.CANNOT_UNDERSTAND, exc.code
+    if isinstance(exc, (Overloaded, NotReady, RequestTimeout)):
+        return FailureReason.OUT_OF_RESOURCES, exc.code
+    if isinstance(exc, InternalError):
+        return FailureReason.PROCESSING_FAILURE, exc.code
+    if isinstance(exc, ApiError):  # e.g. the client went away (499): nothing was computed for it
+        return FailureReason.OUT_OF_RESOURCES, exc.code
+    return FailureReason.PROCESSING_FAILURE, "internal"
+
+
+class StowService:
+    def __init__(
+        self, assessor: Assessor, results: ResultStore, pusher: DicomwebPusher | None, app_version: str
+    ) -> None:
+        self.assessor = assessor
+        self.results = results
+        self.pusher = pusher
+        self.app_version = app_version
+
+    async def store(
+        self,
+        parts: list[Part],
+        study_uid: str | None,
+        params: AssessParams,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+        retrieve_base: str,
+    ) -> list[StowOutcome]:
+        """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``)."""
+        worker = self.assessor.check(params)
+        outcomes = await asyncio.gather(
+            *(
+                self._store_one(part, study_uid, params, worker, request_id, arrived, disconnected, retrieve_base)
+                for part in parts
+            )
+        )
+        stored = sum(o.stored for o in outcomes)
+        log.info(
+            "stow %s: %d instances, %d assessed, %d failed", request_id, len(outcomes), stored, len(outcomes) - stored
+        )
+        return list(outcomes)
+
+    async def _store_one(
+        self,
+        part: Part,
+        study_uid: str | None,
+        params: AssessParams,
+        worker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+        retrieve_base: str,
+    ) -> StowOutcome:
+        ids = await asyncio.to_thread(read_instance_ids, part.body)
+        outcome = StowOutcome(index=part.index, ids=ids)
+        refusal = _refusal(part, ids, study_uid)
+        if refusal is not None:
+            outcome.failure_reason, outcome.error, outcome.detail = refusal
+            self._log_failure(request_id, outcome)
+            return outcome
+        try:
+            decoded, answer = await self.assessor.assess_keeping_image(
+                Upload(body=part.body, content_type=DICOM_MEDIA_TYPE),
+                params,
+                worker,
+                f"{request_id}-{part.index}",
+                arrived,
+                disconnected,
+            )
+        except ApiError as exc:
+            outcome.failure_reason, outcome.error = _failure_for(exc)
+            outcome.detail = exc.detail
+            self._log_failure(request_id, outcome)
+            return outcome
+        except Exception as exc:
+            outcome.failure_reason, outcome.error = FailureReason.PROCESSING_FAILURE, "internal"
+            outcome.detail = f"assessing the instance failed ({type(exc).__name__}); quote the request id"
+            self._log_failure(request_id, outcome)
+            return outcome
+        if not ids.readable:  # the decoder took bytes whose identifiers could not be read: nothing to name
+            outcome.failure_reason, outcome.error = FailureReason.DATA_SET_MISMATCH, "bad_image"
+            outcome.detail = "the instance's SOP Class, SOP Instance, Study and Series UIDs could not be read"
+            self._log_failure(request_id, outcome)
+            return outcome
+        meta = worker.meta
+        try:
+            results: DicomResults = await asyncio.to_thread(
+                lambda: build_results(
+                    read_source_header(part.body),
+                    decoded.pixels,
+                    answer,
+                    meta.positive_class,
+                    list(meta.input_size),
+                    self.app_version,
+                )
+            )
+            files = await asyncio.to_thread(results.part10_files)
+        except Exception as exc:
+            outcome.failure_reason, outcome.error = FailureReason.PROCESSING_FAILURE, "internal"
+            outcome.detail = f"building the result instances failed ({type(exc).__name__})"
+            self._log_failure(request_id, outcome)
+            return outcome
+        outcome.extras = self._publish(ids, answer.model_dump(mode="json"), results, files, retrieve_base)
+        log.info(
+            "stow %s: instance %s assessed: %s (SC %s, SR %s)",
+            request_id,
+            ids.sop_instance_uid,
+            answer.decision,
+            results.uids.sc_instance,
+            results.uids.sr_instance,
+        )
+        return outcome
+
+    def _publish(
+        self, ids: InstanceIds, answer: dict[str, Any], results: DicomResults, files: list[bytes], retrieve_base: str
+    ) -> dict[str, Any]:
+        """Keep the results for WADO-RS, queue them for the push server; the instance's JSON result."""
+        study = ids.study_instance_uid
+        described = {}
+        for role, ds, part10 in (
+            ("secondary_capture", results.secondary_capture, files[0]),
+            ("structured_report", results.structured_report, files[1]),
+        ):
+            item = StoredResult(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), part10)
+            kept = self.results.put(item)
+            described[role] = {
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": item.sop_instance_uid,
+                "series_instance_uid": item.series_instance_uid,
+                "retrieve_url": (
+                    f"{retrieve_base}/studies/{study}/series/{item.series_instance_uid}/instances/"
+                    f"{item.sop_instance_uid}"
+                )
+                if kept
+                else None,
+            }
+        if self.pusher is None:
+            push = "not_configured"
+        else:
+            queued = self.pusher.submit(
+                PushJob(
+                    instances=files,
+                    sop_instance_uids=[
+                        described["secondary_capture"]["sop_instance_uid"],
+                        described["structured_report"]["sop_instance_uid"],
+                    ],
+                )
+            )
+            push = "queued" if queued else "dropped"
+        return {"assessment": answer, **described, "push": push}
+
+    @staticmethod
+    def _log_failure(request_id: str, outcome: StowOutcome) -> None:
+        log.warning(
+            "stow %s: instance %s (part %d) failed: %s, 0x%04X",
+            request_id,
+            outcome.ids.sop_instance_uid or "?",
+            outcome.index,
+            outcome.error,
+            outcome.failure_reason,
+        )
+
+
+def _refusal(part: Part, ids: InstanceIds, study_uid: str | None) -> tuple[int, str, str] | None:
+    """(Failure Reason, code, detail) when the identifiers alone rule the instance out, else None."""
+    if part.content_type not in (None, DICOM_MEDIA_TYPE):
+        return (
+            FailureReason.CANNOT_UNDERSTAND,
+            "unsupported_media_type",
+            f"part {part.index + 1} is {part.content_type}; STOW-RS parts must be application/dicom",
+        )
+    if not ids.readable:
+        return None  # let the decoder say what is wrong with the bytes
+    if not ids.has_pixel_data:
+        return (
+            FailureReason.SOP_CLASS_NOT_SUPPORTED,
+            "bad_image",
+            f"SOP Class {ids.sop_class_uid or 'unknown'} instance has no Pixel Data: NormGate assesses images",
+        )
+    missing = [
+        name
+        for name, value in (
+            ("SOP Class UID", ids.sop_class_uid),
+            ("SOP Instance UID", ids.sop_instance_uid),
+            ("Study Instance UID", ids.study_instance_uid),
+            ("Series Instance UID", ids.series_instance_uid),
+        )
+        if not value
+    ]
+    if missing:
+        return (FailureReason.DATA_SET_MISMATCH, "bad_image", "the instance lacks a valid " + ", ".join(missing))
+    if study_uid is not None and ids.study_instance_uid != study_uid:
+        return (
+            FailureReason.DATA_SET_MISMATCH,
+            "study_mismatch",
+            f"the instance belongs to study {ids.study_instance_uid}, not {study_uid} named in the URL",
+        )
+    return None

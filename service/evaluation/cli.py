@@ -1,0 +1,570 @@
+"""``python -m service.evaluate``: the offline Pointing Game job (SPEC §6), resumable, shardable.
+
+    python -m service.evaluate --data ROOT --split test --model PATH[,PATH…] --methods ID[,ID…] \\
+        [--tau 15] [--smooth-sigma 1.0] [--init trained|semi-random|full-random] [--repeat N] \\
+        [--combine geometric-mean|minmax-product] [--batch-size 8] [--shard i/n] [--job-db FILE] --out DIR
+    python -m service.evaluate merge --out DIR SHARD_DIR [SHARD_DIR …]
+    python -m service.evaluate compare --out FILE.html [LABEL=]RUN_DIR …    # runs side by side
+    python -m service.evaluate run-job --job-db FILE --job-id ID      # what the server's runner starts
+
+Every run is a job in a SQLite file (``--job-db``, default ``DIR/job.sqlite3``). Per-image rows are stored
+batch by batch; running the same command again after a crash or a kill resumes the job where it stopped.
+Outputs: ``DIR/results.json``, ``DIR/per_image.csv`` (SPEC §9 columns, then ``energy_pg, objects_hit``) and a
+self-contained ``DIR/report.html``. ``--shard i/n`` evaluates every n-th image starting at i; ``merge`` joins the
+shard folders into the same outputs a single run would give (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.saliency import DEFAULT_METHOD
+from service.evaluation.jobs import ROW_COLUMNS, Job, JobStore
+
+CSV_COLUMNS = (
+    "image",
+    "model",
+    "method",
+    "label",
+    "probability",
+    "point_x",
+    "point_y",
+    "hit",
+    "n_boxes",
+    "energy_pg",
+    "objects_hit",
+)
+
+
+class EvaluateUsageError(ValueError):
+    """Bad command-line or request parameters (exit status 2 on the command line, 422 over HTTP)."""
+
+
+def _split_list(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [s.strip() for s in items if s and s.strip()]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise EvaluateUsageError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise EvaluateUsageError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def build_params(
+    *,
+    data: str | Path,
+    split: str,
+    models: Sequence[str],
+    methods: Sequence[str],
+    tau: float,
+    smooth_sigma: float,
+    init: str,
+    combine: str,
+    batch_size: int,
+    shard: tuple[int, int],
+    seed: int = 0,
+    repeat: int = 1,
+    device: str = "cpu",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Validated, JSON-ready job parameters (paths made absolute). Raises EvaluateUsageError."""
+    from models.evaluation import COMBINE_MODES, INIT_MODES, EvaluationError, check_methods
+
+    try:
+        methods = check_methods(_split_list(methods))
+    except EvaluationError as exc:
+        raise EvaluateUsageError(str(exc)) from None
+    models = _split_list(models)
+    if not models:
+        raise EvaluateUsageError("give at least one --model checkpoint folder")
+    if init not in INIT_MODES:
+        raise EvaluateUsageError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
+    if combine not in COMBINE_MODES:
+        raise EvaluateUsageError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    for name, value in (("--tau", tau), ("--smooth-sigma", smooth_sigma)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise EvaluateUsageError(f"{name} must be a number >= 0, got {value!r}")
+    if int(batch_size) < 1 or int(batch_size) > 1024:
+        raise EvaluateUsageError(f"--batch-size must be in 1..1024, got {batch_size!r}")
+    if int(repeat) < 1 or (int(repeat) > 1 and init == "trained"):
+        raise EvaluateUsageError(
+            "--repeat N > 1 is for --init semi-random/full-random (several seeds); "
+            "repeat trained models by passing several checkpoints"
+        )
+    if not split or "/" in split or "\\" in split or split.startswith("."):
+        raise EvaluateUsageError(f"--split must be a plain name such as test, got {split!r}")
+    return {
+        "data": str(Path(data).resolve()),
+        "split": split,
+        "models": [str(Path(m).resolve()) for m in models],
+        "methods": methods,
+        "tau": float(tau),
+        "smooth_sigma": float(smooth_sigma),
+        "init": init,
+        "combine": combine,
+        "batch_size": int(batch_size),
+        "shard": list(shard),
+        "seed": int(seed),
+        "repeat": int(repeat),
+        "device": device,
+        "out": None if out is None else str(Path(out).resolve()),
+    }
+
+
+# --- running a job -----------------------------------------------------------------------------------------
+
+
+def run_job(store: JobStore, job_id: str, show_progress: bool = True) -> Job:
+    """Run (or resume) one job to the end; returns its final state. Never raises for a failing job."""
+    job = store.get(job_id)
+    if job.status in ("done", "cancelled"):
+        return job
+    store.mark_running(job_id)
+    try:
+        _run_job(store, store.get(job_id), show_progress)
+    except KeyboardInterrupt:
+        raise  # stays 'running': a later run resumes it
+    except Exception as exc:
+        store.finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+    return store.get(job_id)
+
+
+def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from models.datasets import read_split
+    from models.device import resolve_device
+    from models.evaluation import EvaluationConfig, evaluate, image_key, load_models, shard_samples
+
+    threads = os.environ.get("NORMGATE_EVAL_TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    p = job.params
+    out_dir = Path(job.out_dir or p["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    samples = read_split(p["data"], p["split"])
+    samples = shard_samples(samples, *p["shard"])
+    keys = [image_key(s, p["data"]) for s in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two images of the split have the same name; image names must be unique")
+    device = resolve_device(p.get("device", "cpu"))
+    models = load_models(p["models"], init=p["init"], seed=p["seed"], repeat=p["repeat"], device=device)
+    config = EvaluationConfig(
+        methods=tuple(p["methods"]),
+        tau=p["tau"],
+        smooth_sigmas=(p["smooth_sigma"],),
+        combine=p["combine"],
+        batch_size=p["batch_size"],
+        seed=p["seed"],
+    )
+    rows_per_image = len(models) * len(config.methods)
+    completed = store.completed_images(job.id, rows_per_image)
+    remaining = [s for s, k in zip(samples, keys) if k not in completed]
+    store.set_total(job.id, total=len(samples), done=len(samples) - len(remaining))
+
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(remaining),
+        unit="img",
+        desc="pointing game",
+        disable=not show_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        for batch_keys, rows in evaluate(remaining, models, config, root=p["data"], device=device):
+            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in rows], len(batch_keys))
+            bar.update(len(batch_keys))
+            if store.cancel_requested(job.id):
+                store.finish(job.id, "cancelled")
+                return
+    finally:
+        bar.close()
+    if store.cancel_requested(job.id):
+        store.finish(job.id, "cancelled")
+        return
+
+    model_info = {
+        m.key: {
+            "arch": m.meta.arch,
+            "name": m.meta.name,
+            "version": m.meta.version,
+            "input_size": list(m.meta.input_size),
+            "threshold": m.meta.threshold,
+            "init": m.init,
+            "seed": m.seed,
+            "source": m.source,
+        }
+        for m in models
+    }
+    rows = store.rows(job.id)
+    gallery = build_gallery(rows, models, samples, keys, config, p["data"], device)
+    write_outputs(out_dir, p, rows, model_info, gallery, elapsed_s=time.monotonic() - started)
+    store.finish(job.id, "done")
+
+
+def build_gallery(
+    rows: list[dict], models, samples, keys, config, data_root, device, per_side: int = 3, max_methods: int = 6
+) -> list[dict]:
+    """Best and worst Pointing Game cases of the first model and first saliency method, with every method's
+    map for those images (recomputed: maps are not stored)."""
+    import numpy as np
+
+    from models.evaluation import CONTROL_METHODS, DecodedBatch, saliency_maps, smooth_maps
+    from models.imaging.grid import original_box_to_grid, resize_unit
+
+    if not models:
+        return []
+    entry = models[0]
+    methods = [m for m in config.methods if m not in CONTROL_METHODS] or list(config.methods)
+    primary = methods[0]
+    scored = [r for r in rows if r["model"] == entry.key and r["method"] == primary and r["hit"] is not None]
+    best = sorted((r for r in scored if r["hit"]), key=lambda r: (-(r["energy_pg"] or 0.0), r["image"]))
+    worst = sorted((r for r in scored if not r["hit"]), key=lambda r: ((r["energy_pg"] or 0.0), r["image"]))
+    chosen = [("best", r) for r in best[:per_side]] + [("worst", r) for r in worst[:per_side]]
+    if not chosen:
+        return []
+    by_key = dict(zip(keys, samples))
+    picked = [(kind, r, by_key[r["image"]]) for kind, r in chosen if r["image"] in by_key]
+    from models.datasets import load_gray
+
+    grays = [load_gray(s.image_path) for _, _, s in picked]
+    batch = DecodedBatch(samples=[s for _, _, s in picked], keys=[r["image"] for _, r, _ in picked], grays=grays)
+    x = batch.tensor_for(entry.meta, device=device)
+    shown = methods[:max_methods]
+    maps = saliency_maps(entry, x, shown, batch.keys, config)
+    grid_hw = tuple(int(v) for v in entry.meta.input_size)
+    cases = []
+    for i, (kind, row, sample) in enumerate(picked):
+        panels = []
+        boxes = [original_box_to_grid(b, grays[i].shape[:2], grid_hw) for b in sample.boxes]
+        for method_id in shown:
+            m = smooth_maps(maps[method_id][i : i + 1], config.smooth_sigmas[0])[0].numpy()
+            y, xpos = np.unravel_index(int(np.argmax(m)), m.shape)
+            panels.append({"method": method_id, "map": m, "point": (int(xpos), int(y))})
+        cases.append(
+            {
+                "kind": kind,
+                "image": row["image"],
+                "model": entry.key,
+                "primary_method": primary,
+                "energy_pg": row["energy_pg"],
+                "hit": row["hit"],
+                "probability": row["probability"],
+                "gray": resize_unit(grays[i], grid_hw).numpy(),
+                "boxes": boxes,
+                "panels": panels,
+            }
+        )
+    return cases
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_per_image_csv(path: Path, rows: list[dict]) -> None:
+    ordered = sorted(rows, key=lambda r: (r["model"], r["method"], r["image"]))
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in ordered:
+            writer.writerow([_csv_value(r[c]) for c in CSV_COLUMNS])
+    os.replace(tmp, path)
+
+
+def read_per_image_csv(path: Path) -> list[dict]:
+    ints = ("label", "point_x", "point_y", "hit", "n_boxes", "objects_hit")
+    floats = ("probability", "energy_pg")
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EvaluateUsageError(f"{path}: missing column(s) {missing}")
+        for line in reader:
+            row: dict[str, Any] = {"image": line["image"], "model": line["model"], "method": line["method"]}
+            for c in ints:
+                row[c] = int(line[c]) if line[c] != "" else None
+            for c in floats:
+                row[c] = float(line[c]) if line[c] != "" else None
+            row["objects_hit"] = row["objects_hit"] or 0
+            rows.append(row)
+    return rows
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(
+    out_dir: Path,
+    params: dict,
+    rows: list[dict],
+    model_info: dict[str, dict],
+    gallery: list[dict] | None = None,
+    elapsed_s: float | None = None,
+    merged_from: list[str] | None = None,
+) -> dict:
+    from models.evaluation import summarise_rows
+    from service.evaluation.report import render_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise_rows(
+        rows,
+        {k: v["arch"] for k, v in model_info.items()},
+        {k: float(v.get("threshold", 0.5)) for k, v in model_info.items()},
+        method_order=params.get("methods"),
+    )
+    images = sorted({r["image"] for r in rows})
+    results = {
+        "methods": summary["methods"],
+        "classification": summary["classification"],
+        "dom": summary["dom"],
+        "repeated": summary["repeated"],
+        "counts": {
+            "images": len(images),
+            "images_with_boxes": len({r["image"] for r in rows if r["hit"] is not None}),
+            "rows": len(rows),
+        },
+        "models": model_info,
+        "params": params,
+        "run": {"elapsed_s": None if elapsed_s is None else round(elapsed_s, 3), "merged_from": merged_from},
+    }
+    if "dom_architectures" in summary:
+        results["dom_architectures"] = summary["dom_architectures"]
+    write_per_image_csv(out_dir / "per_image.csv", rows)
+    _write_json(out_dir / "results.json", results)
+    html = render_report(results, rows, gallery or [])
+    (out_dir / "report.html").write_text(html, encoding="utf-8")
+    return results
+
+
+# --- merge -------------------------------------------------------------------------------------------------
+
+
+def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict:
+    """Join shard outputs into the outputs one unsharded run gives. Checks the shards belong together."""
+    if not shard_dirs:
+        raise EvaluateUsageError("merge needs at least one shard folder")
+    params_list, rows, model_info = [], {}, {}
+    for folder in shard_dirs:
+        folder = Path(folder)
+        results_path, csv_path = folder / "results.json", folder / "per_image.csv"
+        if not results_path.is_file() or not csv_path.is_file():
+            raise EvaluateUsageError(f"{folder}: not a finished shard (needs results.json and per_image.csv)")
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        params_list.append(results["params"])
+        model_info.update(results.get("models", {}))
+        for r in read_per_image_csv(csv_path):
+            key = (r["image"], r["model"], r["method"])
+            if key in rows and rows[key] != r:
+                raise EvaluateUsageError(f"{folder}: row {key} differs from another shard's")
+            rows[key] = r
+    same = [{k: v for k, v in p.items() if k not in ("shard", "out", "batch_size", "device")} for p in params_list]
+    if any(s != same[0] for s in same[1:]):
+        raise EvaluateUsageError(
+            "the shard folders come from jobs with different parameters; merge only shards of one evaluation"
+        )
+    counts = {p["shard"][1] for p in params_list}
+    indices = sorted(p["shard"][0] for p in params_list)
+    if len(counts) != 1 or indices != list(range(next(iter(counts)))):
+        raise EvaluateUsageError(f"expected shards 0..n-1 of one n, got {[tuple(p['shard']) for p in params_list]}")
+    params = dict(params_list[0], shard=[0, 1], out=str(Path(out_dir).resolve()))
+    gallery: list[dict] = []
+    if with_gallery:
+        gallery = _gallery_for_params(params, list(rows.values()))
+    return write_outputs(
+        Path(out_dir),
+        params,
+        list(rows.values()),
+        model_info,
+        gallery,
+        merged_from=[str(Path(d).resolve()) for d in shard_dirs],
+    )
+
+
+def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
+    """The gallery needs the images and models again; skipped (report says so) when they are not reachable."""
+    from models.datasets import read_split
+    from models.evaluation import EvaluationConfig, image_key, load_models
+
+    try:
+        samples = read_split(params["data"], params["split"])
+        models = load_models(params["models"], init=params["init"], seed=params["seed"], repeat=params["repeat"])
+    except (OSError, ValueError):
+        return []
+    config = EvaluationConfig(
+        methods=tuple(params["methods"]),
+        tau=params["tau"],
+        smooth_sigmas=(params["smooth_sigma"],),
+        combine=params["combine"],
+        batch_size=params["batch_size"],
+        seed=params["seed"],
+    )
+    keys = [image_key(s, params["data"]) for s in samples]
+    return build_gallery(rows, models, samples, keys, config, params["data"], "cpu")
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m service.evaluate",
+        description="Pointing Game of saliency methods on a data set in Object-CXR layout (SPEC §6). "
+        "Subcommands: 'merge --out DIR SHARD_DIR…', 'compare --out FILE [LABEL=]RUN_DIR…' and "
+        "'run-job --job-db FILE --job-id ID'.",
+    )
+    p.add_argument("--data", required=True, help="data set root (ROOT/<split>.csv, images under ROOT/<split>/)")
+    p.add_argument("--split", default="test", help="split name (default: test)")
+    p.add_argument("--model", required=True, help="checkpoint folder(s), comma-separated")
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHOD,
+        help="saliency method ids, comma-separated; 'random' adds the random-map control",
+    )
+    p.add_argument("--tau", type=float, default=15.0, help="hit tolerance in model-grid pixels (default 15)")
+    p.add_argument("--smooth-sigma", type=float, default=0.0, help="Gaussian σ on the map before argmax (0 = off)")
+    p.add_argument("--init", default="trained", help="trained | semi-random | full-random")
+    p.add_argument("--repeat", type=int, default=1, help="seeds per checkpoint for the randomised inits")
+    p.add_argument("--combine", default="geometric-mean", help="NormGrad combination: geometric-mean | minmax-product")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard", default=None, help="i/n: evaluate every n-th image starting at i")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomised models and the random control")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--job-db", default=None, help="SQLite job file (default DIR/job.sqlite3); rerun to resume")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        p = argparse.ArgumentParser(
+            prog="python -m service.evaluate merge",
+            description="Merge shard outputs into one results.json/per_image.csv/report.",
+        )
+        p.add_argument("--out", required=True)
+        p.add_argument("--no-gallery", action="store_true", help="do not reload models/images for the gallery")
+        p.add_argument("shards", nargs="+")
+        args = p.parse_args(argv[1:])
+        try:
+            merge(args.out, args.shards, with_gallery=not args.no_gallery)
+        except EvaluateUsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"merged {len(args.shards)} shard(s) into {args.out}")
+        return 0
+    if argv and argv[0] == "compare":
+        p = argparse.ArgumentParser(
+            prog="python -m service.evaluate compare",
+            description="Put finished runs side by side (rows = methods; columns = runs, e.g. trained / "
+            "semi-random / full-random, σ 0 / 1), like the papers' Tables 2 and 4.",
+        )
+        p.add_argument("--out", required=True, help="HTML file to write")
+        p.add_argument("--metric", default="pointing_game", choices=("pointing_game", "energy_pg", "froc"))
+        p.add_argument("runs", nargs="+", help="run folders, each optionally LABEL=FOLDER")
+        args = p.parse_args(argv[1:])
+        from service.evaluation.report import render_comparison
+
+        runs = []
+        for item in args.runs:
+            label, _, folder = item.rpartition("=")
+            folder_path = Path(folder)
+            results_path = folder_path / "results.json"
+            if not results_path.is_file():
+                print(f"error: {folder}: no results.json (not a finished run)", file=sys.stderr)
+                return 2
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            if not label:
+                prm = results.get("params", {})
+                label = f"{prm.get('init', '?')} σ={prm.get('smooth_sigma', 0):g}"
+            runs.append((label, results))
+        Path(args.out).write_text(render_comparison(runs, args.metric), encoding="utf-8")
+        print(f"wrote {args.out}")
+        return 0
+    if argv and argv[0] == "run-job":
+        p = argparse.ArgumentParser(prog="python -m service.evaluate run-job")
+        p.add_argument("--job-db", required=True)
+        p.add_argument("--job-id", required=True)
+        args = p.parse_args(argv[1:])
+        # The server's runner asks for a lower CPU priority; the child applies it to itself (no preexec_fn,
+        # which is unsafe in the threaded server).
+        nice = int(os.environ.get("NORMGATE_EVAL_NICE", "0") or 0)
+        if nice > 0 and hasattr(os, "nice"):
+            os.nice(nice)
+        job = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
+        return 0 if job.status in ("done", "cancelled") else 1
+
+    args = _run_parser().parse_args(argv)
+    try:
+        params = build_params(
+            data=args.data,
+            split=args.split,
+            models=args.model,
+            methods=args.methods,
+            tau=args.tau,
+            smooth_sigma=args.smooth_sigma,
+            init=args.init,
+            combine=args.combine,
+            batch_size=args.batch_size,
+            shard=parse_shard(args.shard),
+            seed=args.seed,
+            repeat=args.repeat,
+            device=args.device,
+            out=args.out,
+        )
+    except EvaluateUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(params["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(args.job_db or out_dir / "job.sqlite3")
+    job = store.find_resumable(params)
+    if job is not None:
+        print(f"resuming job {job.id} ({job.done}/{job.total} images done)", file=sys.stderr)
+        store.set_out_dir(job.id, out_dir)
+    else:
+        job = store.create(params, out_dir=out_dir, status="running")
+    job = run_job(store, job.id, show_progress=not args.quiet)
+    if job.status != "done":
+        print(f"job {job.id} {job.status}: {job.error or ''}", file=sys.stderr)
+        return 1
+    print(f"job {job.id} done: {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}, {out_dir / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One /assess request from upload to answer: check parameters, decode off the event loop, queue, respond.
+
+Cheap refusals come first (unknown model or method, not ready) so a bad request never costs a decode; the
+decode and resize run in a bounded thread pool; the model work runs in the model's worker thread. Every
+failure leaves as a ``service.errors.ApiError`` (docs/api.md, "Errors").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+
+from models import saliency
+from models.imaging import DecodedImage, DecodeLimits, decode_image, preprocess_batch
+from service.config import Settings
+from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
+from service.ingest.decode_pool import DecodePool
+from service.ingest.upload import Upload
+from service.observability.metrics import ServiceMetrics
+from service.schemas import AssessResponse, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
+from service.serving.batching import DeadlineExceeded, QueueClosed, QueueFull
+from service.serving.registry import ModelRegistry
+from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
+
+
+class ClientDisconnected(ApiError):
+    # nginx's 499: nobody reads this answer, but logs and metrics should say why the request ended.
+    status, code = 499, "client_disconnected"
+
+
+@dataclass(frozen=True)
+class AssessParams:
+    model: str | None
+    method: str
+    heatmap: HeatmapMode
+
+
+class Assessor:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics, decode_pool: DecodePool
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.decode_pool = decode_pool
+        self.limits = DecodeLimits(
+            max_body_bytes=settings.max_body_bytes,
+            max_pixels=settings.max_pixels,
+            max_dicom_element_bytes=settings.max_dicom_element_bytes,
+        )
+        self.methods = frozenset(saliency.list_methods())
+
+    def deadline_from(self, arrived_monotonic: float) -> float:
+        return arrived_monotonic + self.settings.request_timeout_ms / 1000.0
+
+    def check(self, params: AssessParams) -> ModelWorker:
+        """The worker for this request, or the 422/503 that refuses it before any work."""
+        name = params.model or self.registry.default_name
+        worker = self.registry.get(name)
+        if worker is None:
+            raise BadParameter(f"unknown model {name!r}; loaded models: {', '.join(self.registry.workers)}")
+        if params.method not in self.methods:
+            raise BadParameter(f"unknown saliency method {params.method!r}; GET /methods lists them")
+        if not worker.ready:
+            raise NotReady(
+                f"model {name!r} is {worker.describe_state()}; try again shortly", headers={"Retry-After": "5"}
+            )
+        return worker
+
+    def _decode_and_prepare(self, upload: Upload, worker: ModelWorker, method: str | None):
+        started = time.perf_counter()
+        decoded = decode_image(upload.body, upload.content_type, self.limits)
+        meta = worker.meta
+        image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
+        self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
+        return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
+
+    async def assess(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+    ) -> AssessResponse:
+        _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
+        return response
+
+    async def assess_keeping_image(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future | None,
+    ) -> tuple[DecodedImage, AssessResponse]:
+        """``assess`` that also hands back the decoded image, for callers that derive images from it
+        (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
+        deadline = self.deadline_from(arrived)
+        method = params.method if params.heatmap == "png" else None
+        decoded, model_input = await self.decode_pool.run(self._decode_and_prepare, upload, worker, method)
+        if time.monotonic() > deadline:
+            raise RequestTimeout("the request deadline passed before the image was queued")
+        try:
+            pending = worker.submit(model_input, deadline)
+        except QueueFull:
+            raise Overloaded(
+                f"model {worker.name!r} has {worker.settings.max_queue_size} requests queued",
+                headers={"Retry-After": str(worker.retry_after_seconds())},
+            ) from None
+        except QueueClosed:
+            raise NotReady("the service is shutting down", headers={"Retry-After": "5"}) from None
+        try:
+            output = await worker.result(pending, disconnected)
+        except DeadlineExceeded:
+            raise RequestTimeout(
+                f"the request waited longer than {self.settings.request_timeout_ms:g} ms "
+                "in the queue and was not computed"
+            ) from None
+        except ClientGone:
+            raise ClientDisconnected("the client disconnected before its request was computed") from None
+        except ApiError:
+            raise
+        except Exception as exc:  # the batch failed; every request of it gets this
+            raise InternalError(
+                f"model computation failed ({type(exc).__name__}); quote the request_id when reporting it"
+            ) from exc
+        return decoded, self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
+
+    def _response(
+        self,
+        output: ModelOutput,
+        worker: ModelWorker,
+        params: AssessParams,
+        width: int,
+        height: int,
+        request_id: str,
+        arrived: float,
+    ) -> AssessResponse:
+        meta = worker.meta
+        reacquire = output.probability >= meta.threshold
+        decision = "reacquire" if reacquire else "accept"
+        self.metrics.decisions.labels(worker.name, decision).inc()
+        heatmap = None
+        point = None
+        if output.heatmap_png is not None:
+            heatmap = Heatmap(
+                method=params.method,
+                width=output.heatmap_hw[1],
+                height=output.heatmap_hw[0],
+                png_base64=base64.b64encode(output.heatmap_png).decode("ascii"),
+            )
+            point = Point(x=output.point[0], y=output.point[1])
+        return AssessResponse(
+            request_id=request_id,
+            model=ModelRef(name=worker.name, version=meta.version, arch=meta.arch),
+            label=meta.positive_class if reacquire else meta.negative_class,
+            probability=output.probability,
+            threshold=float(meta.threshold),
+            decision=decision,
+            point=point,
+            image=ImageSize(width=width, height=height),
+            heatmap=heatmap,
+            timings_ms=Timings(
+                queue=round(output.queue_seconds * 1000, 3),
+                compute=round(output.compute_seconds * 1000, 3),
+                total=round((time.monotonic() - arrived) * 1000, 3),
+            ),
+        )
