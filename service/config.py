@@ -14,9 +14,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.imaging.limits import DEFAULT_LIMITS, MIB
 from service.keys import digests_of, normalise_entry
 
-MIB = 1024 * 1024
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
 PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
 # The checkout this package lives in: the shipped checkpoints are found from any working directory.
@@ -49,10 +49,17 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         10_000.0, gt=0, description="Per-request deadline from arrival; still queued after it → 504 timeout."
     )
-    max_body_mb: float = Field(64.0, gt=0, description="Largest accepted request body (413 beyond it).")
-    max_pixels: int = Field(60_000_000, ge=1, description="Largest decoded image, width × height (413 beyond it).")
+    # The decode limits' defaults are the library's (models/imaging/limits.py), defined once.
+    max_body_mb: float = Field(
+        DEFAULT_LIMITS.max_body_bytes / MIB, gt=0, description="Largest accepted request body (413 beyond it)."
+    )
+    max_pixels: int = Field(
+        DEFAULT_LIMITS.max_pixels, ge=1, description="Largest decoded image, width × height × frames (413 beyond it)."
+    )
     max_dicom_element_mb: float = Field(
-        64.0, gt=0, description="Largest declared DICOM element length (413 beyond it)."
+        DEFAULT_LIMITS.max_dicom_element_bytes / MIB,
+        gt=0,
+        description="Largest declared DICOM element length (413 beyond it).",
     )
     decode_workers: int = Field(
         0,
