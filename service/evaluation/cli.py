@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.pointing_game import argmax_point
 from models.saliency import DEFAULT_METHOD
 from service.evaluation.jobs import ROW_COLUMNS, Job, JobStore
 
@@ -227,7 +228,6 @@ def build_gallery(
 ) -> list[dict]:
     """Best and worst Pointing Game cases of the first model and first saliency method, with every method's
     map for those images (recomputed: maps are not stored)."""
-    import numpy as np
 
     from models.evaluation import CONTROL_METHODS, DecodedBatch, saliency_maps, smooth_maps
     from models.imaging.grid import original_box_to_grid, resize_unit
@@ -259,8 +259,7 @@ def build_gallery(
         boxes = [original_box_to_grid(b, grays[i].shape[:2], grid_hw) for b in sample.boxes]
         for method_id in shown:
             m = smooth_maps(maps[method_id][i : i + 1], config.smooth_sigmas[0])[0].numpy()
-            y, xpos = np.unravel_index(int(np.argmax(m)), m.shape)
-            panels.append({"method": method_id, "map": m, "point": (int(xpos), int(y))})
+            panels.append({"method": method_id, "map": m, "point": argmax_point(m)})
         cases.append(
             {
                 "kind": kind,
