@@ -127,8 +127,9 @@ def main() -> None:
 
     import diy_service
 
-    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.decode import decode_image
     from models.imaging.grid import preprocess_batch
+    from models.imaging.limits import DecodeLimits
     from models.saliency import explain
     from models.saliency.hooks import frozen_for_explanation
 
@@ -138,7 +139,7 @@ def main() -> None:
     model, meta = diy_service.load(folder)  # weights requiring grad: the DIY/loop model
     frozen_model, _ = diy_service.load(folder)
     layers = list(meta.normgrad_layers)
-    limits = IngestLimits(max_pixels=60_000_000)
+    limits = DecodeLimits(max_pixels=60_000_000)
     grid = preprocess_batch(
         [decode_image(b, "application/dicom", limits).pixels for b in bodies], meta.input_size, meta.mean, meta.std
     )

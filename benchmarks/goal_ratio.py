@@ -62,8 +62,9 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     from models import load_checkpoint
-    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.decode import decode_image
     from models.imaging.grid import preprocess_batch
+    from models.imaging.limits import DecodeLimits
     from models.saliency.hooks import frozen_for_explanation
 
     rows, cols = (int(v) for v in args.dicom_size.split("x"))
@@ -71,7 +72,7 @@ def main() -> None:
     checkpoint = load_checkpoint(args.models_dir / args.model)
     model, meta = checkpoint.model, checkpoint.meta
     grid = preprocess_batch(
-        [decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels for b in bodies],
+        [decode_image(b, "application/dicom", DecodeLimits(max_pixels=60_000_000)).pixels for b in bodies],
         meta.input_size,
         meta.mean,
         meta.std,
