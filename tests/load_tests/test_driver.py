@@ -104,7 +104,7 @@ def test_summarise_counts_outcomes_and_times_only_200_answers():
 
 
 class StubHandler(BaseHTTPRequestHandler):
-    """POST /assess: sleeps ``delay_ms`` (query) or 2 s for the body ``slow``; answers 415 to text/plain, else
+    """POST /assess: sleeps ``delay_ms`` (query) or 3 s for the body ``slow``; answers 415 to text/plain, else
     200 with the body repeated 3 times. Records what it saw and the most requests it held at once."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as the service
@@ -122,7 +122,7 @@ class StubHandler(BaseHTTPRequestHandler):
             cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
             cls.seen.append({"body": body, "type": self.headers["content-type"], "query": query})
         try:
-            time.sleep(2.0 if body == b"slow" else float(query.get("delay_ms", 0)) / 1000)
+            time.sleep(3.0 if body == b"slow" else float(query.get("delay_ms", 0)) / 1000)
             status, answer = (415, b"no") if self.headers["content-type"] == "text/plain" else (200, body * 3)
             self.send_response(status)
             self.send_header("content-length", str(len(answer)))
@@ -156,18 +156,18 @@ def test_closed_loop_sends_a_fixed_number_of_requests_with_n_clients(stub):
     url, handler = stub
     bodies = [b"a", b"bb", b"ccc"]
     run = asyncio.run(
-        closed_loop(url, bodies, "image/png", clients=3, requests=10, params={"delay_ms": "80", "heatmap": "none"})
+        closed_loop(url, bodies, "image/png", clients=3, requests=10, params={"delay_ms": "150", "heatmap": "none"})
     )
     assert len(run.records) == 10 and len(handler.seen) == 10
     assert handler.max_in_flight == 3  # three clients, each with one request at a time
     assert Counter(s["body"] for s in handler.seen) == {b"a": 4, b"bb": 3, b"ccc": 3}  # round robin
     assert {s["type"] for s in handler.seen} == {"image/png"}
-    assert all(s["query"] == {"delay_ms": "80", "heatmap": "none"} for s in handler.seen)
-    assert all(r.status == 200 and r.error is None and r.latency_s >= 0.08 for r in run.records)
+    assert all(s["query"] == {"delay_ms": "150", "heatmap": "none"} for s in handler.seen)
+    assert all(r.status == 200 and r.error is None and r.latency_s >= 0.15 for r in run.records)
     assert sorted(r.response_bytes for r in run.records) == sorted(3 * len(s["body"]) for s in handler.seen)
     assert [r.start_s for r in run.records] == sorted(r.start_s for r in run.records)
-    # 10 requests of 80 ms in waves of 3: at least 4 waves; the wall time covers every answer.
-    assert run.wall_s >= 4 * 0.08 and run.wall_s >= max(r.start_s + r.latency_s for r in run.records) - 1e-6
+    # 10 requests of 150 ms in waves of 3: at least 4 waves; the wall time covers every answer.
+    assert run.wall_s >= 4 * 0.15 and run.wall_s >= max(r.start_s + r.latency_s for r in run.records) - 1e-6
     assert summarise(run)["throughput_rps"] == pytest.approx(10 / run.wall_s)
 
 
@@ -175,8 +175,8 @@ def test_closed_loop_stops_at_its_time_budget(stub):
     url, handler = stub
     run = asyncio.run(closed_loop(url, [b"x"], "text/plain", clients=2, seconds=0.3, params={"delay_ms": "50"}))
     assert all(r.start_s < 0.3 for r in run.records)  # nothing sent after the budget
-    assert 4 <= len(run.records) <= 2 * 0.3 / 0.05 + 2  # each client sent back to back
-    assert 0.3 <= run.wall_s < 0.3 + 0.5  # the last answers were awaited, then it stopped
+    assert 2 <= len(run.records) <= 2 * 0.3 / 0.05 + 2  # each client sent back to back
+    assert 0.3 <= run.wall_s < 0.3 + 1.0  # the last answers were awaited, then it stopped
     assert summarise(run)["statuses"] == {"415": len(run.records)} and len(handler.seen) == len(run.records)
     with pytest.raises(ValueError, match="requests or seconds"):
         asyncio.run(closed_loop(url, [b"x"], "text/plain", clients=1))
@@ -205,17 +205,19 @@ def test_open_loop_keeps_its_schedule_and_abandons_stragglers(stub):
     schedule = poisson_arrivals(rate, seconds, seed)
     assert len(schedule) >= 6
     run = asyncio.run(
-        open_loop(url, [b"fast", b"slow"], "image/png", rate=rate, seconds=seconds, seed=seed, straggler_s=0.3)
+        open_loop(url, [b"fast", b"slow"], "image/png", rate=rate, seconds=seconds, seed=seed, straggler_s=0.6)
     )
     assert len(run.records) == len(schedule) == len(handler.seen)
-    # Sent on schedule even though every second request was still unanswered (open loop).
-    assert [r.start_s for r in run.records] == pytest.approx(schedule, abs=0.1)
+    # Sent on schedule although every second request was still unanswered (open loop): all of them before
+    # the first slow answer could have come (a busy machine delays the event loop, hence the tolerance).
+    assert [r.start_s for r in run.records] == pytest.approx(schedule, abs=0.25)
+    assert max(r.start_s for r in run.records) < 3.0
     for i, record in enumerate(run.records):
         if i % 2 == 0:
             assert (record.status, record.response_bytes) == (200, 12)
-        else:  # 2 s of work, only 0.3 s of patience after the last send
+        else:  # 3 s of work, only 0.6 s of patience after the last send
             assert (record.status, record.error) == (None, "abandoned")
-    assert run.wall_s == pytest.approx(schedule[-1] + 0.3, abs=0.2)
+    assert schedule[-1] + 0.6 <= run.wall_s < 3.0  # waited the straggler time, not for the slow answers
     summary = summarise(run)
     assert summary["statuses"] == {"200": (len(schedule) + 1) // 2, "abandoned": len(schedule) // 2}
 
