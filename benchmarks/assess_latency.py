@@ -17,11 +17,7 @@ import io
 import json
 import os
 import platform
-import signal
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -31,8 +27,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from load_tests.run_load import LOOPBACK, free_port, wait_ready
-from load_tests.run_load import base_url as url_of
+from load_tests.driver import LOOPBACK, closed_loop, histogram_means, rounded, served, summarise
 
 
 def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
@@ -48,104 +43,36 @@ def synthetic_radiograph(height: int, width: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(args, max_batch_size: int, port: int) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        NORMGATE_HOST=args.host,
-        NORMGATE_PORT=str(port),
-        NORMGATE_MODELS_DIR=str(args.models_dir),
-        NORMGATE_DEFAULT_MODEL=args.model,
-        NORMGATE_DEVICE=args.device,
-        NORMGATE_MAX_BATCH_SIZE=str(max_batch_size),
-        NORMGATE_MAX_BATCH_WAIT_MS=str(args.max_wait_ms),
-        NORMGATE_MAX_QUEUE_SIZE="256",
-        NORMGATE_REQUEST_TIMEOUT_MS="120000",
-        NORMGATE_TORCH_THREADS=str(args.torch_threads),
-    )
-    env.pop("NORMGATE_API_KEYS", None)
-    log = open(args.out.with_suffix(f".server-batch{max_batch_size}.log"), "w")
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 async def drive(
     base_url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float, heatmap: str
 ) -> dict:
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    issued = 0
-    stop_at = time.monotonic() + max_seconds
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal issued
-        while issued < max_requests and time.monotonic() < stop_at:
-            issued += 1
-            t0 = time.perf_counter()
-            response = await client.post(
-                "/assess", params={"heatmap": heatmap}, content=body, headers={"content-type": "image/png"}
-            )
-            elapsed = time.perf_counter() - t0
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            if response.status_code == 200:
-                latencies.append(elapsed)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-
-    def pct(q: float) -> float | None:
-        if not ordered:
-            return None
-        return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
-
+    """One concurrency level: closed-loop clients, summarised under this benchmark's JSON keys."""
+    run = await closed_loop(
+        base_url,
+        [body],
+        "image/png",
+        clients=concurrency,
+        requests=max_requests,
+        seconds=max_seconds,
+        params={"heatmap": heatmap},
+    )
+    summary = summarise(run)
     return {
         "concurrency": concurrency,
-        "completed": len(latencies),
-        "statuses": statuses,
-        "seconds": round(wall, 2),
-        "throughput_rps": round(len(latencies) / wall, 2),
-        "p50_ms": pct(0.50),
-        "p95_ms": pct(0.95),
-        "p99_ms": pct(0.99),
-        "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
+        "completed": summary["ok"],
+        "statuses": summary["statuses"],
+        "seconds": round(summary["wall_s"], 2),
+        "throughput_rps": rounded(summary["throughput_rps"], 2),
+        "p50_ms": rounded(summary["p50_ms"]),
+        "p95_ms": rounded(summary["p95_ms"]),
+        "p99_ms": rounded(summary["p99_ms"]),
+        "mean_ms": rounded(summary["mean_ms"]),
     }
 
 
-def scrape_histograms(base_url: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of every server-side histogram in /metrics, stages kept apart."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
-        if family.type != "histogram" or family.name == "normgate_request_duration_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                key = family.name + (f"[{sample.labels['stage']}]" if "stage" in sample.labels else "")
-                slot = 0 if sample.name.endswith("_sum") else 1
-                totals.setdefault(key, [0.0, 0.0])[slot] += sample.value
-    return {key: (v[0], v[1]) for key, v in totals.items()}
-
-
-def server_means(before: dict, after: dict) -> dict[str, float]:
-    """Mean per observation between two scrapes: seconds per stage, batch size, queue wait."""
-    means = {}
-    for key, (total, count) in after.items():
-        total0, count0 = before.get(key, (0.0, 0.0))
-        if count > count0:
-            means[key.removeprefix("normgate_")] = round((total - total0) / (count - count0), 4)
-    return means
+def server_means(before: str, after: str) -> dict[str, float]:
+    """Mean per observation of every server-side histogram between two scrapes (stages kept apart)."""
+    return {key: round(mean, 4) for key, mean in histogram_means(before, after).items()}
 
 
 def main() -> None:
@@ -187,18 +114,26 @@ def main() -> None:
         "modes": [],
     }
     for max_batch in (int(b) for b in args.batch_sizes.split(",")):
-        port = free_port(args.host)
-        base_url = url_of(args.host, port)
-        server = start_server(args, max_batch, port)
-        try:
-            wait_ready(base_url, server, timeout_s=600)
-            model = httpx.get(f"{base_url}/models").json()
-            asyncio.run(drive(base_url, body, 1, args.warmup, 600, args.heatmap))
+        with served(
+            args.models_dir,
+            args.out.with_suffix(f".server-batch{max_batch}.log"),
+            ready_timeout_s=600,
+            host=args.host,
+            default_model=args.model,
+            device=args.device,
+            max_batch_size=max_batch,
+            max_batch_wait_ms=args.max_wait_ms,
+            max_queue_size=256,
+            request_timeout_ms=120_000,
+            torch_threads=args.torch_threads,
+        ) as server:
+            model = httpx.get(f"{server.url}/models").json()
+            asyncio.run(drive(server.url, body, 1, args.warmup, 600, args.heatmap))
             mode = {"max_batch_size": max_batch, "model": model, "levels": []}
             for concurrency in levels:
-                before = scrape_histograms(base_url)
-                level = asyncio.run(drive(base_url, body, concurrency, args.requests, args.seconds, args.heatmap))
-                level["server_means"] = server_means(before, scrape_histograms(base_url))
+                before = server.scrape()
+                level = asyncio.run(drive(server.url, body, concurrency, args.requests, args.seconds, args.heatmap))
+                level["server_means"] = server_means(before, server.scrape())
                 mode["levels"].append(level)
                 print(
                     f"max_batch={max_batch:>2} concurrency={concurrency:>2} "
@@ -208,8 +143,6 @@ def main() -> None:
                 )
                 print(f"    server means: {level['server_means']}", flush=True)
             results["modes"].append(mode)
-        finally:
-            stop_server(server)
     results["load_average_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -21,25 +21,13 @@ import asyncio
 import json
 import os
 import platform
-import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests")]
 
-from load_tests.run_load import (
-    base_url,
-    free_port,
-    metrics_delta,
-    percentile,
-    scrape,
-    server_env,
-    stop_process,
-    wait_ready,
-)
+from load_tests.driver import metrics_delta, open_loop, rounded, served, summarise
 
 
 # -- the server side (python benchmarks/batching_study.py --serve) -------------------------------------------
@@ -64,60 +52,21 @@ def serve() -> None:
 
 
 # -- the driver ------------------------------------------------------------------------------------------------
-async def open_loop(
-    url: str, bodies: list[tuple[bytes, str]], rate: float, seconds: float, seed: int, straggler_s: float
+def open_loop_cell(
+    url: str, bodies: list[bytes], content_type: str, rate: float, seconds: float, seed: int, straggler_s: float
 ) -> dict:
-    import httpx
-
-    rng = random.Random(seed)
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=straggler_s + seconds, limits=limits) as client:
-
-        async def one(body: bytes, content_type: str) -> None:
-            t0 = time.perf_counter()
-            try:
-                response = await client.post("/assess", content=body, headers={"content-type": content_type})
-                key = str(response.status_code)
-            except Exception as exc:
-                key = type(exc).__name__
-            statuses[key] = statuses.get(key, 0) + 1
-            if key == "200":
-                latencies.append(1000 * (time.perf_counter() - t0))
-
-        tasks = []
-        started = time.perf_counter()
-        next_at = started
-        i = 0
-        while next_at - started < seconds:
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body, content_type = bodies[i % len(bodies)]
-            tasks.append(asyncio.create_task(one(body, content_type)))
-            i += 1
-            next_at += rng.expovariate(rate)
-        _, pending = await asyncio.wait(tasks, timeout=straggler_s) if tasks else (set(), set())
-        for task in pending:
-            task.cancel()
-        if pending:
-            statuses["abandoned"] = len(pending)
-            await asyncio.gather(*pending, return_exceptions=True)
-        wall = time.perf_counter() - started
+    """One cell's Poisson stream, under this study's JSON keys."""
+    run = open_loop(url, bodies, content_type, rate=rate, seconds=seconds, seed=seed, straggler_s=straggler_s)
+    summary = summarise(asyncio.run(run))
     return {
-        "sent": i,
-        "ok": len(latencies),
-        "statuses": dict(sorted(statuses.items())),
-        "throughput_rps": round(len(latencies) / wall, 3),
-        "wall_s": round(wall, 2),
-        "p50_ms": _r(percentile(latencies, 0.5)),
-        "p99_ms": _r(percentile(latencies, 0.99)),
+        "sent": summary["requests"],
+        "ok": summary["ok"],
+        "statuses": summary["statuses"],
+        "throughput_rps": rounded(summary["throughput_rps"], 3),
+        "wall_s": round(summary["wall_s"], 2),
+        "p50_ms": rounded(summary["p50_ms"]),
+        "p99_ms": rounded(summary["p99_ms"]),
     }
-
-
-def _r(v):
-    return None if v is None else round(v, 1)
 
 
 def cells(waits: list[float], batches: list[int]) -> list[tuple[int, float]]:
@@ -171,24 +120,13 @@ def main() -> None:
 
     rows, cols = (int(v) for v in args.size.split("x"))
     if args.image == "png":
-        bodies = [(png_bytes(radiograph(rows, cols, s, bits=8)), "image/png") for s in range(4)]
+        bodies, content_type = [png_bytes(radiograph(rows, cols, s, bits=8)) for s in range(4)], "image/png"
     else:
-        bodies = [(dicom_bytes(radiograph(rows, cols, s), s), "application/dicom") for s in range(4)]
+        bodies, content_type = [dicom_bytes(radiograph(rows, cols, s), s) for s in range(4)], "application/dicom"
     waits = [float(w) for w in args.waits.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     loads = [float(v) for v in args.loads.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = base_url("127.0.0.1", port)
-    env = server_env(
-        args.models_dir,
-        port,
-        max_batch_size=max(batches),
-        max_batch_wait_ms=0,
-        max_queue_size=256,
-        request_timeout_ms=args.request_timeout_ms,
-        torch_threads=args.torch_threads,
-    )
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": platform.node(),
@@ -203,27 +141,26 @@ def main() -> None:
     }
     import httpx
 
-    server = None
-    try:
-        log = open(args.out.with_suffix(".server.log"), "w")
-        server = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_ready(url, server)
+    with served(
+        args.models_dir,
+        args.out.with_suffix(".server.log"),
+        command=[sys.executable, str(Path(__file__).resolve()), "--serve"],
+        max_batch_size=max(batches),
+        max_batch_wait_ms=0,
+        max_queue_size=256,
+        request_timeout_ms=args.request_timeout_ms,
+        torch_threads=args.torch_threads,
+    ) as server:
+        url = server.url
         results["model"] = httpx.get(f"{url}/models").json()
-        asyncio.run(open_loop(url, bodies, 1.0, 3, args.seed, args.straggler_s))  # warm
+        open_loop_cell(url, bodies, content_type, 1.0, 3, args.seed, args.straggler_s)  # warm
         for load in loads:
             for b, w in cells(waits, batches):
                 httpx.post(f"{url}/_bench/batching", params={"max_batch": b, "wait_ms": w}).raise_for_status()
-                before = scrape(url)
+                before = server.scrape()
                 # The same seed for every cell of a load: every cell gets the very same arrival times.
-                cell = asyncio.run(open_loop(url, bodies, load, args.seconds, args.seed, args.straggler_s))
-                server_side = metrics_delta(before, scrape(url))
+                cell = open_loop_cell(url, bodies, content_type, load, args.seconds, args.seed, args.straggler_s)
+                server_side = metrics_delta(before, server.scrape())
                 cell.update(
                     load_rps=load,
                     max_batch=b,
@@ -239,8 +176,6 @@ def main() -> None:
                     flush=True,
                 )
                 args.out.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive a cut
-    finally:
-        stop_process(server)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))

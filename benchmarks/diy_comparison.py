@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,63 +33,47 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
-import httpx
 import torch
 from images import dicom_bytes, radiograph
 from saliency_speed import floor_pass
 
-from load_tests.run_load import (
+from load_tests.driver import (
     base_url,
+    closed_loop,
     free_port,
+    launch,
     metrics_delta,
-    percentile,
-    scrape,
-    server_env,
+    rounded,
     start_server,
-    stop_process,
-    wait_ready,
+    summarise,
 )
 
 
-async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float, params: dict) -> dict:
-    """Closed loop: ``concurrency`` clients, each sending the next body as soon as its last answer came."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    issued = 0
-    stop_at = time.monotonic() + seconds
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal issued
-        while issued < requests and time.monotonic() < stop_at:
-            body = bodies[issued % len(bodies)]
-            issued += 1
-            t0 = time.perf_counter()
-            response = await client.post(
-                "/assess", params=params, content=body, headers={"content-type": "application/dicom"}
-            )
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            if response.status_code == 200:
-                latencies.append(1000 * (time.perf_counter() - t0))
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+def closed_loop_cell(
+    url: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float, params: dict
+) -> dict:
+    """``concurrency`` closed-loop clients sending the DICOM ``bodies`` round robin, under this benchmark's JSON
+    keys (goal_ratio.py writes the same cells)."""
+    run = closed_loop(
+        url,
+        bodies,
+        "application/dicom",
+        clients=concurrency,
+        requests=requests,
+        seconds=seconds,
+        params=params,
+    )
+    summary = summarise(asyncio.run(run))
     return {
         "concurrency": concurrency,
-        "ok": len(latencies),
-        "statuses": statuses,
-        "wall_s": round(wall, 2),
-        "throughput_rps": round(len(latencies) / wall, 3),
-        "p50_ms": _r(percentile(latencies, 0.5)),
-        "p95_ms": _r(percentile(latencies, 0.95)),
-        "mean_ms": _r(statistics.fmean(latencies)) if latencies else None,
+        "ok": summary["ok"],
+        "statuses": summary["statuses"],
+        "wall_s": round(summary["wall_s"], 2),
+        "throughput_rps": rounded(summary["throughput_rps"], 3),
+        "p50_ms": rounded(summary["p50_ms"]),
+        "p95_ms": rounded(summary["p95_ms"]),
+        "mean_ms": rounded(summary["mean_ms"]),
     }
-
-
-def _r(value):
-    return None if value is None else round(value, 1)
 
 
 def timed(fn, reps: int) -> float:
@@ -127,8 +110,9 @@ def main() -> None:
 
     import diy_service
 
-    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.decode import decode_image
     from models.imaging.grid import preprocess_batch
+    from models.imaging.limits import DecodeLimits
     from models.saliency import explain
     from models.saliency.hooks import frozen_for_explanation
 
@@ -138,25 +122,28 @@ def main() -> None:
     model, meta = diy_service.load(folder)  # weights requiring grad: the DIY/loop model
     frozen_model, _ = diy_service.load(folder)
     layers = list(meta.normgrad_layers)
-    limits = IngestLimits(max_pixels=60_000_000)
+    limits = DecodeLimits(max_pixels=60_000_000)
     grid = preprocess_batch(
         [decode_image(b, "application/dicom", limits).pixels for b in bodies], meta.input_size, meta.mean, meta.std
     )
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    ng_port, diy_port = free_port(), free_port()
-    ng_url, diy_url = base_url("127.0.0.1", ng_port), base_url("127.0.0.1", diy_port)
     logs = args.out.with_suffix("")
-    ng_env = server_env(
-        args.models_dir,
-        ng_port,
-        default_model=args.model,
-        max_batch_size=args.max_batch_size,
-        max_batch_wait_ms=args.max_batch_wait_ms,
-        max_queue_size=256,
-        request_timeout_ms=300_000,
-        torch_threads=args.torch_threads,
-    )
+    diy_port = free_port()
+    diy_command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(REPO / "benchmarks"),
+        "diy_service:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(diy_port),
+        "--log-level",
+        "warning",
+    ]
     diy_env = dict(os.environ, DIY_CHECKPOINT=str(folder), OMP_NUM_THREADS=str(args.torch_threads))
     results: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -171,34 +158,23 @@ def main() -> None:
         "image": f"16-bit DICOM {rows}x{cols}",
         "rounds": [],
     }
-    ng = diy = None
-    try:
-        ng = start_server(ng_env, Path(f"{logs}.normgate.log"))
-        diy = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(REPO / "benchmarks"),
-                "diy_service:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(diy_port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=diy_env,
-            stdout=open(f"{logs}.diy.log", "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_ready(ng_url, ng)
-        wait_ready(diy_url, diy)
-        for url in (ng_url, diy_url):  # warm both (first requests pay for lazy initialisation)
-            asyncio.run(drive(url, bodies, 1, 2, 120, {}))
+    with (
+        start_server(
+            args.models_dir,
+            Path(f"{logs}.normgate.log"),
+            default_model=args.model,
+            max_batch_size=args.max_batch_size,
+            max_batch_wait_ms=args.max_batch_wait_ms,
+            max_queue_size=256,
+            request_timeout_ms=300_000,
+            torch_threads=args.torch_threads,
+        ) as ng,
+        launch(diy_command, base_url("127.0.0.1", diy_port), Path(f"{logs}.diy.log"), diy_env) as diy,
+    ):
+        ng.wait_ready()
+        diy.wait_ready()
+        for url in (ng.url, diy.url):  # warm both (first requests pay for lazy initialisation)
+            closed_loop_cell(url, bodies, 1, 2, 120, {})
         for r in range(args.rounds):
             rnd: dict = {"floor_ms": {}, "engine_ms": {}}
             with frozen_for_explanation(frozen_model):
@@ -214,19 +190,19 @@ def main() -> None:
                     1,
                 )
             for c in levels:
-                before = scrape(ng_url)
-                cell = asyncio.run(drive(ng_url, bodies, c, args.requests, args.seconds, {}))
-                cell["server"] = metrics_delta(before, scrape(ng_url))
+                before = ng.scrape()
+                cell = closed_loop_cell(ng.url, bodies, c, args.requests, args.seconds, {})
+                cell["server"] = metrics_delta(before, ng.scrape())
                 rnd[f"normgate_c{c}"] = cell
-                rnd[f"diy_c{c}"] = asyncio.run(
-                    drive(diy_url, bodies, c, args.requests, args.seconds, {"method": "normgrad"})
+                rnd[f"diy_c{c}"] = closed_loop_cell(
+                    diy.url, bodies, c, args.requests, args.seconds, {"method": "normgrad"}
                 )
             if args.gradcam:
-                rnd["normgate_gradcam_c4"] = asyncio.run(
-                    drive(ng_url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"})
+                rnd["normgate_gradcam_c4"] = closed_loop_cell(
+                    ng.url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"}
                 )
-                rnd["diy_gradcam_c4"] = asyncio.run(
-                    drive(diy_url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"})
+                rnd["diy_gradcam_c4"] = closed_loop_cell(
+                    diy.url, bodies, 4, args.requests, args.seconds, {"method": "gradcam"}
                 )
             loop_ms = []
             started = time.perf_counter()
@@ -237,15 +213,12 @@ def main() -> None:
             rnd["loop"] = {
                 "images": len(loop_ms),
                 "throughput_rps": round(len(loop_ms) / (time.perf_counter() - started), 3),
-                "p50_ms": _r(statistics.median(loop_ms)),
-                "mean_ms": _r(statistics.fmean(loop_ms)),
+                "p50_ms": rounded(statistics.median(loop_ms)),
+                "mean_ms": rounded(statistics.fmean(loop_ms)),
             }
             rnd["ratios"] = ratios(rnd, levels)
             results["rounds"].append(rnd)
             print(json.dumps({"round": r, **rnd["ratios"]}), flush=True)
-    finally:
-        stop_process(diy)
-        stop_process(ng)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["median_ratios"] = {
         k: round(statistics.median(rr["ratios"][k] for rr in results["rounds"] if rr["ratios"].get(k) is not None), 3)

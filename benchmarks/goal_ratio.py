@@ -17,7 +17,7 @@ between the neighbouring integer batch sizes, since ``floor`` is affine in B on 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -29,20 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "load_tests"), str(REPO / "benchmarks")]
 
 import torch
-from diy_comparison import drive, floor_at, timed
+from diy_comparison import closed_loop_cell, floor_at, timed
 from images import dicom_bytes, radiograph
 from saliency_speed import floor_pass
 
-from load_tests.run_load import (
-    base_url,
-    free_port,
-    metrics_delta,
-    scrape,
-    server_env,
-    start_server,
-    stop_process,
-    wait_ready,
-)
+from load_tests.driver import metrics_delta, start_server
 
 
 def main() -> None:
@@ -62,8 +53,9 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
 
     from models import load_checkpoint
-    from models.imaging.decode import IngestLimits, decode_image
+    from models.imaging.decode import decode_image
     from models.imaging.grid import preprocess_batch
+    from models.imaging.limits import DecodeLimits
     from models.saliency.hooks import frozen_for_explanation
 
     rows, cols = (int(v) for v in args.dicom_size.split("x"))
@@ -71,13 +63,12 @@ def main() -> None:
     checkpoint = load_checkpoint(args.models_dir / args.model)
     model, meta = checkpoint.model, checkpoint.meta
     grid = preprocess_batch(
-        [decode_image(b, "application/dicom", IngestLimits(max_pixels=60_000_000)).pixels for b in bodies],
+        [decode_image(b, "application/dicom", DecodeLimits(max_pixels=60_000_000)).pixels for b in bodies],
         meta.input_size,
         meta.mean,
         meta.std,
     )
     configs = [tuple(int(x) for x in v.split(":")) for v in args.configs.split(",")]
-    servers: dict[str, tuple] = {}
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": platform.node(),
@@ -88,28 +79,28 @@ def main() -> None:
         "rounds": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for workers, nice in configs:
-            port = free_port()
-            env = server_env(
-                args.models_dir,
-                port,
-                default_model=args.model,
-                max_queue_size=256,
-                request_timeout_ms=300_000,
-                torch_threads=args.torch_threads,
-                decode_workers=workers,
-                decode_nice=nice,
+    with contextlib.ExitStack() as running:
+        servers = {
+            f"decode_workers={workers},nice={nice}": running.enter_context(
+                start_server(
+                    args.models_dir,
+                    args.out.with_suffix(f".dw{workers}n{nice}.log"),
+                    default_model=args.model,
+                    max_queue_size=256,
+                    request_timeout_ms=300_000,
+                    torch_threads=args.torch_threads,
+                    decode_workers=workers,
+                    decode_nice=nice,
+                )
             )
-            name = f"decode_workers={workers},nice={nice}"
-            proc = start_server(env, args.out.with_suffix(f".dw{workers}n{nice}.log"))
-            servers[name] = (proc, base_url("127.0.0.1", port))
-        for proc, url in servers.values():
-            wait_ready(url, proc)
-            asyncio.run(drive(url, bodies, 1, 2, 120, {}))
+            for workers, nice in configs
+        }  # all started at once: they load their models side by side
+        for server in servers.values():
+            server.wait_ready()
+            closed_loop_cell(server.url, bodies, 1, 2, 120, {})
         for r in range(args.rounds):
             rnd = {"cells": {}}
-            for name, (_proc, url) in servers.items():
+            for name, server in servers.items():
                 # The floor right before each cell, so a change in the machine's other load hits both alike.
                 with frozen_for_explanation(model):
                     floor = {
@@ -121,18 +112,18 @@ def main() -> None:
                         )
                         for b in range(1, 5)
                     }
-                before = scrape(url)
-                cell = asyncio.run(drive(url, bodies, args.concurrency, args.requests, 300, {}))
-                server = metrics_delta(before, scrape(url))
-                batch = server["mean_batch_size"] or 1.0
+                before = server.scrape()
+                cell = closed_loop_cell(server.url, bodies, args.concurrency, args.requests, 300, {})
+                delta = metrics_delta(before, server.scrape())
+                batch = delta["mean_batch_size"] or 1.0
                 floor_b = floor_at(floor, batch)
-                per_batch_ms = 1000 * cell["wall_s"] / max(1, server["batches"])
-                model_step_ms = server["stage_mean_ms"].get("forward_backward") or float("nan")
+                per_batch_ms = 1000 * cell["wall_s"] / max(1, delta["batches"])
+                model_step_ms = delta["stage_mean_ms"].get("forward_backward") or float("nan")
                 cell.update(
                     floor_ms={b: round(v, 1) for b, v in floor.items()},
                     mean_batch=batch,
                     floor_at_mean_batch_ms=round(floor_b, 1),
-                    stage_mean_ms=server["stage_mean_ms"],
+                    stage_mean_ms=delta["stage_mean_ms"],
                     wall_per_batch_over_floor=round(per_batch_ms / floor_b, 3),
                     model_step_over_floor=round(model_step_ms / floor_b, 3),
                     p50_over_floor_4=round(cell["p50_ms"] / floor[4], 3),
@@ -145,9 +136,6 @@ def main() -> None:
                     flush=True,
                 )
             results["rounds"].append(rnd)
-    finally:
-        for proc, _ in servers.values():
-            stop_process(proc)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["median"] = {
         name: {

@@ -26,158 +26,28 @@ import json
 import math
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from load_tests.driver import (
+    LOOPBACK,
+    metrics_delta,
+    percentile,
+    rounded,
+    served,
+    start_process,
+    stop_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # Requests whose correct answer is a 4xx: left out of the valid traffic's throughput and latency.
 BAD_PREFIX = "/assess [bad"
-
-
-# -- server -----------------------------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def base_url(host: str, port: int) -> str:
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-
-
-def server_env(models_dir: Path, port: int, host: str = "127.0.0.1", **settings) -> dict[str, str]:
-    """The process environment for ``python -m service``: NORMGATE_* from keyword settings (None = default)."""
-    if host not in LOOPBACK:
-        raise SystemExit(f"host {host!r} is not a loopback address")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORMGATE_")}
-    env.update(
-        NORMGATE_HOST=host,
-        NORMGATE_PORT=str(port),
-        NORMGATE_MODELS_DIR=str(models_dir),
-        NORMGATE_DEVICE=settings.pop("device", None) or "cpu",
-    )
-    for key, value in settings.items():
-        if value is not None:
-            env[f"NORMGATE_{key.upper()}"] = str(value)
-    return env
-
-
-def start_server(env: dict[str, str], log_path: Path, extra_args: Iterable[str] = ()) -> subprocess.Popen:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")
-    return subprocess.Popen(
-        [*extra_args, sys.executable, "-m", "service"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with {server.returncode} before it was ready; see its log")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"server not ready after {timeout_s} s")
-
-
-def stop_process(proc: subprocess.Popen | None, grace_s: float = 30) -> None:
-    """SIGINT the process group we started, then SIGKILL it if it does not leave in time."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-def scrape(url: str) -> str:
-    import httpx
-
-    return httpx.get(f"{url}/metrics", timeout=10).text
-
-
-# -- parsing (pure functions: tests/load_tests feed them canned text) -------------------------------------------
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text → {"name{label=value,...}": value} for every sample (labels sorted)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = float(sample.value)
-    return samples
-
-
-def _sum_matching(samples: dict[str, float], name: str, **labels: str) -> float:
-    total = 0.0
-    for key, value in samples.items():
-        metric, _, rest = key.partition("{")
-        if metric != name:
-            continue
-        have = dict(item.split("=", 1) for item in rest.rstrip("}").split(",") if item)
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += value
-    return total
-
-
-def metrics_delta(before: str, after: str) -> dict:
-    """What happened between two /metrics scrapes: batch size, queue wait, stage times, rejections."""
-    b, a = parse_metrics(before), parse_metrics(after)
-
-    def delta(name: str, **labels: str) -> float:
-        return _sum_matching(a, name, **labels) - _sum_matching(b, name, **labels)
-
-    def mean(prefix: str, scale: float = 1.0, **labels: str) -> float | None:
-        count = delta(f"{prefix}_count", **labels)
-        return round(scale * delta(f"{prefix}_sum", **labels) / count, 3) if count else None
-
-    out: dict = {
-        "batches": int(delta("normgate_batch_size_count")),
-        "mean_batch_size": mean("normgate_batch_size"),
-        "mean_queue_wait_ms": mean("normgate_queue_wait_seconds", 1000),
-        "stage_mean_ms": {
-            stage: mean("normgate_compute_duration_seconds", 1000, stage=stage)
-            for stage in ("decode", "forward_backward", "saliency", "encode")
-        },
-        "rejected": {},
-    }
-    reasons = {
-        dict(i.split("=", 1) for i in k.partition("{")[2].rstrip("}").split(",") if i).get("reason")
-        for k in a
-        if k.startswith("normgate_rejected_total{")
-    }
-    for reason in sorted(r for r in reasons if r):
-        count = int(delta("normgate_rejected_total", reason=reason))
-        if count:
-            out["rejected"][reason] = count
-    return out
 
 
 def _number(value: str) -> float | None:
@@ -206,14 +76,6 @@ def parse_locust_stats(text: str) -> list[dict]:
             }
         )
     return rows
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 1]) of a list, None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def summarise(
@@ -264,20 +126,16 @@ def summarise(
         "valid": {
             "ok": ok_count,
             "throughput_rps": round(ok_count / duration_s, 3) if duration_s else None,
-            "p50_ms": _round(percentile(ok_ms, 0.50)),
-            "p95_ms": _round(percentile(ok_ms, 0.95)),
-            "p99_ms": _round(percentile(ok_ms, 0.99)),
-            "max_ms": _round(max(ok_ms)) if ok_ms else None,
+            "p50_ms": rounded(percentile(ok_ms, 0.50)),
+            "p95_ms": rounded(percentile(ok_ms, 0.95)),
+            "p99_ms": rounded(percentile(ok_ms, 0.99)),
+            "max_ms": rounded(max(ok_ms)) if ok_ms else None,
         },
         "statuses": dict(sorted(by_status.items())),
         "unexpected_statuses": dict(sorted(unexpected.items())),
         "per_request": per_name,
         "server": metrics_delta(metrics_before, metrics_after),
     }
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def _cell(value) -> str:
@@ -352,8 +210,6 @@ def locust_command(
 def run(args: argparse.Namespace) -> dict:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port(args.host)
-    url = base_url(args.host, port)
     settings = {
         "max_batch_size": args.max_batch_size,
         "max_batch_wait_ms": args.max_batch_wait_ms,
@@ -362,69 +218,61 @@ def run(args: argparse.Namespace) -> dict:
         "decode_workers": args.decode_workers,
         "torch_threads": args.torch_threads,
     }
-    env = server_env(args.models_dir, port, args.host, device=args.device, **settings)
-    server = locust = profiler = None
-    try:
-        server = start_server(env, out / "server.log")
-        wait_ready(url, server)
-        before = scrape(url)
-        if args.profile:
-            # Sample the server while Locust runs: collapsed stacks per thread (see load_tests/profile_report.py).
-            profiler = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    "record",
-                    "-p",
-                    str(server.pid),
-                    "-r",
-                    "50",
-                    "--threads",
-                    "--nonblocking",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(out / "profile.raw"),
-                    "-d",
-                    str(int(args.seconds) + 5),
-                ],
-                stdout=open(out / "py-spy.log", "w"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+    locust = profiler = None
+    with served(args.models_dir, out / "server.log", host=args.host, device=args.device, **settings) as server:
+        try:
+            before = server.scrape()
+            if args.profile:
+                # Sample the server while Locust runs: collapsed stacks per thread (load_tests/profile_report.py).
+                profiler = start_process(
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "-p",
+                        str(server.process.pid),
+                        "-r",
+                        "50",
+                        "--threads",
+                        "--nonblocking",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(out / "profile.raw"),
+                        "-d",
+                        str(int(args.seconds) + 5),
+                    ],
+                    out / "py-spy.log",
+                )
+            status_path = out / "statuses.json"
+            locust_env = dict(
+                os.environ,
+                NORMGATE_LOAD_STATUS_OUT=str(status_path),
+                NORMGATE_BURST_SECONDS=str(args.seconds),
+                NORMGATE_BURST_PEAK=str(args.peak),
+                NORMGATE_BURST_BASE=str(args.base),
+                NORMGATE_LOAD_THINK_S=args.think,
+                NORMGATE_LOAD_DICOM_SIZE=args.dicom_size,
+                NORMGATE_LOAD_PNG_SIZE=args.png_size,
             )
-        status_path = out / "statuses.json"
-        locust_env = dict(
-            os.environ,
-            NORMGATE_LOAD_STATUS_OUT=str(status_path),
-            NORMGATE_BURST_SECONDS=str(args.seconds),
-            NORMGATE_BURST_PEAK=str(args.peak),
-            NORMGATE_BURST_BASE=str(args.base),
-            NORMGATE_LOAD_THINK_S=args.think,
-            NORMGATE_LOAD_DICOM_SIZE=args.dicom_size,
-            NORMGATE_LOAD_PNG_SIZE=args.png_size,
-        )
-        cmd = locust_command(args.scenario, url, args.users, args.spawn_rate, args.seconds, out / "locust")
-        started = time.monotonic()
-        with open(out / "locust.log", "w") as log:
-            locust = subprocess.Popen(
-                cmd, cwd=REPO, env=locust_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            cmd = locust_command(args.scenario, server.url, args.users, args.spawn_rate, args.seconds, out / "locust")
+            started = time.monotonic()
+            locust = start_process(cmd, out / "locust.log", locust_env)
             try:
                 locust.wait(args.seconds + 120)  # payload building + stop timeout; then it is cut off
             except subprocess.TimeoutExpired:
                 stop_process(locust, grace_s=10)
-        wall = time.monotonic() - started
-        after = scrape(url)
-        if profiler is not None:
-            try:
-                profiler.wait(30)
-            except subprocess.TimeoutExpired:
-                stop_process(profiler, grace_s=10)
-        statuses = json.loads(status_path.read_text()) if status_path.exists() else {}
-        stats_csv = (out / "locust_stats.csv").read_text()
-    finally:
-        stop_process(profiler, grace_s=10)
-        stop_process(locust, grace_s=10)
-        stop_process(server)
+            wall = time.monotonic() - started
+            after = server.scrape()
+            if profiler is not None:
+                try:
+                    profiler.wait(30)
+                except subprocess.TimeoutExpired:
+                    stop_process(profiler, grace_s=10)
+            statuses = json.loads(status_path.read_text()) if status_path.exists() else {}
+            stats_csv = (out / "locust_stats.csv").read_text()
+        finally:
+            stop_process(profiler, grace_s=10)
+            stop_process(locust, grace_s=10)
     scenario = {
         "name": args.scenario,
         "users": None if args.scenario == "burst" else args.users,

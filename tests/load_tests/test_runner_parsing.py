@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from load_tests.profile_report import report
-from load_tests.run_load import markdown, metrics_delta, parse_locust_stats, percentile, summarise
+from load_tests.run_load import markdown, parse_locust_stats, summarise
+from tests.load_tests.canned import AFTER, BEFORE
 
 STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
 POST,/assess [dicom],8,1,2400,2704.3,676.0,4073.2,38491.3,0.4,0.05,2400,3500,4000,4000,4000,4100,4100,4100,4100,4100,4100
@@ -29,46 +30,6 @@ STATUSES = {
         "/assess [bad: text/plain]": [["415", 3.0]],
     },
 }
-
-
-def scrape_text(batches: list[int], queue_s: float, decode_s: float, rejected: int) -> str:
-    """A /metrics text in the service's shape (SPEC §4 names) after the given batches."""
-    n = len(batches)
-    return f"""# HELP normgate_batch_size Requests per batch handed to a model.
-# TYPE normgate_batch_size histogram
-normgate_batch_size_bucket{{le="1.0",model="default"}} {sum(1 for b in batches if b <= 1)}.0
-normgate_batch_size_bucket{{le="+Inf",model="default"}} {n}.0
-normgate_batch_size_count{{model="default"}} {n}.0
-normgate_batch_size_sum{{model="default"}} {sum(batches)}.0
-# HELP normgate_queue_wait_seconds Time a request waited in its model's batching queue.
-# TYPE normgate_queue_wait_seconds histogram
-normgate_queue_wait_seconds_bucket{{le="+Inf",model="default"}} {sum(batches)}.0
-normgate_queue_wait_seconds_count{{model="default"}} {sum(batches)}.0
-normgate_queue_wait_seconds_sum{{model="default"}} {queue_s}
-# HELP normgate_compute_duration_seconds Time spent per stage.
-# TYPE normgate_compute_duration_seconds histogram
-normgate_compute_duration_seconds_bucket{{le="+Inf",model="default",stage="decode"}} {sum(batches)}.0
-normgate_compute_duration_seconds_count{{model="default",stage="decode"}} {sum(batches)}.0
-normgate_compute_duration_seconds_sum{{model="default",stage="decode"}} {decode_s}
-# HELP normgate_rejected_total Submitted work answered with an error, by error code.
-# TYPE normgate_rejected_total counter
-normgate_rejected_total{{reason="overloaded"}} {rejected}.0
-normgate_rejected_total{{reason="unsupported_media_type"}} 0.0
-"""
-
-
-BEFORE = scrape_text([1, 1], queue_s=0.0, decode_s=0.2, rejected=0)  # the two warm-up batches
-AFTER = scrape_text([1, 1, 4, 3, 2], queue_s=0.9, decode_s=1.1, rejected=1)
-
-
-def test_metrics_delta_counts_only_the_run():
-    delta = metrics_delta(BEFORE, AFTER)
-    assert delta["batches"] == 3
-    assert delta["mean_batch_size"] == 3.0  # (4 + 3 + 2) / 3, warm-up batches left out
-    assert delta["mean_queue_wait_ms"] == pytest.approx(100.0)  # 0.9 s over 9 requests
-    assert delta["stage_mean_ms"]["decode"] == pytest.approx(100.0)
-    assert delta["stage_mean_ms"]["forward_backward"] is None  # not in the scrape
-    assert delta["rejected"] == {"overloaded": 1}
 
 
 def test_parse_locust_stats_rows():
@@ -104,13 +65,6 @@ def test_summary_valid_traffic_errors_and_batches():
     table = markdown(summary)
     assert "| 0.45 | 500 | 900 | 900 | 11 |" in table
     assert "| /assess [dicom] | 8 | 1 | 2400 | 4100 | 4100 | 200: 7, 503: 1 |" in table
-
-
-def test_percentile_nearest_rank():
-    assert percentile([], 0.5) is None
-    assert percentile([5.0], 0.99) == 5.0
-    assert percentile([float(v) for v in range(1, 101)], 0.95) == 95.0
-    assert percentile([float(v) for v in range(1, 101)], 0.99) == 99.0
 
 
 def test_profile_report_groups_threads_by_role():

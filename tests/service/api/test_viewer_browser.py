@@ -20,10 +20,6 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from load_tests.driver import served
 from tests.helpers import REPO
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -118,12 +115,6 @@ def dicom_bytes(gray16: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------- fixtures
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("viewer-models")
@@ -145,42 +136,9 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(models_dir: Path) -> str:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORMGATE_")}
-    env.update(
-        NORMGATE_HOST="127.0.0.1",
-        NORMGATE_PORT=str(port),
-        NORMGATE_MODELS_DIR=str(models_dir),
-        NORMGATE_DEVICE="cpu",
-        NORMGATE_DECODE_WORKERS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    log = open(ARTIFACTS / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {ARTIFACTS / 'server.log'}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in 90 s; see {ARTIFACTS / 'server.log'}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """``python -m service`` on a free loopback port (one decode worker: the suite shares two cores)."""
+    with served(models_dir, ARTIFACTS / "server.log", ready_timeout_s=90, decode_workers=1) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
