@@ -48,30 +48,31 @@ def main() -> None:
 
     from images import dicom_bytes, radiograph
 
-    import models.imaging.decode as ingest
+    import models.imaging.decode as decode_module
     from models import load_checkpoint
     from models.imaging.grid import preprocess_batch
+    from models.imaging.limits import DecodeLimits
     from service.observability.metrics import ServiceMetrics
     from service.serving.worker import ModelRunner
 
     body = dicom_bytes(radiograph(2500, 3000, 0), 0)
-    limits = ingest.IngestLimits(max_pixels=60_000_000)
+    limits = DecodeLimits(max_pixels=60_000_000)
     checkpoint = load_checkpoint(args.models_dir / args.model)
     runner = ModelRunner("default", checkpoint.model, checkpoint.meta, torch.device("cpu"), ServiceMetrics())
     meta = checkpoint.meta
-    decoded = ingest.decode_image(body, "application/dicom", limits)
+    decoded = decode_module.decode_image(body, "application/dicom", limits)
     grid = preprocess_batch([decoded.pixels] * 4, meta.input_size, meta.mean, meta.std)
     heatmap = torch.nn.functional.interpolate(torch.rand(1, 1, 10, 10), size=tuple(meta.input_size), mode="bilinear")[
         0, 0
     ].numpy()
 
     def decode(per_pixel: bool):
-        saved = ingest._TABLE_MIN_PIXELS
-        ingest._TABLE_MIN_PIXELS = 1 << 62 if per_pixel else saved
+        saved = decode_module._TABLE_MIN_PIXELS
+        decode_module._TABLE_MIN_PIXELS = 1 << 62 if per_pixel else saved
         try:
-            return ingest.decode_image(body, "application/dicom", limits).pixels
+            return decode_module.decode_image(body, "application/dicom", limits).pixels
         finally:
-            ingest._TABLE_MIN_PIXELS = saved
+            decode_module._TABLE_MIN_PIXELS = saved
 
     def png(level: int) -> bytes:
         scaled = np.rint((heatmap - heatmap.min()) * (255.0 / np.ptp(heatmap))).astype(np.uint8)
@@ -95,7 +96,7 @@ def main() -> None:
     table = np.random.default_rng(0).random(1 << 16, dtype=np.float32)
 
     runner_method = "normgrad-conv1x1-combined"
-    assert np.array_equal(table[stored], ingest._look_up_in_strips(table, stored))
+    assert np.array_equal(table[stored], decode_module._look_up_in_strips(table, stored))
     assert torch.equal(resize(True), resize(False))
     assert np.array_equal(decode(True), decode(False)), "table decode differs from the per-pixel pipeline"
     for b in (1, 4):
@@ -108,7 +109,7 @@ def main() -> None:
         "heatmap PNG 320x320": (lambda: png(6), lambda: png(1)),
         "model step B=1": (lambda: model_two_pass(grid[:1]), lambda: runner._explain(grid[:1], runner_method)),
         "model step B=4": (lambda: model_two_pass(grid[:4]), lambda: runner._explain(grid[:4], runner_method)),
-        "table look-up 2500x3000": (lambda: table[stored], lambda: ingest._look_up_in_strips(table, stored)),
+        "table look-up 2500x3000": (lambda: table[stored], lambda: decode_module._look_up_in_strips(table, stored)),
         "resize to grid": (lambda: resize(True), lambda: resize(False)),
     }
     rows = {}
