@@ -1,4 +1,4 @@
-"""Checkpoint folders (SPEC §7): round trips, every refusal with a clear message, and the .pth converter."""
+"""Checkpoint folders (docs/formats.md): round trips, every refusal with a clear message, and the .pth converter."""
 
 from __future__ import annotations
 
