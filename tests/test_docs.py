@@ -27,8 +27,8 @@ BINARY_SUFFIXES = {".safetensors", ".png", ".jpg", ".jpeg", ".dcm", ".gz", ".zip
 # Folders that are never committed; used only when git is not available.
 UNCOMMITTED_DIRS = {".git", ".venv", "data", "runs", "artifacts", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
-# The contract's name as a whole word ("SPECT", the modality, is another word). Written in two pieces so that
-# this file does not match itself when someone greps the tree.
+# The contract's name as a whole word (a longer word that starts with it, such as an imaging modality, is not
+# it). Written in pieces so that this file does not match itself when someone greps the tree.
 CONTRACT_CITATION = re.compile(r"\b" + "SP" + r"EC\b")
 # A path that goes on into one of those folders (a bare "/home/" is a pattern someone searches for, not a path).
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|root|home)/[\w.-]|/tmp/pytest-")
@@ -213,7 +213,7 @@ def test_no_absolute_paths_of_a_machine():
 
 def test_the_checks_catch_what_they_are_for():
     """The patterns and the anchor rule, on known inputs (a check that cannot fail checks nothing)."""
-    assert CONTRACT_CITATION.search("as " + "SP" + "EC §3 says") and not CONTRACT_CITATION.search("SPECT imaging")
+    assert CONTRACT_CITATION.search("as " + "SP" + "EC §3 says") and not CONTRACT_CITATION.search("SP" + "ECT imaging")
     assert MACHINE_PATH.search('out="/ho' + 'me/me/x"') and MACHINE_PATH.search("/tm" + "p/pytest-of-me/x")
     assert not MACHINE_PATH.search('service/serving/worker.py, https://example.org/home/x, ("/ho' + 'me/", "/tmp/")')
     assert github_anchor("GET /models and GET /methods") == "get-models-and-get-methods"
