@@ -58,8 +58,8 @@ RUN groupadd --system --gid 10001 normgate \
  && chown normgate:normgate /data
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-# The code, and with models/ the shipped default checkpoint models/checkpoints/default/ (SPEC §7:
-# model.safetensors + model.json); .dockerignore keeps every other checkpoint folder out of the image.
+# The code, and with models/ the shipped default checkpoint models/checkpoints/default/ (model.safetensors +
+# model.json, docs/formats.md); .dockerignore keeps every other checkpoint folder out of the image.
 COPY models/ /app/models/
 COPY service/ /app/service/
 # Caches of matplotlib / torch go to /tmp, the one writable place when the root filesystem is read-only.

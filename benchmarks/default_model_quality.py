@@ -1,4 +1,4 @@
-"""Held-out quality of a checkpoint: accuracy, ROC AUC and the NormGrad Pointing Game (SPEC §6), standalone.
+"""Held-out quality of a checkpoint: accuracy, ROC AUC and the NormGrad Pointing Game (docs/algorithms.md), standalone.
 
 An independent cross-check of ``python -m service.evaluate`` for the model card: it uses only the checkpoint,
 the data reader, the shared preprocessing and ``models.saliency.explain``, and its own hit test:

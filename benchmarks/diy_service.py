@@ -7,10 +7,10 @@ bilinear resize to the model grid, one forward, then
 
 * ``method=gradcam``: captum ``LayerGradCam`` on ``layer4`` (its own second forward and backward), upsampled
   with ``LayerAttribution.interpolate``;
-* ``method=normgrad``: a naive NormGrad conv1x1-combined (SPEC §8): the weights keep ``requires_grad`` (as a
-  loaded model has them), forward hooks keep the four block outputs with ``retain_grad``, and a full
-  ``backward()`` of the target logit computes every weight gradient down to ``conv1`` before the maps are
-  formed from the activations and their gradients; geometric mean of the upsampled maps.
+* ``method=normgrad``: a naive NormGrad conv1x1-combined (docs/algorithms.md, "NormGrad"): the weights keep
+  ``requires_grad`` (as a loaded model has them), forward hooks keep the four block outputs with ``retain_grad``,
+  and a full ``backward()`` of the target logit computes every weight gradient down to ``conv1`` before the maps
+  are formed from the activations and their gradients; geometric mean of the upsampled maps.
 
 The answer has the same fields NormGate's has (probability, decision, point, heatmap PNG in base64).
 

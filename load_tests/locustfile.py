@@ -6,8 +6,8 @@ Traffic as a radiology department makes it:
   before the next. Most studies are 16-bit DICOM straight from the detector (default 2500 × 3000, the size of
   a real chest detector, uncompressed: ~15 MB), some are PNG/JPEG exports from older rooms or the viewer
   (multipart, like a browser upload), a few ask for ``heatmap=none``, and about 1 in 40 requests is a bad
-  input (truncated DICOM, text/plain, empty body, unknown method) that must be answered with its SPEC §3
-  4xx — a 4xx is a *success* for those and a failure for the others.
+  input (truncated DICOM, text/plain, empty body, unknown method) that must be answered with its JSON
+  4xx error (docs/api.md, "Errors") — a 4xx is a *success* for those and a failure for the others.
 * ``MorningBurst`` (``load_tests/burst.py``) — the 8 o'clock rush: a few rooms, then all of them at once,
   then back; a ``LoadTestShape``, so it lives in its own file and this one can run with plain ``-u/-r``.
 

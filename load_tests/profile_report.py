@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
+# Frames of the server's own code carry this checkout's absolute path; the report shows them repository-relative.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def role_of(stack: list[str]) -> str:
@@ -50,7 +52,7 @@ def short(frame: str) -> str:
     if not m:
         return frame
     file = m.group("file")
-    for marker in ("site-packages/", "/work/main/"):
+    for marker in ("site-packages/", f"{REPO_ROOT}/"):
         if marker in file:
             file = file.split(marker, 1)[1]
     return f"{m.group('func')} ({file})"

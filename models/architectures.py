@@ -2,7 +2,7 @@
 
 The papers (Ozer et al. 2021, 2023) use ResNet-34/50 and EfficientNet-B0 with a 2-class head trained from
 He-initialised weights. Virtual identity layers for NormGrad sit after the convolutional blocks named below;
-the combined setting uses all of them, the single setting the last one (SPEC §7, §9).
+the combined setting uses all of them, the single setting the last one (docs/algorithms.md, "NormGrad").
 
 Models are always built with ``weights=None``: nothing is downloaded. Users who have ImageNet weights pass
 them to ``models.train --pretrained PATH``.
@@ -86,7 +86,7 @@ def build_model(arch: str, num_classes: int = 2) -> nn.Module:
 
 
 def default_normgrad_layers(arch: str) -> list[str]:
-    """Module names of the virtual identity layers for the combined setting (SPEC §7, §9)."""
+    """Module names of the virtual identity layers for the combined setting (docs/algorithms.md, "NormGrad")."""
     _check_arch(arch)
     if arch.startswith("resnet"):
         # A table, not a model build: this runs on every explanation request.
@@ -96,7 +96,7 @@ def default_normgrad_layers(arch: str) -> list[str]:
 
 
 def default_gradcam_layer(arch: str) -> str:
-    """The last convolutional block (SPEC §9)."""
+    """The last convolutional block: Grad-CAM's default layer (docs/algorithms.md, "Baseline saliency methods")."""
     _check_arch(arch)
     return "layer4" if arch.startswith("resnet") else "features.8"
 

@@ -1,4 +1,5 @@
-"""Plain torchvision ``state_dict`` files → NormGate checkpoint folders (SPEC §7), and the safe reader for them.
+"""Plain torchvision ``state_dict`` files → NormGate checkpoint folders (docs/formats.md, "Checkpoint folders"), and
+the safe reader for them.
 
 A ``.pth`` is a pickle. It is only ever opened with ``torch.load(..., weights_only=True)``, which restores
 tensors and plain containers and refuses any other pickled object (a whole pickled model, an optimizer, a

@@ -1,4 +1,4 @@
-"""Dataset readers: the Object-CXR layout and a generic CSV (SPEC §5).
+"""Dataset readers: the Object-CXR layout and a generic CSV (docs/formats.md, "Data sets").
 
 Object-CXR (JF Healthcare, MIDL 2020 challenge, https://jfhealthcare.github.io/object-CXR/):
 ``ROOT/<split>.csv`` with header ``image_name,annotation`` (the challenge's own files say ``image_path``);

@@ -1,4 +1,5 @@
-"""The offline Pointing Game engine (SPEC §6): models × saliency methods over a data set, one pass.
+"""The offline Pointing Game engine (docs/algorithms.md, "Pointing Game"): models × saliency methods over a data
+set, one pass.
 
 The experiments reproduced are those of Özer & Öksüz (MIDL 2021, Table 2) and Özer et al. (2023, Tables 2–5):
 Pointing Game of NormGrad and baseline saliency methods on Object-CXR, with and without Gaussian smoothing of
@@ -183,7 +184,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One row of per_image.csv (SPEC §9), plus the energy PG and the FROC match of the point."""
+    """One row of per_image.csv (docs/formats.md, "per_image.csv"): the point, hit, energy PG and FROC match."""
 
     image: str
     model: str
@@ -421,7 +422,7 @@ def shard_samples(samples: Sequence[Sample], index: int, count: int) -> list[Sam
     return list(samples[index::count])
 
 
-# --- aggregation: per-image rows → results.json (SPEC §6) ------------------------------------------------------
+# --- aggregation: per-image rows → results.json (docs/formats.md, "results.json") -------------------------------
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -439,7 +440,7 @@ def summarise_rows(
     fp_rates: Sequence[float] | None = None,
     method_order: Sequence[str] | None = None,
 ) -> dict:
-    """Aggregate per-image rows into the SPEC §6 results: Pointing Game, energy PG, FROC, classification,
+    """Aggregate per-image rows into results.json's blocks: Pointing Game, energy PG, FROC, classification,
     mean ± std over several models of one architecture (sample std, ddof = 1) and the Difference of Means
     (|mean_A − mean_B|, Özer et al. 2023 §4.5) when exactly two architectures were evaluated.
 

@@ -4,10 +4,10 @@ Pointing Game (Zhang et al., "Top-down neural attention by excitation backprop",
 benchmark ``torchray/benchmark/pointing_game.py``; Özer & Öksüz, MIDL 2021 and Özer et al. 2023 §4.2):
 the saliency map's maximum point ``p`` is a *hit* when its distance to the nearest ground-truth box is at most
 ``τ`` pixels (a point inside a box is at distance 0), and accuracy = hits / (hits + misses). Images without a
-box are left out (SPEC §6). τ is measured in the pixels of the grid the map lives on (the model input grid);
-the papers use τ = 15 (2023) and τ = 25 (2021). TorchRay and the papers' seed code test "some box pixel
-strictly closer than τ"; SPEC §6 says "distance ≤ τ", which is what :func:`pointing_game_hit` does, with
-boxes taken as closed continuous rectangles.
+box are left out (docs/algorithms.md, "Pointing Game"). τ is measured in the pixels of the grid the map lives
+on (the model input grid); the papers use τ = 15 (2023) and τ = 25 (2021). TorchRay and the papers' seed code
+test "some box pixel strictly closer than τ"; NormGate counts "distance ≤ τ", which is what
+:func:`pointing_game_hit` does, with boxes taken as closed continuous rectangles.
 
 Energy-based Pointing Game (Wang et al., "Score-CAM", CVPRW 2020 §4.2): the share of the (non-negative)
 saliency mass that falls inside the union of the boxes — a graded second column next to the binary hit.
@@ -89,7 +89,7 @@ def nearest_box_distance(point_xy: Sequence[float], boxes: Iterable[Sequence[flo
 def pointing_game_hit(point_xy: Sequence[float], boxes: Sequence[Sequence[float]], tau: float) -> bool | None:
     """Hit (True) iff the nearest box is at most ``tau`` away; ``None`` when there is no box (image excluded).
 
-    ``point_xy`` and ``boxes`` must be in the same pixel grid (the model input grid for SPEC §6).
+    ``point_xy`` and ``boxes`` must be in the same pixel grid (the model input grid in the evaluation).
     """
     if tau < 0 or not math.isfinite(tau):
         raise ValueError(f"tau must be a finite non-negative number of pixels, got {tau!r}")
@@ -186,7 +186,7 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
 
 
 def classification_accuracy(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> float | None:
-    """Share of images whose decision (positive iff probability >= threshold, SPEC §3) matches the label."""
+    """Share of images whose decision (positive iff probability >= threshold, as /assess decides) matches the label."""
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probabilities, dtype=np.float64)
     if y.shape != p.shape:

@@ -1,4 +1,5 @@
-"""Training CLI for the foreign-object classifier: ``python -m models.train`` (SPEC §2, §7).
+"""Training CLI for the foreign-object classifier: ``python -m models.train``; it writes a checkpoint folder
+(docs/formats.md, "Checkpoint folders").
 
 The recipe is the papers' (Ozer et al. 2021 MIDL §3 "Experimental setup"; Ozer et al. 2023 §4.1 "Object-CXR"):
 a torchvision ResNet/EfficientNet with a 2-class head (He initialisation), the grayscale radiograph duplicated to

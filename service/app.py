@@ -40,7 +40,8 @@ NormGate is an explainable quality gate for chest radiographs: it estimates the 
 shows a foreign object (the quality problem), decides **reacquire** or **accept** against the model's
 threshold, and explains the positive class with a NormGrad saliency map and its peak point in original pixels.
 
-Errors are JSON `{"error": code, "detail": sentence}` with the status of SPEC §3.
+Errors are JSON `{"error": code, "detail": sentence, "request_id": id}`; every code and its status is listed in
+the repository's docs/api.md ("Errors").
 """
 
 

@@ -1,4 +1,4 @@
-"""Service settings, read once from ``NORMGATE_*`` environment variables (SPEC §9).
+"""Service settings, read once from ``NORMGATE_*`` environment variables (README, "Configuration").
 
 Every value has a default that makes ``make run`` work on a laptop: the shipped default checkpoint, CPU unless a
 GPU is present, loopback only. ``get_settings()`` is cached so every part of the app sees the same values; tests

@@ -12,7 +12,7 @@ from models.imaging import ImageError
 
 
 class ApiError(Exception):
-    """An error with its HTTP status, SPEC §3 code and a sentence for the client."""
+    """An error with its HTTP status, its code (docs/api.md, "Errors") and a sentence for the client."""
 
     status = 500
     code = "internal"

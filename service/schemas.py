@@ -1,4 +1,4 @@
-"""Request and response shapes of the HTTP API (SPEC §3), as pydantic models for validation and OpenAPI."""
+"""Request and response shapes of the HTTP API (docs/api.md), as pydantic models for validation and OpenAPI."""
 
 from __future__ import annotations
 

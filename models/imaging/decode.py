@@ -2,9 +2,9 @@
 
 Every accepted image leaves here as a float32 ``[H, W]`` array in ``[0, 1]`` with MONOCHROME2 semantics
 (higher = brighter on screen = denser), in display orientation. Everything else is refused with an
-:class:`ImageError` whose ``code``/``status``/``detail`` map straight onto the SPEC §3 JSON errors; no other
-exception escapes for any input bytes (the fuzz test holds this). The module knows nothing of HTTP frameworks
-so the routes stay thin; it is synchronous and meant to run in a worker thread.
+:class:`ImageError` whose ``code``/``detail`` map straight onto the API's JSON errors (docs/api.md, "Errors");
+no other exception escapes for any input bytes (the fuzz test holds this). The module knows nothing of HTTP
+frameworks so the routes stay thin; it is synchronous and meant to run in a worker thread.
 
 Safety, in the order the checks run:
 

@@ -1,8 +1,9 @@
 """One preprocessing path for training, evaluation and the service.
 
 A radiograph arrives as a single-channel array (any size, 8/16-bit or float). It is scaled to [0, 1],
-resized to the model grid by stretching (SPEC §3: the heatmap maps onto the whole original image), duplicated
-to three channels as in the papers (grayscale → RGB), and normalised with the checkpoint's mean/std.
+resized to the model grid by stretching (so the heatmap maps onto the whole original image: docs/api.md,
+"POST /assess"), duplicated to three channels as in the papers (grayscale → RGB), and normalised with the
+checkpoint's mean/std.
 """
 
 from __future__ import annotations

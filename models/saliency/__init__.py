@@ -1,4 +1,5 @@
-"""NormGate's explanation engine (SPEC §7, §8): NormGrad and baseline saliency methods behind one call.
+"""NormGate's explanation engine: NormGrad and baseline saliency methods behind one call (docs/saliency.md;
+the methods themselves: docs/algorithms.md).
 
     from models.saliency import explain, list_methods
     maps = explain(model, images)                       # normgrad-conv1x1-combined, predicted class

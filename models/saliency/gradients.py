@@ -10,8 +10,8 @@ SmoothGrad and Integrated Gradients. All batched over images; all with frozen we
 - Guided Grad-CAM (eq. 13): Grad-CAM ⊙ Guided Backpropagation.
 - SmoothGrad (Smilkov et al. 2017): mean gradient over n noisy copies, noise σ = level·(max − min) per image.
 - Integrated Gradients (Sundararajan et al. 2017): (x − x̄) ⊙ ∫₀¹ ∂y_c/∂x(x̄ + α(x − x̄)) dα with the
-  trapezoid rule on ``steps`` equally spaced α (SPEC §9 defaults: zero baseline, 32 steps). The weights
-  sum to 1 (completeness); captum's ``riemann_trapezoid`` uses 1/n steps, i.e. (n−1)/n of this map.
+  trapezoid rule on ``steps`` equally spaced α (defaults: zero baseline, 32 steps; docs/algorithms.md). The
+  weights sum to 1 (completeness); captum's ``riemann_trapezoid`` uses 1/n steps, i.e. (n−1)/n of this map.
 
 The IG path and SmoothGrad samples are evaluated ``max_batch`` inputs at a time.
 """

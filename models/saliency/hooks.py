@@ -253,7 +253,7 @@ class ModelOutputRecorder:
 
 
 def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """[B, h, w] → [B, H, W] float32 by bilinear interpolation (SPEC §8, §9)."""
+    """[B, h, w] → [B, H, W] float32 by bilinear interpolation (docs/algorithms.md, "NormGrad")."""
     maps = maps.float()
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps

@@ -2,7 +2,7 @@
 
 A virtual identity layer sits right after each hooked module; with activation x and upstream gradient g of
 the target logit at spatial location u, the norm of that layer's weight-gradient contribution at u is
-(Ozer et al. 2023, table 1; SPEC §8):
+(Ozer et al. 2023, table 1; docs/algorithms.md, "NormGrad"):
 
     bias     ‖g_u‖
     scaling  ‖g_u ⊙ x_u‖

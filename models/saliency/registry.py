@@ -1,8 +1,8 @@
-"""Method registry and the ``explain`` entry point (SPEC §7).
+"""Method registry and the ``explain`` entry point (docs/saliency.md).
 
-A method is registered under its SPEC id with the function that computes it, the way it picks layers, and
-the keyword options it accepts. ``explain`` validates the input, resolves layers, freezes the model, runs the
-method and checks the result; methods themselves only compute.
+A method is registered under its public id (what GET /methods lists) with the function that computes it, the
+way it picks layers, and the keyword options it accepts. ``explain`` validates the input, resolves layers,
+freezes the model, runs the method and checks the result; methods themselves only compute.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def register_method(
 
 
 def list_methods() -> list[str]:
-    """Registered method ids, in registration order (SPEC §7 order)."""
+    """Registered method ids, in registration order (the order docs/saliency.md and GET /methods list them)."""
     return list(_REGISTRY)
 
 
@@ -76,7 +76,7 @@ def get_method(method_id: str) -> SaliencyMethod:
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """The architecture's NormGrad layers (SPEC §7), for torchvision models NormGate knows."""
+    """The architecture's NormGrad layers (docs/algorithms.md, "NormGrad"), for torchvision models NormGate knows."""
     arch = infer_arch(model)
     if arch is None:
         raise ValueError(f"no default layers for a {type(model).__name__}; pass layers=[module names]")

@@ -88,5 +88,5 @@ def input_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 
 
 def reduce_channels_abs(attribution: torch.Tensor) -> torch.Tensor:
-    """Pixel-space methods: [B, C, H, W] → [B, H, W] by summing absolute values over channels (SPEC §9)."""
+    """Pixel-space methods: [B, C, H, W] → [B, H, W] by summing absolute values over channels (docs/algorithms.md)."""
     return attribution.float().abs().sum(dim=1)

@@ -1,4 +1,4 @@
-"""Write a synthetic data set in the Object-CXR layout (SPEC §5).
+"""Write a synthetic data set in the Object-CXR layout (docs/formats.md, "Data sets").
 
 ``OUT/train.csv``, ``OUT/dev.csv``, ``OUT/test.csv`` with header ``image_name,annotation`` and rows such as
 ``train/00012.png,1 210 305 236 331;0 90 120 130 170``; images under ``OUT/<split>/``. ``OUT/synth.json``

@@ -1,10 +1,10 @@
 """The OpenAPI document says what the service really answers (checked by tests/service/api/test_schema_fuzz.py).
 
 FastAPI documents its own 422 body (``{"detail": [...]}``) for every operation with parameters, but the
-service answers every error as SPEC §3 ``{"error", "detail"}`` (service/errors.py). And some answers can come
-from any operation, not from its route: 500 ``internal`` (the request middleware), 503 ``overloaded`` (the
-NORMGATE_MAX_CONCURRENT_REQUESTS cap, before routing), and for operations that read a body 408
-``request_timeout`` and 413 ``too_large``. This fills those in once, for every operation.
+service answers every error as ``{"error", "detail", "request_id"}`` (service/errors.py; docs/api.md,
+"Errors"). And some answers can come from any operation, not from its route: 500 ``internal`` (the request
+middleware), 503 ``overloaded`` (the NORMGATE_MAX_CONCURRENT_REQUESTS cap, before routing), and for operations
+that read a body 408 ``request_timeout`` and 413 ``too_large``. This fills those in once, for every operation.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": dict(_ERROR_REF)}}}
 
 
-def document_spec_errors(schema: dict[str, Any]) -> dict[str, Any]:
+def document_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
     for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             responses = operation.setdefault("responses", {})
@@ -62,7 +62,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_spec_errors(generate())
+            app.openapi_schema = document_error_responses(generate())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

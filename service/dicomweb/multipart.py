@@ -16,8 +16,8 @@ assessor. Sources:
   ``--boundary--``) and RFC 2387 (multipart/related and its ``type`` parameter).
 
 The parser works on a body whose total size the caller has already bounded; it also bounds the number of
-parts and refuses anything malformed with :class:`StowRequestError` (a 400/415 SPEC §3 error), never another
-exception.
+parts and refuses anything malformed with :class:`StowRequestError` (a 400/415 JSON error, docs/api.md),
+never another exception.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class FailureReason:
 
 
 class StowRequestError(ApiError):
-    """The request as a whole is unusable (not individual instances): a SPEC §3 JSON error."""
+    """The request as a whole is unusable (not individual instances): a JSON error (docs/api.md, "Errors")."""
 
 
 def _bad_request(detail: str) -> BadImage:
@@ -304,7 +304,7 @@ class StowOutcome:
     index: int
     ids: InstanceIds
     failure_reason: int | None = None  # None: stored (assessed)
-    error: str | None = None  # SPEC §3 code of the failure, e.g. bad_image
+    error: str | None = None  # error code of the failure (docs/api.md), e.g. bad_image
     detail: str | None = None  # a sentence for a person (never patient data)
     retrieve_url: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # NormGate's own results, for Accept: application/json

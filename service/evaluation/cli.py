@@ -1,4 +1,4 @@
-"""``python -m service.evaluate``: the offline Pointing Game job (SPEC §6), resumable, shardable.
+"""``python -m service.evaluate``: the offline Pointing Game job (docs/evaluation.md), resumable, shardable.
 
     python -m service.evaluate --data ROOT --split test --model PATH[,PATH…] --methods ID[,ID…] \\
         [--tau 15] [--smooth-sigma 1.0] [--init trained|semi-random|full-random] [--repeat N] \\
@@ -9,7 +9,7 @@
 
 Every run is a job in a SQLite file (``--job-db``, default ``DIR/job.sqlite3``). Per-image rows are stored
 batch by batch; running the same command again after a crash or a kill resumes the job where it stopped.
-Outputs: ``DIR/results.json``, ``DIR/per_image.csv`` (SPEC §9 columns, then ``energy_pg, objects_hit``) and a
+Outputs: ``DIR/results.json``, ``DIR/per_image.csv`` (columns in docs/formats.md, "per_image.csv") and a
 self-contained ``DIR/report.html``. ``--shard i/n`` evaluates every n-th image starting at i; ``merge`` joins the
 shard folders into the same outputs a single run would give (docs/evaluation.md).
 """
@@ -441,7 +441,7 @@ def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m service.evaluate",
-        description="Pointing Game of saliency methods on a data set in Object-CXR layout (SPEC §6). "
+        description="Pointing Game of saliency methods on a data set in Object-CXR layout (docs/evaluation.md). "
         "Subcommands: 'merge --out DIR SHARD_DIR…', 'compare --out FILE [LABEL=]RUN_DIR…' and "
         "'run-job --job-db FILE --job-id ID'.",
     )

@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §4, on a registry owned by one app instance.
+"""Prometheus metrics (docs/api.md, "Health, readiness, metrics"), on a registry owned by one app instance.
 
 A per-app ``CollectorRegistry`` (not the global default) lets several apps live in one process — the test suite
 builds many — without "Duplicated timeseries" errors, and ``/metrics`` shows exactly this app's numbers.

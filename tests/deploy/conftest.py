@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 
-# SPEC §4: the metric families every consumer (rules, dashboard, HPA) may rely on.
-SPEC_METRICS = {
+# The core metric families every consumer (rules, dashboard, HPA) may rely on: the first eight of
+# docs/api.md, "Health, readiness, metrics".
+CORE_METRICS = {
     "normgate_request_duration_seconds": "histogram",
     "normgate_queue_wait_seconds": "histogram",
     "normgate_compute_duration_seconds": "histogram",
@@ -38,8 +39,8 @@ SPEC_METRICS = {
     "normgate_decisions_total": "counter",
     "normgate_model_info": "gauge",
 }
-# SPEC §9: the settings the service reads.
-SPEC_SETTINGS = {
+# The core NORMGATE_* settings (README, "Configuration"); the deploy files set no others.
+CORE_SETTINGS = {
     "NORMGATE_HOST",
     "NORMGATE_PORT",
     "NORMGATE_MODELS_DIR",
@@ -197,7 +198,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory):
                 f"NormGate did not become ready: {exc}\n--- server log ---\n"
                 f"{log_path.read_text(errors='replace')[-4000:]}"
             )
-        # Traffic so every SPEC §4 family has samples: a full assessment, a forward-only one, a bad image.
+        # Traffic so every core family has samples: a full assessment, a forward-only one, a bad image.
         assert app.assess().status_code == 200, app.log_path.read_text(errors="replace")[-2000:]
         assert app.assess(heatmap="none").status_code == 200
         bad = httpx.post(

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, SPEC_SETTINGS, require_binary, run_tool
+from tests.deploy.conftest import CORE_SETTINGS, DEPLOY, REPO, require_binary, run_tool
 
 COMPOSE_PATH = REPO / "docker-compose.yml"
 CPU_OVERRIDE_PATH = DEPLOY / "compose" / "cpu.yml"
@@ -75,7 +75,7 @@ def test_normgate_service():
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
     # Falls back to the CPU when no GPU is visible (and deploy/compose/cpu.yml drops the reservation).
     assert svc["environment"]["NORMGATE_DEVICE"] == "auto"
-    assert set(svc["environment"]) <= SPEC_SETTINGS
+    assert set(svc["environment"]) <= CORE_SETTINGS
     test = svc["healthcheck"]["test"]
     assert test[0] == "CMD" and any("/healthz" in part for part in test)
     assert svc["read_only"] is True and any(t.startswith("/tmp") for t in svc["tmpfs"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.deploy.conftest import REPO, SPEC_SETTINGS, require_binary, run_tool
+from tests.deploy.conftest import CORE_SETTINGS, REPO, require_binary, run_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -156,12 +156,12 @@ def test_runs_as_non_root_with_a_healthcheck_on_healthz():
     assert FINAL.all("EXPOSE") == ["8000"]
 
 
-def test_environment_uses_spec_settings_and_the_shipped_checkpoint():
+def test_environment_uses_core_settings_and_the_shipped_checkpoint():
     env = {}
     for line in FINAL.all("ENV"):
         env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
     normgate = {k for k in env if k.startswith("NORMGATE_")}
-    assert normgate <= SPEC_SETTINGS, normgate - SPEC_SETTINGS
+    assert normgate <= CORE_SETTINGS, normgate - CORE_SETTINGS
     assert env["NORMGATE_HOST"] == "0.0.0.0" and env["NORMGATE_PORT"] == "8000"
     assert env["NORMGATE_MODELS_DIR"] == "/app/models/checkpoints"
     # models/ (with checkpoints/default, see .dockerignore) and service/ land in the working directory.

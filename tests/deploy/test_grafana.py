@@ -1,5 +1,6 @@
 """deploy/grafana: provisioning wired to the compose stack, and every PromQL expression of the dashboard parsed by
-promtool and naming only metrics that exist (SPEC §4, the live /metrics, or NVIDIA dcgm-exporter's DCGM_FI_*)."""
+promtool and naming only metrics that exist (the core families of docs/api.md, the live /metrics, or NVIDIA
+dcgm-exporter's DCGM_FI_*)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, SPEC_METRICS, metric_families, require_binary, run_tool
+from tests.deploy.conftest import CORE_METRICS, DEPLOY, REPO, metric_families, require_binary, run_tool
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD_PATH = GRAFANA / "dashboards" / "normgate.json"
@@ -83,7 +84,7 @@ def metric_names(promql: str) -> set[str]:
 def family_of(name: str) -> str:
     for suffix in HISTOGRAM_SUFFIXES:
         base = name.removesuffix(suffix)
-        if base != name and SPEC_METRICS.get(base) == "histogram":
+        if base != name and CORE_METRICS.get(base) == "histogram":
             return base
     return name
 
@@ -141,17 +142,17 @@ def test_metric_name_extraction_on_known_expressions():
     assert metric_names('DCGM_FI_DEV_FB_USED{gpu="0"} and on (gpu) up') == {"DCGM_FI_DEV_FB_USED", "up"}
 
 
-def test_dashboard_names_only_spec_or_dcgm_metrics():
+def test_dashboard_names_only_core_or_dcgm_metrics():
     used = set()
     for where, expr in dashboard_queries():
         names = metric_names(to_promql(expr))
         assert names, f"{where}: no metric in {expr!r}"
         for name in names:
-            assert family_of(name) in SPEC_METRICS or name.startswith("DCGM_FI_"), f"{where}: unknown metric {name}"
+            assert family_of(name) in CORE_METRICS or name.startswith("DCGM_FI_"), f"{where}: unknown metric {name}"
         used |= names
     assert used >= DCGM_REQUIRED
-    assert {family_of(n) for n in used if n.startswith("normgate_")} == set(SPEC_METRICS), (
-        "every SPEC §4 metric appears on the dashboard"
+    assert {family_of(n) for n in used if n.startswith("normgate_")} == set(CORE_METRICS), (
+        "every core metric appears on the dashboard"
     )
 
 

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, SPEC_METRICS, SPEC_SETTINGS, metric_families, run_tool
+from tests.deploy.conftest import CORE_METRICS, CORE_SETTINGS, DEPLOY, metric_families, run_tool
 
 K8S = DEPLOY / "k8s"
 KUSTOMIZATIONS = [K8S, K8S / "evaluation"]
@@ -112,7 +112,7 @@ def test_deployment_probes_gpu_resources_and_security():
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     for path in ("/tmp", env["NORMGATE_DATA_DIR"]):
         assert "emptyDir" in volumes[mounts[path]], path
-    assert set(env) <= SPEC_SETTINGS, set(env) - SPEC_SETTINGS
+    assert set(env) <= CORE_SETTINGS, set(env) - CORE_SETTINGS
 
 
 def test_service_and_pdb_select_the_deployment_pods():
@@ -156,7 +156,7 @@ def test_hpa_scales_on_the_queue_depth_that_prometheus_adapter_exposes(live_app)
     assert len(rules) == 1, "prometheus-adapter exposes no (or several) metrics under the HPA's name"
     rule = rules[0]
     series_metric = re.match(r"\s*([A-Za-z_:][A-Za-z0-9_:]*)", rule["seriesQuery"]).group(1)
-    assert series_metric in SPEC_METRICS and SPEC_METRICS[series_metric] == "gauge"
+    assert series_metric in CORE_METRICS and CORE_METRICS[series_metric] == "gauge"
     assert rule["resources"]["overrides"]["pod"]["resource"] == "pod"
     assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
     assert "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]

@@ -1,4 +1,4 @@
-"""Checkpoint folders (SPEC §7): round trips, every refusal with a clear message, and the .pth converter."""
+"""Checkpoint folders (docs/formats.md): round trips, every refusal with a clear message, and the .pth converter."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_unknown_normgrad_layer(tmp_path, resnet18):
         ({"threshold": 1.5}, r"field threshold: Input should be less than or equal to 1$"),
         ({"threshhold": 0.7}, r"field threshhold: unknown field"),
         ({"trained_on": "a sentence"}, r"field trained_on: Input should be a valid dictionary"),
-        ({"trained_on": {"commands": ["train --data /home/me/cxr"]}}, r"field trained_on\.commands: .*absolute path"),
+        ({"trained_on": {"commands": ["train --data /data/cxr"]}}, r"field trained_on\.commands: .*absolute path"),
         ({"input_size": [16, 16]}, r"field input_size: .*32\.\.4096"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Metrics (SPEC §4 names and labels, values moving), /models, /methods, /healthz and the OpenAPI document."""
+"""Metrics (the core names and labels of docs/api.md, values moving), /models, /methods, /healthz and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from models.saliency import list_methods
 from service.app import create_app
 from tests.helpers import png_bytes, radiograph, settings_for, wait_ready_sync
 
-SPEC_METRICS = {  # family name → (type, label names)
+CORE_METRICS = {  # family name → (type, label names)
     "normgate_request_duration_seconds": ("histogram", {"endpoint", "status"}),
     "normgate_queue_wait_seconds": ("histogram", {"model"}),
     "normgate_compute_duration_seconds": ("histogram", {"model", "stage"}),
@@ -46,12 +46,12 @@ def sample(families, sample_name: str, **labels) -> float:
     return 0.0
 
 
-def test_every_spec_metric_with_its_labels_and_values_moving(client):
+def test_every_core_metric_with_its_labels_and_values_moving(client):
     body = png_bytes(radiograph(64, 64, seed=1))
     client.post("/assess", content=body, headers={"content-type": "image/png"})  # every label set exists
     client.post("/assess", content=b"xx", headers={"content-type": "text/plain"})
     before = scrape(client)
-    for name, (kind, labels) in SPEC_METRICS.items():
+    for name, (kind, labels) in CORE_METRICS.items():
         assert name in before, f"{name} missing from /metrics"
         assert before[name].type == kind
         for s in before[name].samples:

@@ -1,4 +1,4 @@
-"""POST /assess — one radiograph in, decision + explanation out (SPEC §3)."""
+"""POST /assess — one radiograph in, decision + explanation out (docs/api.md, "POST /assess")."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Response format of the store (docs/integration.md):
   each instance's /assess answer, its result instances (UIDs, WADO-RS URL) and the push state.
 
 Status 200 / 202 / 409 per PS3.18 §10.5.3 (all / some / none assessed); request-level problems (content
-type, malformed multipart, too many parts, unknown model, not ready, API key) are SPEC §3 JSON errors.
+type, malformed multipart, too many parts, unknown model, not ready, API key) are the API's JSON errors
+(docs/api.md, "Errors").
 """
 
 from __future__ import annotations

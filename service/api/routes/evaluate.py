@@ -1,4 +1,4 @@
-"""``/evaluate``: the offline Pointing Game job over HTTP (SPEC §3, §6), same code as the CLI.
+"""``/evaluate``: the offline Pointing Game job over HTTP (docs/api.md, "/evaluate jobs"), same code as the CLI.
 
 ``POST /evaluate`` takes a JSON body mirroring the CLI flags and answers 202 ``{"job_id": …}``; the job is
 stored in SQLite and run by :class:`service.evaluation.jobs.EvaluationRunner` in a low-priority child process, one job at
@@ -60,7 +60,7 @@ class EvaluateRequest(BaseModel):
 
 
 def _documented(**by_status: str) -> dict[int, dict[str, Any]]:
-    """OpenAPI responses: SPEC §3 error bodies with what each status means here (401 on every route)."""
+    """OpenAPI responses: JSON error bodies with what each status means here (401 on every route)."""
     statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid", **by_status}
     return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text} for status, text in statuses.items()}
 

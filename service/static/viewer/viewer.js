@@ -1,10 +1,10 @@
 // NormGate radiographer viewer (plain ES module, no build step).
 //
-// Coordinates: everything is placed in ORIGINAL image pixels (SPEC §3). The stage element is exactly
+// Coordinates: everything is placed in ORIGINAL image pixels (docs/api.md, "POST /assess"). The stage is exactly
 // width × height CSS pixels of the original image and is moved with one CSS transform
 // (translate(tx, ty) scale(s)), so an image pixel (x, y) has its centre on screen at
 // viewport + (tx + (x + 0.5)·s, ty + (y + 0.5)·s). The heatmap canvas holds the model-grid map and is
-// stretched by the browser over the whole stage, as the SPEC says the map maps onto the whole image.
+// stretched by the browser over the whole stage: the map covers the whole image (docs/formats.md, "The heatmap PNG").
 //
 // What is shown is what the model saw: every upload is rendered by the server's POST /render from the same
 // decoded pixels /assess uses (DICOM VOI, 16-bit, EXIF rotation, colour to gray). Window/level is applied

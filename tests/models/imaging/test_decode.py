@@ -1,4 +1,5 @@
-"""Ingestion: bytes (DICOM, PNG, JPEG) → the one grayscale array the model sees, or a SPEC §3 error.
+"""Ingestion: bytes (DICOM, PNG, JPEG) → the one grayscale array the model sees, or an API error
+(docs/api.md, "Errors").
 
 Expected values are computed by hand from the standard's formulas (PS3.3 C.11) or from independently
 constructed inputs, never by calling the code under test a second time.

@@ -62,7 +62,7 @@ def test_input_x_grad_and_gradient_match_captum(resnet18_not_inplace, resnet18, 
 
 
 def test_integrated_gradients_matches_captum(resnet18_not_inplace, resnet18, images96):
-    steps = 32  # SPEC §9 default
+    steps = 32  # the default (docs/algorithms.md)
     images = images96[:, :, :64, :64]
     reference = (
         IntegratedGradients(resnet18_not_inplace)

@@ -12,8 +12,8 @@ from models.saliency.registry import LAYERS_NONE
 
 from .conftest import pearson
 
-SPEC_METHODS = [f"normgrad-{k}-{s}" for k in ("bias", "scaling", "conv1x1", "conv3x3") for s in ("single", "combined")]
-SPEC_METHODS += [
+METHOD_IDS = [f"normgrad-{k}-{s}" for k in ("bias", "scaling", "conv1x1", "conv3x3") for s in ("single", "combined")]
+METHOD_IDS += [
     "gradcam",
     "guided-gradcam",
     "guided-backprop",
@@ -51,11 +51,11 @@ def _hook_count(model: nn.Module) -> int:
     )
 
 
-def test_list_methods_is_the_spec_set():
-    assert list_methods() == SPEC_METHODS
+def test_list_methods_is_the_documented_set():
+    assert list_methods() == METHOD_IDS
 
 
-@pytest.mark.parametrize("method", SPEC_METHODS)
+@pytest.mark.parametrize("method", METHOD_IDS)
 def test_every_method_returns_finite_non_negative_maps(resnet18, small_images, method):
     maps = explain(resnet18, small_images, method, **FAST_OPTIONS.get(method, {}))
     assert maps.shape == (2, 40, 40)
@@ -65,7 +65,7 @@ def test_every_method_returns_finite_non_negative_maps(resnet18, small_images, m
     assert float(maps.max()) > 0
 
 
-@pytest.mark.parametrize("method", SPEC_METHODS)
+@pytest.mark.parametrize("method", METHOD_IDS)
 def test_batch_equals_one_image_at_a_time(resnet18, small_images, method):
     options = FAST_OPTIONS.get(method, {})
     target = torch.tensor([1, 0])
@@ -325,7 +325,7 @@ def test_explain_with_logits_reuses_the_forward_pass(resnet18, small_images, met
 def test_explain_many_equals_explain_and_shares_one_pass(resnet18, small_images):
     from models.saliency import explain_many
 
-    normgrad_ids = [m for m in SPEC_METHODS if m.startswith("normgrad-")]
+    normgrad_ids = [m for m in METHOD_IDS if m.startswith("normgrad-")]
     calls = []
     handle = resnet18.register_forward_pre_hook(lambda module, inputs: calls.append(1))
     try:

@@ -186,7 +186,7 @@ def test_resnet18_combined_and_single_match_reference(resnet18_not_inplace, resn
     torch.testing.assert_close(single, per_layer[-1].detach(), rtol=2e-4, atol=1e-7)
 
 
-def test_default_layers_follow_spec(resnet18):
+def test_default_layers_are_the_documented_ones(resnet18):
     from models.saliency import default_layers
 
     assert default_layers(resnet18) == ["layer2.0", "layer3.0", "layer4.0", "layer4.1"]

@@ -1,4 +1,4 @@
-"""Every SPEC §3 error of /assess and the generic ones, as JSON {"error", "detail"} with the right status."""
+"""Every error of /assess (docs/api.md, "Errors") and the generic ones, as JSON {"error", "detail"} with the right status."""
 
 from __future__ import annotations
 

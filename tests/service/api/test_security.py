@@ -36,7 +36,7 @@ STOW_INSTANCE = dx_instance(chest_like(48, 40))
 MAX_BODY_MB = 0.05  # 52 428 bytes
 
 
-def spec_error(response, status: int, code: str) -> None:
+def assert_json_error(response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -110,7 +110,7 @@ def test_every_protected_endpoint_needs_a_valid_key(locked, name, fault_row):
     for what, auth in attempts.items():
         response = locked.request(method, path, content=body, headers={**headers, **auth})
         fault_row("authentication", f"{name}: {what}", "401 unauthorized", outcome(response))
-        spec_error(response, 401, "unauthorized")
+        assert_json_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"] == "Bearer"
     for key in (KEY_ONE, KEY_TWO):  # the digest entry and the plain (hashed at load) entry both work
         response = locked.request(method, path, content=body, headers={**headers, **bearer(key)})
@@ -140,9 +140,9 @@ def test_public_endpoints_are_configurable(models_dir, public):
                 if name in public:
                     assert response.status_code in (200, 503), (url, response.text)  # readyz may still be 503
                 else:
-                    spec_error(response, 401, "unauthorized")
+                    assert_json_error(response, 401, "unauthorized")
                     assert client.get(url, headers=bearer(KEY_ONE)).status_code in (200, 503)
-        spec_error(
+        assert_json_error(
             client.post("/assess", content=SMALL_PNG, headers={"content-type": "image/png"}), 401, "unauthorized"
         )  # never public
 
@@ -293,12 +293,12 @@ LIMIT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(LIMIT_CASES))
-def test_request_limits_answer_spec_errors(limited, case, fault_row):
+def test_request_limits_answer_json_errors(limited, case, fault_row):
     (method, path), kwargs, expected = LIMIT_CASES[case]
     response = limited.request(method, path, **kwargs)
     fault_row("limits", case, expected, outcome(response))
     status, code = expected.split(" ", 1)
-    spec_error(response, int(status), code)
+    assert_json_error(response, int(status), code)
 
 
 def test_one_file_multipart_within_the_limits_is_assessed(limited):
@@ -420,7 +420,7 @@ def test_evaluation_paths_never_leave_the_data_and_models_roots(tmp_path, models
         for case, request in bad_requests.items():
             response = client.post("/evaluate", json=request)
             fault_row("evaluation paths", case, "422 bad_parameter", outcome(response))
-            spec_error(response, 422, "bad_parameter")
+            assert_json_error(response, 422, "bad_parameter")
     with pytest.raises(_PathRejected):
         resolve_data_path("link_out", roots)
     # A symlink inside the data folder to a checkpoint is judged by where it leads (the models folder).
@@ -435,7 +435,7 @@ MIB = 1024 * 1024
 
 def test_ingest_corpus_over_http(models_dir, fault_row):
     """Every file of tests/models/imaging/data/ingest_corpus through POST /assess: the decoder's outcome (checked
-    file by file in tests/models/imaging/test_decode.py) becomes the SPEC §3 status, and nothing is a 5xx."""
+    file by file in tests/models/imaging/test_decode.py) becomes its status (docs/api.md, "Errors"), and nothing is a 5xx."""
     manifest = json.loads((CORPUS_DIR / "manifest.json").read_text())
     by_limits: dict[str, list[dict]] = {}
     for entry in manifest:

@@ -2,7 +2,7 @@
 
 One server (``python -m service`` on a free loopback port) and one browser serve the whole module. The
 expected answers are computed independently of the page: the decision and the point come from our own
-POST /assess of the same bytes (same input ⇒ same output, SPEC §3), and the marker's expected place on
+POST /assess of the same bytes (same input ⇒ same output, docs/api.md), and the marker's expected place on
 screen comes from the displayed image's own bounding box in the DOM (whatever transform the viewer
 applied), not from the viewer's arithmetic.
 
@@ -322,7 +322,7 @@ def test_upload_shows_banner_marker_and_overlay(page, server, images):
     assert (overlay["w"], overlay["h"]) == (hm["width"], hm["height"])
     assert overlay["drawn"] > 0.01 * hm["width"] * hm["height"] and overlay["best"] > 240
     grid_value = np.asarray(Image.open(io.BytesIO(base64.b64decode(hm["png_base64"]))))
-    assert grid_value.max() == 255  # min-max scaled (SPEC §3)
+    assert grid_value.max() == 255  # min-max scaled (docs/formats.md, "The heatmap PNG")
     assert grid_value[overlay["y"], overlay["x"]] >= 250  # the overlay's hottest pixel is the map's peak
 
     # And it is on screen: the pixels around the point change when the heatmap is toggled off.
@@ -613,7 +613,7 @@ def distance_to_box(x: float, y: float, box: tuple[float, float, float, float]) 
 def test_shipped_model_points_at_the_object(page, server, tmp_path):
     """Radiographs from the project's own generator (what the shipped model was trained on), test split,
     each with one annotated foreign object: the point must hit the object by the Pointing Game rule of
-    SPEC §6 (distance to the box ≤ τ = 15 model-grid pixels), and the viewer's marker must sit on it."""
+    docs/algorithms.md (distance to the box ≤ τ = 15 model-grid pixels), and the viewer's marker must sit on it."""
     from models.synth.render import render_sample
     from models.synth.writer import encode_image
 

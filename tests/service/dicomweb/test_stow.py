@@ -347,7 +347,7 @@ def test_all_failed_is_409(client):
     assert png_part["results"][0]["failure_reason"] == FailureReason.CANNOT_UNDERSTAND
 
 
-def test_request_level_errors_are_spec_json(client):
+def test_request_level_errors_are_json_errors(client):
     dicom = dx_instance(chest_like(32, 32))
     wrong_type = client.post("/dicomweb/studies", content=dicom, headers={"content-type": "application/dicom"})
     assert wrong_type.status_code == 415 and wrong_type.json()["error"] == "unsupported_media_type"

@@ -446,7 +446,7 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
         )
 
 
-def test_the_service_app_serves_evaluate_with_spec_errors(workspace, tmp_path):
+def test_the_service_app_serves_evaluate_with_json_errors(workspace, tmp_path):
     """The real app (service.app.create_app) mounts the routes and starts/stops the runner in its lifespan."""
     from fastapi.testclient import TestClient
 
