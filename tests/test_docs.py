@@ -225,3 +225,21 @@ def test_the_checks_catch_what_they_are_for():
     assert [m.group(1) for m in MARKDOWN_LINK.finditer(without_code("[a](x.md) `[b](y.md)`"))] == ["x.md"]
     spans = "`service/app.py` `tests/a.py::test_b` `models/checkpoints/<name>/` `deploy/*.yml` `make test`"
     assert [m.group(1) for m in CODE_PATH.finditer(spans)] == ["service/app.py", "tests/a.py"]
+
+
+def test_ingestion_limits_table_states_the_library_defaults():
+    """docs/ingestion.md's limits table quotes models/imaging/limits.py's DecodeLimits, defined once."""
+    import re
+
+    from models.imaging.limits import DEFAULT_LIMITS, MIB
+
+    rows = {}
+    for line in (REPO / "docs" / "ingestion.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `(max_\w+)` \| ([^|]+) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+    assert rows == {
+        "max_body_bytes": f"{DEFAULT_LIMITS.max_body_bytes // MIB} MiB",
+        "max_pixels": f"{DEFAULT_LIMITS.max_pixels:,}".replace(",", " "),
+        "max_dicom_element_bytes": f"{DEFAULT_LIMITS.max_dicom_element_bytes // MIB} MiB",
+    }
