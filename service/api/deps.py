@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -55,7 +56,7 @@ def require_api_key(settings: SettingsDep, credentials: BearerDep) -> None:
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
-def api_key_unless_public(endpoint: str):
+def api_key_check_unless_public(endpoint: str) -> Callable[[Settings, HTTPAuthorizationCredentials | None], None]:
     """The API-key check for an endpoint NORMGATE_PUBLIC_ENDPOINTS may open (probes, metrics, /models)."""
 
     def check(settings: SettingsDep, credentials: BearerDep) -> None:
@@ -63,4 +64,4 @@ def api_key_unless_public(endpoint: str):
             require_api_key(settings, credentials)
 
     check.__name__ = f"api_key_unless_{endpoint}_public"
-    return Annotated[None, Depends(check)]
+    return check

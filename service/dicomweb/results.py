@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service.schemas import AssessResponse
 
@@ -298,10 +298,11 @@ def _sop_reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
 
 def _new_file_dataset(sop_class_uid: str, sop_instance_uid: str, source: Dataset) -> FileDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    # In memory, read from nothing: pydicom accepts None here (no filename, no buffer) but does not annotate it.
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
     # Copied values (patient name, …) keep their encoding; NormGate's own text is ASCII, valid in any of them.
     if "SpecificCharacterSet" in source:
         ds.SpecificCharacterSet = source.SpecificCharacterSet

@@ -218,13 +218,16 @@ class StowService:
     ) -> dict[str, Any]:
         """Keep the results for WADO-RS, queue them for the push server; the instance's JSON result."""
         study = ids.study_instance_uid
+        assert study is not None  # _refusal turned away readable instances without one
         described = {}
+        pushed_uids: list[str] = []
         for role, ds, part10 in (
             ("secondary_capture", results.secondary_capture, files[0]),
             ("structured_report", results.structured_report, files[1]),
         ):
             item = StoredResult(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), part10)
             kept = self.results.put(item)
+            pushed_uids.append(item.sop_instance_uid)
             described[role] = {
                 "sop_class_uid": str(ds.SOPClassUID),
                 "sop_instance_uid": item.sop_instance_uid,
@@ -242,10 +245,7 @@ class StowService:
             queued = self.pusher.submit(
                 PushJob(
                     instances=files,
-                    sop_instance_uids=[
-                        described["secondary_capture"]["sop_instance_uid"],
-                        described["structured_report"]["sop_instance_uid"],
-                    ],
+                    sop_instance_uids=pushed_uids,
                 )
             )
             push = "queued" if queued else "dropped"

@@ -191,8 +191,8 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
         dynamic_ncols=True,
     )
     try:
-        for batch_keys, rows in evaluate(remaining, models, config, root=p["data"], device=device):
-            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in rows], len(batch_keys))
+        for batch_keys, batch_rows in evaluate(remaining, models, config, root=p["data"], device=device):
+            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in batch_rows], len(batch_keys))
             bar.update(len(batch_keys))
             if store.cancel_requested(job.id):
                 store.finish(job.id, "cancelled")
@@ -377,7 +377,9 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     """Join shard outputs into the outputs one unsharded run gives. Checks the shards belong together."""
     if not shard_dirs:
         raise EvaluateUsageError("merge needs at least one shard folder")
-    params_list, rows, model_info = [], {}, {}
+    params_list: list[dict[str, Any]] = []
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    model_info: dict[str, Any] = {}
     for folder in shard_dirs:
         folder = Path(folder)
         results_path, csv_path = folder / "results.json", folder / "per_image.csv"
@@ -525,8 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice = int(os.environ.get("NORMGATE_EVAL_NICE", "0") or 0)
         if nice > 0 and hasattr(os, "nice"):
             os.nice(nice)
-        job = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
-        return 0 if job.status in ("done", "cancelled") else 1
+        finished = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
+        return 0 if finished.status in ("done", "cancelled") else 1
 
     args = _run_parser().parse_args(argv)
     try:

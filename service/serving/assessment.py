@@ -73,6 +73,7 @@ class Assessor:
         started = time.perf_counter()
         decoded = decode_image(upload.body, upload.content_type, self.limits)
         meta = worker.meta
+        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
         image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
         self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
         return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
@@ -142,12 +143,14 @@ class Assessor:
         arrived: float,
     ) -> AssessResponse:
         meta = worker.meta
+        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
         reacquire = output.probability >= meta.threshold
         decision = "reacquire" if reacquire else "accept"
         self.metrics.decisions.labels(worker.name, decision).inc()
         heatmap = None
         point = None
         if output.heatmap_png is not None:
+            assert output.point is not None  # the worker sets both from the same map
             heatmap = Heatmap(
                 method=params.method,
                 width=output.heatmap_hw[1],

@@ -150,8 +150,8 @@ class ModelRunner:
                     logits = self.model(images)
                 group_maps = None
             else:
-                group_maps, logits = self._explain(images, method)
-                group_maps = group_maps.detach().float().cpu().numpy()
+                map_tensor, logits = self._explain(images, method)
+                group_maps = map_tensor.detach().float().cpu().numpy()
             group_probs = torch.softmax(logits.detach().float(), dim=1)[:, self.positive_index].cpu().tolist()
             for position, i in enumerate(indices):
                 probabilities[i] = float(group_probs[position])

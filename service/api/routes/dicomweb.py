@@ -112,7 +112,7 @@ def _wants_json_wrapper(accept: str | None) -> bool:
 
 # -- routes ------------------------------------------------------------------------------------------------
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d}
     for s, d in {
         400: "bad_image: malformed multipart/related body",
