@@ -17,19 +17,23 @@ from service.serving.registry import ModelRegistry
 
 
 def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # app.state is untyped; create_app puts it there
+    return settings
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    registry: ModelRegistry = request.app.state.registry  # app.state is untyped; create_app puts it there
+    return registry
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
+    metrics: ServiceMetrics = request.app.state.metrics  # app.state is untyped; create_app puts it there
+    return metrics
 
 
 def get_assessor(request: Request) -> Assessor:
-    return request.app.state.assessor
+    assessor: Assessor = request.app.state.assessor  # app.state is untyped; create_app puts it there
+    return assessor
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service.schemas import AssessResponse
@@ -233,7 +234,9 @@ def heatmap_overlay(display: np.ndarray, heatmap: np.ndarray, point: tuple[int, 
     return np.asarray(picture)
 
 
-def _fitting_font(draw: ImageDraw.ImageDraw, lines: list[str], width: int, largest: int):
+def _fitting_font(
+    draw: ImageDraw.ImageDraw, lines: list[str], width: int, largest: int
+) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int]:
     size = largest
     while size > 8:
         font = ImageFont.load_default(size=size)
@@ -285,7 +288,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def _from_codedict(code) -> Dataset:
+def _from_codedict(code: Code) -> Dataset:
     return _code(code.value, code.scheme_designator, code.meaning)
 
 

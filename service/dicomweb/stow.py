@@ -46,6 +46,7 @@ from service.errors import (
 )
 from service.ingest.upload import Upload
 from service.serving.assessment import Assessor, AssessParams
+from service.serving.worker import ModelWorker
 
 log = logging.getLogger("normgate.dicomweb")
 
@@ -125,7 +126,7 @@ class StowService:
         params: AssessParams,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
     ) -> list[StowOutcome]:
         """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``)."""
@@ -147,10 +148,10 @@ class StowService:
         part: Part,
         study_uid: str | None,
         params: AssessParams,
-        worker,
+        worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
     ) -> StowOutcome:
         ids = await asyncio.to_thread(read_instance_ids, part.body)
@@ -185,6 +186,7 @@ class StowService:
             self._log_failure(request_id, outcome)
             return outcome
         meta = worker.meta
+        assert meta is not None  # the assessment above ran on this worker, so it is loaded
         try:
             results: DicomResults = await asyncio.to_thread(
                 lambda: build_results(

@@ -25,10 +25,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.saliency import DEFAULT_METHOD
 from service.evaluation.jobs import ROW_COLUMNS, Job, JobStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.datasets import Sample
+    from models.evaluation import EvaluatedModel, EvaluationConfig
 
 CSV_COLUMNS = (
     "image",
@@ -223,8 +229,16 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
 
 
 def build_gallery(
-    rows: list[dict], models, samples, keys, config, data_root, device, per_side: int = 3, max_methods: int = 6
-) -> list[dict]:
+    rows: list[dict[str, Any]],
+    models: Sequence[EvaluatedModel],
+    samples: Sequence[Sample],
+    keys: Sequence[str],
+    config: EvaluationConfig,
+    data_root: str | Path,
+    device: str | torch.device,
+    per_side: int = 3,
+    max_methods: int = 6,
+) -> list[dict[str, Any]]:
     """Best and worst Pointing Game cases of the first model and first saliency method, with every method's
     map for those images (recomputed: maps are not stored)."""
     import numpy as np
@@ -289,7 +303,7 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def write_per_image_csv(path: Path, rows: list[dict]) -> None:
+def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     ordered = sorted(rows, key=lambda r: (r["model"], r["method"], r["image"]))
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -300,7 +314,7 @@ def write_per_image_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_per_image_csv(path: Path) -> list[dict]:
+def read_per_image_csv(path: Path) -> list[dict[str, Any]]:
     ints = ("label", "point_x", "point_y", "hit", "n_boxes", "objects_hit")
     floats = ("probability", "energy_pg")
     rows = []
@@ -320,7 +334,7 @@ def read_per_image_csv(path: Path) -> list[dict]:
     return rows
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -328,13 +342,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def write_outputs(
     out_dir: Path,
-    params: dict,
-    rows: list[dict],
-    model_info: dict[str, dict],
-    gallery: list[dict] | None = None,
+    params: dict[str, Any],
+    rows: list[dict[str, Any]],
+    model_info: dict[str, dict[str, Any]],
+    gallery: list[dict[str, Any]] | None = None,
     elapsed_s: float | None = None,
     merged_from: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     from models.evaluation import summarise_rows
     from service.evaluation.report import render_report
 
@@ -373,7 +387,7 @@ def write_outputs(
 # --- merge -------------------------------------------------------------------------------------------------
 
 
-def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict:
+def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict[str, Any]:
     """Join shard outputs into the outputs one unsharded run gives. Checks the shards belong together."""
     if not shard_dirs:
         raise EvaluateUsageError("merge needs at least one shard folder")
@@ -403,7 +417,7 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
         raise EvaluateUsageError(f"expected shards 0..n-1 of one n, got {[tuple(p['shard']) for p in params_list]}")
     params = dict(params_list[0], shard=[0, 1], out=str(Path(out_dir).resolve()))
-    gallery: list[dict] = []
+    gallery: list[dict[str, Any]] = []
     if with_gallery:
         gallery = _gallery_for_params(params, list(rows.values()))
     return write_outputs(
@@ -416,7 +430,7 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     )
 
 
-def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
+def _gallery_for_params(params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gallery needs the images and models again; skipped (report says so) when they are not reachable."""
     from models.datasets import read_split
     from models.evaluation import EvaluationConfig, image_key, load_models

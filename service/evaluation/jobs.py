@@ -338,7 +338,7 @@ class EvaluationRunner:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._child: subprocess.Popen | None = None
+        self._child: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> EvaluationRunner:

@@ -69,7 +69,9 @@ class Assessor:
             )
         return worker
 
-    def _decode_and_prepare(self, upload: Upload, worker: ModelWorker, method: str | None):
+    def _decode_and_prepare(
+        self, upload: Upload, worker: ModelWorker, method: str | None
+    ) -> tuple[DecodedImage, ModelInput]:
         started = time.perf_counter()
         decoded = decode_image(upload.body, upload.content_type, self.limits)
         meta = worker.meta
@@ -85,7 +87,7 @@ class Assessor:
         worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
     ) -> AssessResponse:
         _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
         return response
@@ -97,7 +99,7 @@ class Assessor:
         worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
     ) -> tuple[DecodedImage, AssessResponse]:
         """``assess`` that also hands back the decoded image, for callers that derive images from it
         (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from models import saliency
+from models.saliency import DEFAULT_METHOD
 from service.api.deps import RegistryDep, api_key_check_unless_public
-from service.schemas import DEFAULT_METHOD, ErrorResponse, MethodsResponse, ModelInfo, ModelsResponse
+from service.schemas import ErrorResponse, MethodsResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
 
