@@ -54,10 +54,12 @@ def _check_arch(arch: str) -> None:
 
 def classifier_head(model: nn.Module) -> nn.Linear:
     """The final fully-connected layer (the one re-initialised for a new task)."""
-    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
-        return model.fc
-    if hasattr(model, "classifier") and isinstance(model.classifier[-1], nn.Linear):
-        return model.classifier[-1]
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear):
+        return classifier[-1]
     raise UnknownArchitectureError(f"no classifier head found on {type(model).__name__}")
 
 
@@ -80,7 +82,9 @@ def build_model(arch: str, num_classes: int = 2) -> nn.Module:
     if hasattr(model, "fc") and model.fc is head:
         model.fc = new_head
     else:
-        model.classifier[-1] = new_head
+        classifier = model.classifier
+        assert isinstance(classifier, nn.Sequential)  # classifier_head found the head there
+        classifier[-1] = new_head
     reset_classifier_head(model)
     return model
 
@@ -106,7 +110,7 @@ def infer_arch(model: nn.Module) -> str | None:
     if isinstance(model, tvm.ResNet):
         blocks = tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5))
         bottleneck = isinstance(model.layer1[0], tvm.resnet.Bottleneck)
-        table = {
+        table: dict[tuple[tuple[int, ...], bool], str] = {
             ((2, 2, 2, 2), False): "resnet18",
             ((3, 4, 6, 3), False): "resnet34",
             ((3, 4, 6, 3), True): "resnet50",

@@ -85,7 +85,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _head_prefix(model: nn.Module) -> str:
     head = classifier_head(model)
-    return next(name for name, module in model.named_modules() if module is head) + "."
+    head_name: str = next(name for name, module in model.named_modules() if module is head)
+    return head_name + "."
 
 
 def infer_arch_from_state(state: dict[str, torch.Tensor]) -> str:

@@ -294,13 +294,15 @@ def read_csv(
     return samples
 
 
-def read_split(root: str | Path, split: str, **kwargs) -> list[Sample]:
+def read_split(
+    root: str | Path, split: str, *, positive_class: str | None = None, check_files: bool = True
+) -> list[Sample]:
     """``ROOT/<split>.csv`` with images under ``ROOT/<split>/`` or at the listed path relative to ROOT."""
     root = Path(root)
     csv_path = root / f"{split}.csv"
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: no such file (expected the Object-CXR layout ROOT/{split}.csv)")
-    return read_csv(csv_path, root, **kwargs)
+    return read_csv(csv_path, root, positive_class=positive_class, check_files=check_files)
 
 
 def load_gray(path: str | Path) -> npt.NDArray[np.float32]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import copy
 import math
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -247,10 +248,11 @@ def random_control_maps(keys: Sequence[str], model_key: str, grid_hw: Sequence[i
     return maps
 
 
-def _explain_many_function() -> Callable | None:
+def _explain_many_function() -> Callable[..., dict[str, torch.Tensor]] | None:
     import models.saliency as saliency
 
-    return getattr(saliency, "explain_many", None)
+    explain_many: Callable[..., dict[str, torch.Tensor]] | None = getattr(saliency, "explain_many", None)
+    return explain_many
 
 
 def saliency_maps(
@@ -286,7 +288,9 @@ class DecodedBatch:
     samples: list[Sample]
     keys: list[str]
     grays: list[np.ndarray]
-    _tensors: dict = field(default_factory=dict)
+    _tensors: dict[tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]], torch.Tensor] = field(
+        default_factory=dict
+    )
 
     def tensor_for(
         self, meta: ModelMetadata, indices: Sequence[int] | None = None, device: str | torch.device = "cpu"
@@ -319,16 +323,20 @@ def _has_boxes(sample: Sample) -> bool:
     return sample.label == 1 and len(sample.annotations) > 0
 
 
+# (model key, method, σ) -> (indices of the batch's images with boxes, their smoothed maps [P, h, w]).
+KeptMaps = dict[tuple[str, str, float], tuple[list[int], torch.Tensor]]
+
+
 def evaluate_decoded(
     batch: DecodedBatch,
     models: Sequence[EvaluatedModel],
     config: EvaluationConfig,
     device: str | torch.device = "cpu",
     keep_maps: bool = False,
-) -> tuple[list[ImageResult], dict]:
+) -> tuple[list[ImageResult], KeptMaps]:
     """Rows for every (image, model, method, σ) of one decoded batch; optionally the smoothed maps too."""
     rows: list[ImageResult] = []
-    kept: dict = {}
+    kept: KeptMaps = {}
     positives = [i for i, s in enumerate(batch.samples) if _has_boxes(s)]
     for entry in models:
         meta = entry.meta
@@ -366,6 +374,7 @@ def evaluate_decoded(
                             )
                         )
                         continue
+                    assert maps is not None  # i is a positive, so positives is not empty
                     saliency = maps[position[i]]
                     px, py = argmax_point(saliency)
                     original_hw = batch.grays[i].shape[:2]
@@ -393,7 +402,10 @@ def evaluate_decoded(
     return rows, kept
 
 
-def iter_batches(items: Sequence, batch_size: int) -> Iterator[list]:
+_Item = TypeVar("_Item")
+
+
+def iter_batches(items: Sequence[_Item], batch_size: int) -> Iterator[list[_Item]]:
     for start in range(0, len(items), batch_size):
         yield list(items[start : start + batch_size])
 
@@ -429,17 +441,21 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def _get(row, name):
+# A per-image row as evaluation yields it, or as read back from a JSON/CSV export.
+SummaryRow = ImageResult | Mapping[str, Any]
+
+
+def _get(row: SummaryRow, name: str) -> Any:
     return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
 def summarise_rows(
-    rows: Iterable,
+    rows: Iterable[SummaryRow],
     model_archs: dict[str, str],
     model_thresholds: dict[str, float],
     fp_rates: Sequence[float] | None = None,
     method_order: Sequence[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Aggregate per-image rows into results.json's blocks: Pointing Game, energy PG, FROC, classification,
     mean ± std over several models of one architecture (sample std, ddof = 1) and the Difference of Means
     (|mean_A − mean_B|, Özer et al. 2023 §4.5) when exactly two architectures were evaluated.
@@ -456,7 +472,7 @@ def summarise_rows(
 
     rates = tuple(fp_rates or OBJECT_CXR_FP_RATES)
     ordered = sorted(rows, key=lambda r: (_get(r, "model"), _get(r, "method"), _get(r, "image")))
-    by_pair: dict[tuple[str, str], list] = {}
+    by_pair: dict[tuple[str, str], list[SummaryRow]] = {}
     for r in ordered:
         by_pair.setdefault((_get(r, "method"), _get(r, "model")), []).append(r)
     order = {m: i for i, m in enumerate(method_order or ())}
@@ -464,7 +480,7 @@ def summarise_rows(
     methods = sorted({m for m, _ in by_pair}, key=lambda m: (m in CONTROL_METHODS, order.get(m, len(order)), m))
     models = sorted({k for _, k in by_pair})
 
-    results: dict = {"methods": {}, "classification": {}, "repeated": {}, "dom": {}}
+    results: dict[str, Any] = {"methods": {}, "classification": {}, "repeated": {}, "dom": {}}
     for method_id in methods:
         per_model = {}
         for model_key in models:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_stat
 from models.device import resolve_device
 from models.imaging.grid import normalise, resize_unit
 from models.metadata import DatasetRecord, ModelMetadata, TrainingRecord, portable_command
+
+if TYPE_CHECKING:
+    from models.datasets import Sample
 
 CLASSES = ["no_foreign_object", "foreign_object"]
 POSITIVE_CLASS = "foreign_object"
@@ -121,14 +124,18 @@ def _split_csv_exists(root: Path, split: str) -> bool:
     return (root / f"{split}.csv").is_file()
 
 
-def read_samples(root: Path, split: str):
+def read_samples(root: Path, split: str) -> list[Sample]:
     from models.datasets import read_split  # helper module of the same library
 
     return read_split(root, split)
 
 
 def build_cache(
-    samples, input_size: Sequence[int], workers: int = 2, dtype: torch.dtype = torch.float32, desc: str = "cache"
+    samples: Sequence[Sample],
+    input_size: Sequence[int],
+    workers: int = 2,
+    dtype: torch.dtype = torch.float32,
+    desc: str = "cache",
 ) -> torch.Tensor:
     """Decode + resize every image once to the model grid: [N, h, w] (float in [0, 1], or uint8 0–255).
 
@@ -293,7 +300,7 @@ def load_train_state(
     json_path, weights_path = folder / "last.json", folder / "last.safetensors"
     if not json_path.is_file() or not weights_path.is_file():
         raise TrainError(f"--resume: no saved state in {folder} (expected last.json and last.safetensors)")
-    info = json.loads(json_path.read_text(encoding="utf-8"))
+    info: dict[str, Any] = json.loads(json_path.read_text(encoding="utf-8"))
     tensors = load_file(str(weights_path))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = {

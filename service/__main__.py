@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -25,7 +26,7 @@ def main() -> int:
     return 0
 
 
-def uvicorn_options(settings: Settings) -> dict:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run keywords for these settings (also used by the tests' server with fault injection).
 
     SIGTERM: uvicorn stops accepting at once, lets accepted requests finish for shutdown_grace_s, then runs

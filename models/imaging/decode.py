@@ -47,16 +47,18 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from PIL import ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 from pydicom import uid as dicom_uid
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import Decoder, get_decoder
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
 
 from models.imaging.errors import BadImage, ImageError, TooLarge, UnsupportedImage, UnsupportedMediaType
@@ -146,7 +148,7 @@ def _looks_like_raw_dataset(head: bytes, total: int) -> bool:
         if head[4:6] in _VR_CODES:
             return True
         (implicit_length,) = struct.unpack_from("<I", head, 4)
-        return implicit_length <= total - 8
+        return int(implicit_length) <= total - 8
     group_be, element_be = struct.unpack_from(">HH", head)
     return group_be == 0x0008 and element_be < 0x1000 and head[4:6] in _VR_CODES
 
@@ -194,6 +196,7 @@ def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = D
             f"{_NAME_OF_KIND[sniffed]} image; send it as {_MEDIA_TYPE_OF_KIND[sniffed]}"
         )
     kind = sniffed or declared
+    assert kind is not None  # both None was refused above
     if kind == "dicom":
         return _decode_dicom(body, limits)
     return _decode_raster(body, kind, limits)
@@ -220,8 +223,6 @@ def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Deco
 
 def to_display_png(image: DecodedImage) -> bytes:
     """8-bit grayscale PNG of exactly the array the model sees (same size, so viewer overlays line up)."""
-    from PIL import Image  # local: only the display path needs the Image factory
-
     gray8 = np.rint(np.clip(image.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(gray8, mode="L").save(out, format="PNG", compress_level=3)
@@ -246,14 +247,17 @@ def _library_failure(exc: BaseException) -> str:
     return text[:200]
 
 
-def _luminance(rgb: np.ndarray, full_scale: float) -> np.ndarray:
+def _luminance(rgb: npt.NDArray[Any], full_scale: float) -> npt.NDArray[np.float32]:
     """[H, W, 3] → [H, W] float32 in [0, 1] with the BT.601 weights."""
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    luma = (LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b) / np.float32(full_scale)
-    return np.clip(luma, 0.0, 1.0, out=luma)
+    luma: npt.NDArray[np.float32] = (LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b) / np.float32(
+        full_scale
+    )
+    np.clip(luma, 0.0, 1.0, out=luma)
+    return luma
 
 
-def _finish(pixels: np.ndarray) -> np.ndarray:
+def _finish(pixels: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     if not np.isfinite(pixels).all():
         raise BadImage("the image decodes to non-finite values (check Rescale Slope/Intercept and the VOI LUT)")
@@ -301,7 +305,7 @@ def _decode_raster(body: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
     return DecodedImage(pixels=pixels, width=pixels.shape[1], height=pixels.shape[0], source=kind, bits_stored=bits)
 
 
-def _raster_to_gray(im) -> tuple[np.ndarray, int]:
+def _raster_to_gray(im: Image.Image) -> tuple[npt.NDArray[np.float32], int]:
     """A loaded Pillow image → ([H, W] float32 in [0, 1], bits per decoded sample)."""
     mode = im.mode
     if "transparency" in im.info and mode in ("L", "RGB", "P"):
@@ -364,7 +368,7 @@ def _decode_dicom(body: bytes, limits: DecodeLimits) -> DecodedImage:
         raise BadImage(f"the DICOM file is malformed: {_library_failure(exc)}") from exc
 
 
-def _dicom_to_image(ds, stream_length: int, limits: DecodeLimits) -> DecodedImage:
+def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> DecodedImage:
     _check_element_lengths(ds, stream_length, limits)
 
     if "PixelData" not in ds:
@@ -449,7 +453,7 @@ def _dicom_to_image(ds, stream_length: int, limits: DecodeLimits) -> DecodedImag
     )
 
 
-def _uid_or_none(ds, keyword: str) -> str | None:
+def _uid_or_none(ds: Dataset, keyword: str) -> str | None:
     try:
         value = ds.get(keyword)
     except Exception:  # a malformed UID element must not sink an otherwise good image
@@ -457,7 +461,7 @@ def _uid_or_none(ds, keyword: str) -> str | None:
     return str(value) if value else None
 
 
-def _read_dicom(body: bytes, limits: DecodeLimits):
+def _read_dicom(body: bytes, limits: DecodeLimits) -> tuple[Dataset, int]:
     """Parse the dataset (pixel data deferred). Returns (dataset, length of the stream element offsets
     refer to). A file without the "DICM" prefix is retried with ``force=True`` only when its first bytes look
     like a raw dataset; its transfer syntax is then the encoding pydicom detected (native pixel data)."""
@@ -492,7 +496,7 @@ def _read_dicom(body: bytes, limits: DecodeLimits):
     return ds, stream_length
 
 
-def _infer_native_transfer_syntax(ds) -> None:
+def _infer_native_transfer_syntax(ds: Dataset) -> None:
     """No (0002,0010): only native pixel data can be read, in the encoding the dataset was parsed with."""
     raw = ds.get_item("PixelData", keep_deferred=True)
     if raw is not None and getattr(raw, "is_undefined_length", False):
@@ -553,7 +557,7 @@ def _bounded_inflated_size(deflated: bytes, limits: DecodeLimits) -> int:
     return total
 
 
-def _check_element_lengths(ds, stream_length: int, limits: DecodeLimits) -> None:
+def _check_element_lengths(ds: Dataset, stream_length: int, limits: DecodeLimits) -> None:
     """Each top-level element's declared length must fit the bytes after it and the element limit.
 
     pydicom reads a short value silently and then loses every following element (Pixel Data included), so a
@@ -575,7 +579,7 @@ def _check_element_lengths(ds, stream_length: int, limits: DecodeLimits) -> None
             )
 
 
-def _decoder_for(transfer_syntax):
+def _decoder_for(transfer_syntax: dicom_uid.UID) -> Decoder:
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError:
@@ -587,7 +591,7 @@ def _decoder_for(transfer_syntax):
     return decoder
 
 
-def _check_codestream_size(ds, transfer_syntax, rows: int, columns: int) -> None:
+def _check_codestream_size(ds: Dataset, transfer_syntax: dicom_uid.UID, rows: int, columns: int) -> None:
     """The size the JPEG/JPEG-LS SOF or JPEG 2000 SIZ marker declares must be Rows × Columns: the codec
     allocates what the codestream says, so a small header in front of a huge codestream is a bomb."""
     from pydicom.encaps import generate_fragments
@@ -653,7 +657,9 @@ def _jpeg2000_size(stream: bytes) -> tuple[int, int] | None:
 # ---- monochrome pixel pipeline (PS3.3 C.11) -----------------------------------------------------------------
 
 
-def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _monochrome_to_display(
+    stored: npt.NDArray[np.integer[Any]], ds: Dataset, photometric: str
+) -> tuple[npt.NDArray[np.float32], tuple[float, float] | None]:
     padding = _padding_mask(stored, ds)
     if (
         padding is None
@@ -675,7 +681,9 @@ def _monochrome_to_display(stored: np.ndarray, ds, photometric: str) -> tuple[np
 _TABLE_MIN_PIXELS = 1 << 18
 
 
-def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _monochrome_by_table(
+    stored: npt.NDArray[np.integer[Any]], ds: Dataset, photometric: str
+) -> tuple[npt.NDArray[np.float32], tuple[float, float] | None]:
     """The same pipeline as ``_monochrome_to_display``, run once per stored value instead of once per pixel.
 
     For 8/16-bit stored values without padding or a Modality LUT Sequence, every stage (rescale, VOI LUT,
@@ -708,14 +716,16 @@ def _monochrome_by_table(stored: np.ndarray, ds, photometric: str) -> tuple[np.n
 _LOOKUP_STRIP_ROWS = 16
 
 
-def _look_up_in_strips(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+def _look_up_in_strips(
+    table: npt.NDArray[np.float32], index: npt.NDArray[np.unsignedinteger[Any]]
+) -> npt.NDArray[np.float32]:
     out = np.empty(index.shape, dtype=table.dtype)
     for row in range(0, index.shape[0], _LOOKUP_STRIP_ROWS):
         np.take(table, index[row : row + _LOOKUP_STRIP_ROWS], out=out[row : row + _LOOKUP_STRIP_ROWS])
     return out
 
 
-def _padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
+def _padding_mask(stored: npt.NDArray[np.integer[Any]], ds: Dataset) -> npt.NDArray[np.bool_] | None:
     """Stored values that are padding, not patient (C.7.5.1.1.2 and C.7.6.3.1.4), or None."""
     value = ds.get("PixelPaddingValue")
     if value is None:
@@ -730,7 +740,7 @@ def _padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _as_stored_integer(value, ds, signed: bool) -> int:
+def _as_stored_integer(value: Any, ds: Dataset, signed: bool) -> int:
     """US-or-SS elements may arrive with the wrong signedness; reinterpret for the pixels' representation."""
     number = int(_first_value(value))
     bits = int(ds.get("BitsAllocated") or 16)
@@ -739,7 +749,7 @@ def _as_stored_integer(value, ds, signed: bool) -> int:
     return number
 
 
-def _modality_lut(stored: np.ndarray, ds) -> np.ndarray:
+def _modality_lut(stored: npt.NDArray[np.integer[Any]], ds: Dataset) -> npt.NDArray[np.float64]:
     """Stored values → modality values (C.11.1) as float64."""
     sequence = ds.get("ModalityLUTSequence")
     if sequence:
@@ -753,7 +763,7 @@ def _modality_lut(stored: np.ndarray, ds) -> np.ndarray:
     return stored.astype(np.float64) * slope + intercept
 
 
-def _lookup(values: np.ndarray, item, ds) -> tuple[np.ndarray, int]:
+def _lookup(values: npt.NDArray[Any], item: Dataset, ds: Dataset) -> tuple[npt.NDArray[np.float64], int]:
     """Apply a LUT item (LUT Descriptor + LUT Data, C.11.1.1.1 / C.11.2.1.1): values below the first mapped
     value take the first entry, above the last the last entry. Returns (float64 output, bits per entry)."""
     descriptor = [int(v) for v in item.LUTDescriptor]
@@ -775,7 +785,9 @@ def _lookup(values: np.ndarray, item, ds) -> tuple[np.ndarray, int]:
     return table[index], bits
 
 
-def _voi(values: np.ndarray, ds, padding: np.ndarray | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _voi(
+    values: npt.NDArray[np.float64], ds: Dataset, padding: npt.NDArray[np.bool_] | None
+) -> tuple[npt.NDArray[np.float64], tuple[float, float] | None]:
     """Modality values → [0, 1] through the VOI LUT, the window, or min–max over non-padding pixels."""
     sequence = ds.get("VOILUTSequence")
     if sequence:
@@ -791,7 +803,7 @@ def _voi(values: np.ndarray, ds, padding: np.ndarray | None) -> tuple[np.ndarray
     return _min_max(values, padding), None
 
 
-def _first_window(ds) -> tuple[float, float] | None:
+def _first_window(ds: Dataset) -> tuple[float, float] | None:
     """The first Window Center / Width pair, or None when absent or unusable (then min–max applies)."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None or center == "" or width == "":
@@ -805,12 +817,14 @@ def _first_window(ds) -> tuple[float, float] | None:
     return center, width
 
 
-def _first_value(value):
+def _first_value(value: Any) -> Any:
     """The first of a multi-valued element (C.11.2.1.2: several windows are alternatives)."""
     return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
 
 
-def window_to_unit(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+def window_to_unit(
+    values: npt.NDArray[np.floating[Any]], center: float, width: float, function: str = "LINEAR"
+) -> npt.NDArray[np.float64]:
     """The VOI LUT Function of PS3.3 C.11.2.1.2 with output range [0, 1]:
     LINEAR: 0 if x ≤ c − 0.5 − (w − 1)/2, 1 if x > c − 0.5 + (w − 1)/2, else ((x − (c − 0.5)) / (w − 1) + 0.5);
     LINEAR_EXACT: (x − c) / w + 0.5 clipped; SIGMOID: 1 / (1 + exp(−4 (x − c) / w))."""
@@ -826,7 +840,7 @@ def window_to_unit(values: np.ndarray, center: float, width: float, function: st
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def _min_max(values: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+def _min_max(values: npt.NDArray[np.float64], padding: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.float64]:
     patient = values if padding is None else values[~padding]
     if patient.size == 0:
         return np.zeros(values.shape, dtype=np.float64)

@@ -17,10 +17,14 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# A forward hook as nn.Module.register_forward_hook takes it: (module, positional inputs, output) -> new output or None.
+ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], torch.Tensor | None]
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -93,8 +97,8 @@ class LayerRecorder:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._owner: int | None = None
 
-    def _make_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, inputs, output):
+    def _make_hook(self, name: str) -> ForwardHook:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> torch.Tensor | None:
             if threading.get_ident() != self._owner:
                 return None
             if name in self.outputs:
@@ -150,7 +154,7 @@ class LayerRecorder:
             handle.remove()
         self._handles.clear()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._remove()
         self.reset()
 
@@ -181,8 +185,8 @@ class GuidedActivations:
         self._owner: int | None = None
         self.hooked_modules = 0
 
-    def _make_hook(self, rule: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-        def hook(module: nn.Module, inputs, output):
+    def _make_hook(self, rule: Callable[[torch.Tensor], torch.Tensor]) -> ForwardHook:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if threading.get_ident() == self._owner and isinstance(output, torch.Tensor) and output.requires_grad:
                 output.register_hook(rule)
             return None
@@ -208,7 +212,7 @@ class GuidedActivations:
             handle.remove()
         self._handles.clear()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._remove()
 
 
@@ -228,7 +232,7 @@ class ModelOutputRecorder:
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._owner: int | None = None
 
-    def _hook(self, module: nn.Module, inputs, output):
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if (
             self.logits is None
             and threading.get_ident() == self._owner
@@ -246,7 +250,7 @@ class ModelOutputRecorder:
         self._handle = self.model.register_forward_hook(self._hook)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

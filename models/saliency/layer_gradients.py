@@ -43,8 +43,8 @@ def layer_activations_and_gradients(
         # float16 (autocast) gradients of deep layers fall into the subnormal range; a static loss scale keeps
         # them representable, as torch.amp.GradScaler does for training. Undone in float32 below.
         scale = FLOAT16_GRADIENT_SCALE if any(a.dtype == torch.float16 for a in activations) else 1.0
-        gradients = torch.autograd.grad(score * scale, activations, allow_unused=True)
-    gradients = [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
+        raw_gradients = torch.autograd.grad(score * scale, activations, allow_unused=True)
+    gradients = [torch.zeros_like(a) if g is None else g for a, g in zip(activations, raw_gradients)]
     if scale != 1.0:
         gradients = [g.float() / scale for g in gradients]
     return LayerGradients(

@@ -29,6 +29,12 @@ LAYER_KINDS = ("bias", "scaling", "conv1x1", "conv3x3")
 COMBINE_MODES = ("geometric-mean", "minmax-product")
 
 
+def _channel_norm(t: torch.Tensor) -> torch.Tensor:
+    """[B, K, h, w] → [B, h, w] Euclidean norm over the channels."""
+    norm: torch.Tensor = torch.linalg.vector_norm(t, dim=1)
+    return norm
+
+
 def layer_map(kind: str, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     """[B, K, h, w] activation and gradient → [B, h, w] NormGrad map of one virtual identity layer."""
     if kind not in LAYER_KINDS:
@@ -36,13 +42,13 @@ def layer_map(kind: str, activation: torch.Tensor, gradient: torch.Tensor) -> to
     # float32 so bf16/fp16 activations neither overflow nor lose the small gradients when squared.
     g = gradient.float()
     if kind == "bias":
-        return torch.linalg.vector_norm(g, dim=1)
+        return _channel_norm(g)
     x = activation.float()
     if kind == "scaling":
-        return torch.linalg.vector_norm(g * x, dim=1)
-    grad_norm = torch.linalg.vector_norm(g, dim=1)
+        return _channel_norm(g * x)
+    grad_norm = _channel_norm(g)
     if kind == "conv1x1":
-        return grad_norm * torch.linalg.vector_norm(x, dim=1)
+        return grad_norm * _channel_norm(x)
     channel_sq = x.square().sum(dim=1, keepdim=True)
     neighbourhood_sq = F.avg_pool2d(channel_sq, kernel_size=3, stride=1, padding=1, divisor_override=1)
     return grad_norm * neighbourhood_sq[:, 0].sqrt()
@@ -61,15 +67,16 @@ def combine_maps(maps: Sequence[torch.Tensor], mode: str = "geometric-mean", ski
             out = out * m.pow(exponent)
         return out
     used = list(maps[:-1]) if skip_last and len(maps) > 1 else list(maps)
-    out = None
+    product: torch.Tensor | None = None
     for m in used:
         flat = m.flatten(1)
         low = flat.min(dim=1).values[:, None, None]
         span = flat.max(dim=1).values[:, None, None] - low
         # A constant map carries no location; the seed code would divide by zero here.
         scaled = torch.where(span > 0, (m - low) / span.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
-        out = scaled if out is None else out * scaled
-    return out
+        product = scaled if product is None else product * scaled
+    assert product is not None  # maps is not empty, so neither is used
+    return product
 
 
 def normgrad_maps(

@@ -19,9 +19,14 @@ two IG variants; XRAI's region scores can be negative, so its map is shifted to 
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -35,19 +40,21 @@ from models.saliency.targets import (
 )
 
 
-def _pair():
+def _pair() -> ModuleType:
     # PAIR's package pulls in scikit-image (~1 s); import it only when Blur IG or XRAI is asked for.
-    from saliency import core
-
-    return core
+    return importlib.import_module("saliency.core")
 
 
-def _gradient_callback(model: nn.Module, like: torch.Tensor, target: int):
+def _gradient_callback(
+    model: nn.Module, like: torch.Tensor, target: int
+) -> Callable[..., dict[str, npt.NDArray[np.float32]]]:
     """PAIR's call_model_function: NumPy [N, H, W, C] batch → input gradients of the target logit."""
 
     pair = _pair()
 
-    def call_model(x_value_batch, call_model_args=None, expected_keys=None):
+    def call_model(
+        x_value_batch: npt.NDArray[Any], call_model_args: object = None, expected_keys: object = None
+    ) -> dict[str, npt.NDArray[np.float32]]:
         batch = torch.from_numpy(np.ascontiguousarray(x_value_batch, dtype=np.float32))
         batch = batch.permute(0, 3, 1, 2).to(device=like.device, dtype=like.dtype)
         targets = torch.full((batch.shape[0],), target, dtype=torch.long, device=like.device)

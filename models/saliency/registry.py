@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ def explain(
     method: str = DEFAULT_METHOD,
     target: TargetSpec = None,
     layers: Sequence[str] | str | None = None,
-    **options,
+    **options: Any,
 ) -> torch.Tensor:
     """Saliency maps [B, H, W] (float32, ≥ 0, input resolution) for a normalised batch [B, 3, H, W].
 
@@ -128,7 +129,7 @@ def explain_with_logits(
     method: str = DEFAULT_METHOD,
     target: TargetSpec = None,
     layers: Sequence[str] | str | None = None,
-    **options,
+    **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``explain`` plus the model's logits for ``images`` [B, classes] (float32), from the same forward pass
     where the method runs one at the images (all built-in methods do), so callers need no second forward."""
@@ -142,7 +143,7 @@ def explain_with_logits(
         )
     images = check_images(images)
     if spec.layer_use == LAYERS_NONE:
-        call_args = {}
+        call_args: dict[str, str | list[str]] = {}
     else:
         chosen = _layers_for(spec, model, layers)
         resolve_modules(model, chosen)  # unknown names fail here, before any work

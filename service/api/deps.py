@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,19 +17,23 @@ from service.serving.registry import ModelRegistry
 
 
 def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # app.state is untyped; create_app puts it there
+    return settings
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    registry: ModelRegistry = request.app.state.registry  # app.state is untyped; create_app puts it there
+    return registry
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
+    metrics: ServiceMetrics = request.app.state.metrics  # app.state is untyped; create_app puts it there
+    return metrics
 
 
 def get_assessor(request: Request) -> Assessor:
-    return request.app.state.assessor
+    assessor: Assessor = request.app.state.assessor  # app.state is untyped; create_app puts it there
+    return assessor
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -55,7 +60,7 @@ def require_api_key(settings: SettingsDep, credentials: BearerDep) -> None:
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
-def api_key_unless_public(endpoint: str):
+def api_key_check_unless_public(endpoint: str) -> Callable[[Settings, HTTPAuthorizationCredentials | None], None]:
     """The API-key check for an endpoint NORMGATE_PUBLIC_ENDPOINTS may open (probes, metrics, /models)."""
 
     def check(settings: SettingsDep, credentials: BearerDep) -> None:
@@ -63,4 +68,4 @@ def api_key_unless_public(endpoint: str):
             require_api_key(settings, credentials)
 
     check.__name__ = f"api_key_unless_{endpoint}_public"
-    return Annotated[None, Depends(check)]
+    return check

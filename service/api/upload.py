@@ -10,6 +10,7 @@ limit covers them).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -66,7 +67,7 @@ async def _read_limited_body(request: Request, max_bytes: int) -> bytes:
 async def _single_file_from_multipart(request: Request, body: bytes) -> Upload:
     sent = False
 
-    async def replay() -> dict:
+    async def replay() -> dict[str, Any]:
         nonlocal sent
         if not sent:
             sent = True

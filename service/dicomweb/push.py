@@ -61,7 +61,7 @@ class DicomwebPusher:
             self._headers["Authorization"] = authorization
         self._transport = transport
         self._queue: asyncio.Queue[PushJob] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self.outcomes = Counter(
             "normgate_dicomweb_push_total",

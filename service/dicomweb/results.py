@@ -49,7 +49,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.sr.coding import Code
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service.schemas import AssessResponse
 
@@ -233,7 +234,9 @@ def heatmap_overlay(display: np.ndarray, heatmap: np.ndarray, point: tuple[int, 
     return np.asarray(picture)
 
 
-def _fitting_font(draw: ImageDraw.ImageDraw, lines: list[str], width: int, largest: int):
+def _fitting_font(
+    draw: ImageDraw.ImageDraw, lines: list[str], width: int, largest: int
+) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int]:
     size = largest
     while size > 8:
         font = ImageFont.load_default(size=size)
@@ -285,7 +288,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def _from_codedict(code) -> Dataset:
+def _from_codedict(code: Code) -> Dataset:
     return _code(code.value, code.scheme_designator, code.meaning)
 
 
@@ -298,10 +301,11 @@ def _sop_reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
 
 def _new_file_dataset(sop_class_uid: str, sop_instance_uid: str, source: Dataset) -> FileDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    # In memory, read from nothing: pydicom accepts None here (no filename, no buffer) but does not annotate it.
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
     # Copied values (patient name, …) keep their encoding; NormGate's own text is ASCII, valid in any of them.
     if "SpecificCharacterSet" in source:
         ds.SpecificCharacterSet = source.SpecificCharacterSet

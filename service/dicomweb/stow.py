@@ -46,6 +46,7 @@ from service.errors import (
 )
 from service.ingest.upload import Upload
 from service.serving.assessment import Assessor, AssessParams
+from service.serving.worker import ModelWorker
 
 log = logging.getLogger("normgate.dicomweb")
 
@@ -125,7 +126,7 @@ class StowService:
         params: AssessParams,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
     ) -> list[StowOutcome]:
         """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``)."""
@@ -147,10 +148,10 @@ class StowService:
         part: Part,
         study_uid: str | None,
         params: AssessParams,
-        worker,
+        worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
     ) -> StowOutcome:
         ids = await asyncio.to_thread(read_instance_ids, part.body)
@@ -185,6 +186,7 @@ class StowService:
             self._log_failure(request_id, outcome)
             return outcome
         meta = worker.meta
+        assert meta is not None  # the assessment above ran on this worker, so it is loaded
         try:
             results: DicomResults = await asyncio.to_thread(
                 lambda: build_results(
@@ -218,13 +220,16 @@ class StowService:
     ) -> dict[str, Any]:
         """Keep the results for WADO-RS, queue them for the push server; the instance's JSON result."""
         study = ids.study_instance_uid
+        assert study is not None  # _refusal turned away readable instances without one
         described = {}
+        pushed_uids: list[str] = []
         for role, ds, part10 in (
             ("secondary_capture", results.secondary_capture, files[0]),
             ("structured_report", results.structured_report, files[1]),
         ):
             item = StoredResult(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), part10)
             kept = self.results.put(item)
+            pushed_uids.append(item.sop_instance_uid)
             described[role] = {
                 "sop_class_uid": str(ds.SOPClassUID),
                 "sop_instance_uid": item.sop_instance_uid,
@@ -242,10 +247,7 @@ class StowService:
             queued = self.pusher.submit(
                 PushJob(
                     instances=files,
-                    sop_instance_uids=[
-                        described["secondary_capture"]["sop_instance_uid"],
-                        described["structured_report"]["sop_instance_uid"],
-                    ],
+                    sop_instance_uids=pushed_uids,
                 )
             )
             push = "queued" if queued else "dropped"

@@ -25,11 +25,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.pointing_game import argmax_point
 from models.saliency import DEFAULT_METHOD
 from service.evaluation.jobs import ROW_COLUMNS, Job, JobStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.datasets import Sample
+    from models.evaluation import EvaluatedModel, EvaluationConfig
 
 CSV_COLUMNS = (
     "image",
@@ -192,8 +198,8 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
         dynamic_ncols=True,
     )
     try:
-        for batch_keys, rows in evaluate(remaining, models, config, root=p["data"], device=device):
-            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in rows], len(batch_keys))
+        for batch_keys, batch_rows in evaluate(remaining, models, config, root=p["data"], device=device):
+            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in batch_rows], len(batch_keys))
             bar.update(len(batch_keys))
             if store.cancel_requested(job.id):
                 store.finish(job.id, "cancelled")
@@ -224,8 +230,16 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
 
 
 def build_gallery(
-    rows: list[dict], models, samples, keys, config, data_root, device, per_side: int = 3, max_methods: int = 6
-) -> list[dict]:
+    rows: list[dict[str, Any]],
+    models: Sequence[EvaluatedModel],
+    samples: Sequence[Sample],
+    keys: Sequence[str],
+    config: EvaluationConfig,
+    data_root: str | Path,
+    device: str | torch.device,
+    per_side: int = 3,
+    max_methods: int = 6,
+) -> list[dict[str, Any]]:
     """Best and worst Pointing Game cases of the first model and first saliency method, with every method's
     map for those images (recomputed: maps are not stored)."""
 
@@ -288,7 +302,7 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def write_per_image_csv(path: Path, rows: list[dict]) -> None:
+def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     ordered = sorted(rows, key=lambda r: (r["model"], r["method"], r["image"]))
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -299,7 +313,7 @@ def write_per_image_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_per_image_csv(path: Path) -> list[dict]:
+def read_per_image_csv(path: Path) -> list[dict[str, Any]]:
     ints = ("label", "point_x", "point_y", "hit", "n_boxes", "objects_hit")
     floats = ("probability", "energy_pg")
     rows = []
@@ -319,7 +333,7 @@ def read_per_image_csv(path: Path) -> list[dict]:
     return rows
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -327,13 +341,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def write_outputs(
     out_dir: Path,
-    params: dict,
-    rows: list[dict],
-    model_info: dict[str, dict],
-    gallery: list[dict] | None = None,
+    params: dict[str, Any],
+    rows: list[dict[str, Any]],
+    model_info: dict[str, dict[str, Any]],
+    gallery: list[dict[str, Any]] | None = None,
     elapsed_s: float | None = None,
     merged_from: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     from models.evaluation import summarise_rows
     from service.evaluation.report import render_report
 
@@ -372,11 +386,13 @@ def write_outputs(
 # --- merge -------------------------------------------------------------------------------------------------
 
 
-def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict:
+def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: bool = True) -> dict[str, Any]:
     """Join shard outputs into the outputs one unsharded run gives. Checks the shards belong together."""
     if not shard_dirs:
         raise EvaluateUsageError("merge needs at least one shard folder")
-    params_list, rows, model_info = [], {}, {}
+    params_list: list[dict[str, Any]] = []
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    model_info: dict[str, Any] = {}
     for folder in shard_dirs:
         folder = Path(folder)
         results_path, csv_path = folder / "results.json", folder / "per_image.csv"
@@ -400,7 +416,7 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
         raise EvaluateUsageError(f"expected shards 0..n-1 of one n, got {[tuple(p['shard']) for p in params_list]}")
     params = dict(params_list[0], shard=[0, 1], out=str(Path(out_dir).resolve()))
-    gallery: list[dict] = []
+    gallery: list[dict[str, Any]] = []
     if with_gallery:
         gallery = _gallery_for_params(params, list(rows.values()))
     return write_outputs(
@@ -413,7 +429,7 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
     )
 
 
-def _gallery_for_params(params: dict, rows: list[dict]) -> list[dict]:
+def _gallery_for_params(params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gallery needs the images and models again; skipped (report says so) when they are not reachable."""
     from models.datasets import read_split
     from models.evaluation import EvaluationConfig, image_key, load_models
@@ -524,8 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice = int(os.environ.get("NORMGATE_EVAL_NICE", "0") or 0)
         if nice > 0 and hasattr(os, "nice"):
             os.nice(nice)
-        job = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
-        return 0 if job.status in ("done", "cancelled") else 1
+        finished = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
+        return 0 if finished.status in ("done", "cancelled") else 1
 
     args = _run_parser().parse_args(argv)
     try:

@@ -16,6 +16,7 @@ child writes.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -265,7 +266,7 @@ class JobStore:
             row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 
-    def requeue_orphans(self) -> list[str]:
+    def requeue_orphans(self) -> builtins.list[str]:
         """Jobs left 'running' by a process that died go back to the queue (they resume where they stopped)."""
         with self._transaction() as conn:
             ids = [r["id"] for r in conn.execute("SELECT id FROM jobs WHERE status = 'running'").fetchall()]
@@ -296,7 +297,7 @@ class JobStore:
             ).fetchall()
         return {r["image"] for r in found}
 
-    def rows(self, job_id: str) -> list[dict[str, Any]]:
+    def rows(self, job_id: str) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             found = conn.execute(
                 f"SELECT {', '.join(ROW_COLUMNS)} FROM rows WHERE job_id = ? ORDER BY model, method, image", (job_id,)
@@ -337,7 +338,7 @@ class EvaluationRunner:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._child: subprocess.Popen | None = None
+        self._child: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> EvaluationRunner:

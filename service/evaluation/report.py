@@ -14,11 +14,14 @@ import html
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.evaluation import CONTROL_METHODS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -43,7 +46,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -57,7 +60,7 @@ def ordered_methods(methods: Sequence[str]) -> list[str]:
     return [m for m in methods if m not in CONTROL_METHODS] + [m for m in methods if m in CONTROL_METHODS]
 
 
-def _metric_table(results: dict, metric: str, title_note: str, with_counts: bool = False) -> str:
+def _metric_table(results: dict[str, Any], metric: str, title_note: str, with_counts: bool = False) -> str:
     methods = ordered_methods(list(results["methods"]))
     models = sorted({m for per in results["methods"].values() for m in per})
     repeated = results.get("repeated", {})
@@ -98,7 +101,7 @@ def _metric_table(results: dict, metric: str, title_note: str, with_counts: bool
     return f"<p class='note'>{title_note}</p>" + "\n".join(lines)
 
 
-def _bar_chart(results: dict) -> str:
+def _bar_chart(results: dict[str, Any]) -> str:
     """Pointing Game per method; error bars = std over repeated models, else the binomial standard error."""
     from matplotlib.figure import Figure
 
@@ -141,7 +144,7 @@ def _bar_chart(results: dict) -> str:
     return _png(fig)
 
 
-def _case_figure(case: dict) -> str:
+def _case_figure(case: dict[str, Any]) -> str:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -169,7 +172,7 @@ def _case_figure(case: dict) -> str:
     return _png(fig)
 
 
-def _gallery(cases: list[dict], tau: float) -> str:
+def _gallery(cases: list[dict[str, Any]], tau: float) -> str:
     if not cases:
         return (
             "<p class='note'>No gallery: no image with a box was evaluated, or (after a merge) the models "
@@ -191,7 +194,7 @@ def _gallery(cases: list[dict], tau: float) -> str:
     return "\n".join(parts)
 
 
-def render_report(results: dict, rows: list[dict], gallery: list[dict]) -> str:
+def render_report(results: dict[str, Any], rows: list[dict[str, Any]], gallery: list[dict[str, Any]]) -> str:
     params = results.get("params", {})
     counts = results.get("counts", {})
     run = results.get("run", {})
@@ -259,7 +262,7 @@ def render_report(results: dict, rows: list[dict], gallery: list[dict]) -> str:
     return "\n".join(sections)
 
 
-def render_comparison(runs: Sequence[tuple[str, dict]], metric: str = "pointing_game") -> str:
+def render_comparison(runs: Sequence[tuple[str, dict[str, Any]]], metric: str = "pointing_game") -> str:
     """Several runs side by side (e.g. trained / semi-random / full-random, σ 0 / 1): rows = methods,
     one column per (run, model); a run's repeated models show as mean ± std."""
     methods: list[str] = []
@@ -268,7 +271,7 @@ def render_comparison(runs: Sequence[tuple[str, dict]], metric: str = "pointing_
             if m not in methods:
                 methods.append(m)
     methods = ordered_methods(methods)
-    columns: list[tuple[str, dict, str | None]] = []
+    columns: list[tuple[str, dict[str, Any], str | None]] = []
     for label, res in runs:
         if res.get("repeated"):
             for arch in sorted({a for per in res["repeated"].values() for a in per}):

@@ -69,10 +69,13 @@ class Assessor:
             )
         return worker
 
-    def _decode_and_prepare(self, upload: Upload, worker: ModelWorker, method: str | None):
+    def _decode_and_prepare(
+        self, upload: Upload, worker: ModelWorker, method: str | None
+    ) -> tuple[DecodedImage, ModelInput]:
         started = time.perf_counter()
         decoded = decode_image(upload.body, upload.content_type, self.limits)
         meta = worker.meta
+        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
         image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
         self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
         return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
@@ -84,7 +87,7 @@ class Assessor:
         worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
     ) -> AssessResponse:
         _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
         return response
@@ -96,7 +99,7 @@ class Assessor:
         worker: ModelWorker,
         request_id: str,
         arrived: float,
-        disconnected: asyncio.Future | None,
+        disconnected: asyncio.Future[None] | None,
     ) -> tuple[DecodedImage, AssessResponse]:
         """``assess`` that also hands back the decoded image, for callers that derive images from it
         (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
@@ -142,12 +145,14 @@ class Assessor:
         arrived: float,
     ) -> AssessResponse:
         meta = worker.meta
+        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
         reacquire = output.probability >= meta.threshold
         decision = "reacquire" if reacquire else "accept"
         self.metrics.decisions.labels(worker.name, decision).inc()
         heatmap = None
         point = None
         if output.heatmap_png is not None:
+            assert output.point is not None  # the worker sets both from the same map
             heatmap = Heatmap(
                 method=params.method,
                 width=output.heatmap_hw[1],

@@ -41,19 +41,19 @@ class DeadlineExceeded(Exception):
 
 
 @dataclass(eq=False)
-class PendingRequest(Generic[P]):
+class PendingRequest(Generic[P, R]):
     payload: P
     deadline: float  # time.monotonic() after which the request must not be started
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # when the worker took it into a batch
-    future: Future = field(default_factory=Future)
+    future: Future[R] = field(default_factory=Future)
 
     @property
     def queue_seconds(self) -> float:
         return (self.started_at or time.monotonic()) - self.enqueued_at
 
 
-class BatchQueue(Generic[P]):
+class BatchQueue(Generic[P, R]):
     """Requests in arrival order; ``next_batch`` hands the worker up to ``max_batch_size`` of them."""
 
     def __init__(
@@ -68,7 +68,7 @@ class BatchQueue(Generic[P]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_size = max_size
-        self._items: deque[PendingRequest[P]] = deque()
+        self._items: deque[PendingRequest[P, R]] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._on_depth_change = on_depth_change
@@ -85,20 +85,20 @@ class BatchQueue(Generic[P]):
         if self._on_depth_change is not None:
             self._on_depth_change(len(self._items))
 
-    def put(self, payload: P, deadline: float) -> PendingRequest[P]:
+    def put(self, payload: P, deadline: float) -> PendingRequest[P, R]:
         """Enqueue one request; raises ``QueueFull`` or ``QueueClosed`` instead of waiting."""
         with self._cond:
             if self._closed:
                 raise QueueClosed("the queue is closed")
             if len(self._items) >= self.max_size:
                 raise QueueFull(f"{len(self._items)} requests already queued")
-            pending = PendingRequest(payload=payload, deadline=deadline)
+            pending: PendingRequest[P, R] = PendingRequest(payload=payload, deadline=deadline)
             self._items.append(pending)
             self._depth_changed()
             self._cond.notify_all()
             return pending
 
-    def withdraw(self, pending: PendingRequest[P]) -> bool:
+    def withdraw(self, pending: PendingRequest[P, R]) -> bool:
         """Take a request back if no worker has started it (client gone, deadline passed).
 
         True: it is cancelled and its slot is free. False: it is being (or was) computed; its future will
@@ -122,7 +122,7 @@ class BatchQueue(Generic[P]):
             self._closed = True
             self._cond.notify_all()
 
-    def next_batch(self) -> list[PendingRequest[P]] | None:
+    def next_batch(self) -> list[PendingRequest[P, R]] | None:
         """Block until a batch is due; return it with every future marked running, or None once closed."""
         with self._cond:
             while True:
@@ -142,9 +142,9 @@ class BatchQueue(Generic[P]):
                     return batch
                 # Everything taken was cancelled or expired: wait for the next request.
 
-    def _take_batch(self) -> list[PendingRequest[P]]:
+    def _take_batch(self) -> list[PendingRequest[P, R]]:
         now = time.monotonic()
-        batch: list[PendingRequest[P]] = []
+        batch: list[PendingRequest[P, R]] = []
         while self._items and len(batch) < self.max_batch_size:
             pending = self._items.popleft()
             if not pending.future.set_running_or_notify_cancel():
@@ -159,9 +159,9 @@ class BatchQueue(Generic[P]):
 
 
 def run_batch(
-    batch: Sequence[PendingRequest[P]],
-    handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
-    before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None,
+    batch: Sequence[PendingRequest[P, R]],
+    handle_batch: Callable[[Sequence[PendingRequest[P, R]]], Sequence[R | BaseException]],
+    before_batch: Callable[[Sequence[PendingRequest[P, R]]], None] | None = None,
 ) -> None:
     """Handle one batch and answer every future exactly once.
 
@@ -188,9 +188,9 @@ def run_batch(
 
 
 def serve_forever(
-    queue: BatchQueue[P],
-    handle_batch: Callable[[Sequence[PendingRequest[P]]], Sequence[R | BaseException]],
-    before_batch: Callable[[Sequence[PendingRequest[P]]], None] | None = None,
+    queue: BatchQueue[P, R],
+    handle_batch: Callable[[Sequence[PendingRequest[P, R]]], Sequence[R | BaseException]],
+    before_batch: Callable[[Sequence[PendingRequest[P, R]]], None] | None = None,
 ) -> None:
     """The worker loop: drain batches until the queue is closed and empty."""
     while (batch := queue.next_batch()) is not None:

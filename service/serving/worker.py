@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ from service.serving.batching import (
 
 log = logging.getLogger("normgate.inference")
 
-BatchHook = Callable[[str, Sequence[PendingRequest]], None]
+BatchHook = Callable[[str, Sequence[PendingRequest[Any, Any]]], None]
 
 # What running out of memory looks like: CUDA's allocator raises torch.OutOfMemoryError (an alias of
 # torch.cuda.OutOfMemoryError), the CPU allocator a RuntimeError subclass of the same or MemoryError.
@@ -135,7 +136,7 @@ class ModelRunner:
         # (docs/benchmarks.md, "Profile and hot spots").
         return saliency.explain_with_logits(self.model, images, method, target=target, layers=layers)
 
-    def run(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput]:
+    def run(self, batch: Sequence[PendingRequest[ModelInput, ModelOutput]]) -> list[ModelOutput]:
         started = time.perf_counter()
         groups: dict[str | None, list[int]] = {}
         for index, pending in enumerate(batch):
@@ -150,8 +151,8 @@ class ModelRunner:
                     logits = self.model(images)
                 group_maps = None
             else:
-                group_maps, logits = self._explain(images, method)
-                group_maps = group_maps.detach().float().cpu().numpy()
+                map_tensor, logits = self._explain(images, method)
+                group_maps = map_tensor.detach().float().cpu().numpy()
             group_probs = torch.softmax(logits.detach().float(), dim=1)[:, self.positive_index].cpu().tolist()
             for position, i in enumerate(indices):
                 probabilities[i] = float(group_probs[position])
@@ -214,7 +215,7 @@ class ModelWorker:
         self.device = device
         self.metrics = metrics
         self.settings = settings
-        self._queue: BatchQueue[ModelInput] = BatchQueue(
+        self._queue: BatchQueue[ModelInput, ModelOutput] = BatchQueue(
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000.0,
             max_size=settings.max_queue_size,
@@ -232,7 +233,7 @@ class ModelWorker:
         self.stopping = False  # set before the queue closes: a thread ending now is not a death
         self.restarts = 0
         self.died_at: float | None = None  # time.monotonic() of the last death, until restarted
-        self._in_flight: Sequence[PendingRequest[ModelInput]] | None = None
+        self._in_flight: Sequence[PendingRequest[ModelInput, ModelOutput]] | None = None
 
     # -- lifecycle (called from the event loop thread) --------------------------------------------------------
     def start(self) -> None:
@@ -278,12 +279,12 @@ class ModelWorker:
         return self.state
 
     # -- the queue, as callers see it ------------------------------------------------------------------------
-    def submit(self, model_input: ModelInput, deadline: float) -> PendingRequest[ModelInput]:
+    def submit(self, model_input: ModelInput, deadline: float) -> PendingRequest[ModelInput, ModelOutput]:
         """Queue one request for this model; raises ``QueueFull`` or ``QueueClosed`` instead of waiting."""
         return self._queue.put(model_input, deadline)
 
     async def result(
-        self, pending: PendingRequest[ModelInput], disconnected: asyncio.Future[object] | None = None
+        self, pending: PendingRequest[ModelInput, ModelOutput], disconnected: asyncio.Future[None] | None = None
     ) -> ModelOutput:
         """Wait for a submitted request's answer, its deadline, or its client leaving — whichever comes first.
 
@@ -295,7 +296,7 @@ class ModelWorker:
         # Mark a late exception as retrieved so asyncio does not log it when nobody is left to read it.
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            waitables: set[asyncio.Future[object]] = {waiter}
+            waitables: set[asyncio.Future[Any]] = {waiter}
             if disconnected is not None:
                 waitables.add(disconnected)
             timeout = max(0.0, pending.deadline - time.monotonic())
@@ -384,17 +385,19 @@ class ModelWorker:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
-    def _before_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> None:
+    def _before_batch(self, batch: Sequence[PendingRequest[ModelInput, ModelOutput]]) -> None:
         if self._batch_hook is not None:
             self._batch_hook(self.name, batch)
 
-    def _handle_batch(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput | Exception]:
+    def _handle_batch(self, batch: Sequence[PendingRequest[ModelInput, ModelOutput]]) -> list[ModelOutput | Exception]:
         started = time.perf_counter()
         outputs = self._run_splitting_on_oom(batch)
         self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.perf_counter() - started)
         return outputs
 
-    def _run_splitting_on_oom(self, batch: Sequence[PendingRequest[ModelInput]]) -> list[ModelOutput | Exception]:
+    def _run_splitting_on_oom(
+        self, batch: Sequence[PendingRequest[ModelInput, ModelOutput]]
+    ) -> list[ModelOutput | Exception]:
         """Run a batch; when it runs out of memory, free what the attempt held and run each half on its own.
 
         Every image's answer is independent of its batch (eval mode), so the halves give the same answers.
@@ -438,7 +441,7 @@ class ModelWorker:
         gray = np.full((h, w), 0.5, dtype=np.float32)
         image = preprocess_batch([gray], self.meta.input_size, self.meta.mean, self.meta.std)[0]
         for method in (DEFAULT_METHOD, None):
-            pending = PendingRequest(
+            pending: PendingRequest[ModelInput, ModelOutput] = PendingRequest(
                 payload=ModelInput(image=image, original_hw=(h, w), method=method), deadline=math.inf
             )
             pending.future.set_running_or_notify_cancel()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from models.saliency import DEFAULT_METHOD
 from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
 from service.api.upload import read_upload, wait_for_disconnect
-from service.schemas import DEFAULT_METHOD, AssessResponse, ErrorResponse, HeatmapMode
+from service.schemas import AssessResponse, ErrorResponse, HeatmapMode
 from service.serving.assessment import AssessParams
 
 router = APIRouter(tags=["assess"])
@@ -34,7 +35,7 @@ _REQUEST_BODY = {
 }
 
 
-def _errors(*statuses: int) -> dict:
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "bad_image: undecodable, empty or truncated image",
         401: "unauthorized: missing or wrong API key",

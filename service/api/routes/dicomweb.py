@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from models.saliency import DEFAULT_METHOD
 from service.api.deps import ApiKeyDep, SettingsDep
 from service.api.upload import read_limited_body, wait_for_disconnect
 from service.config import Settings
@@ -38,7 +39,7 @@ from service.dicomweb.push import DicomwebPusher
 from service.dicomweb.stow import ResultStore, StowService
 from service.errors import ApiError
 from service.observability.phi_logging import install_dicom_log_redaction
-from service.schemas import DEFAULT_METHOD, ErrorResponse
+from service.schemas import ErrorResponse
 from service.serving.assessment import AssessParams
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -87,7 +88,7 @@ async def stop_dicomweb(app: FastAPI, drain_timeout_s: float = 10.0) -> None:
 
 
 def _stow_service(request: Request) -> StowService:
-    service = getattr(request.app.state, "stow", None)
+    service: StowService | None = getattr(request.app.state, "stow", None)
     if service is None:  # an app built without its lifespan
         raise ApiError("the DICOMweb service is not started")
     return service
@@ -113,7 +114,7 @@ def _wants_json_wrapper(accept: str | None) -> bool:
 
 # -- routes ------------------------------------------------------------------------------------------------
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d}
     for s, d in {
         400: "bad_image: malformed multipart/related body",

@@ -59,7 +59,7 @@ class EvaluateRequest(BaseModel):
     seed: int = 0
 
 
-def _documented(**by_status: str) -> dict[int, dict[str, Any]]:
+def _documented(**by_status: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI responses: JSON error bodies with what each status means here (401 on every route)."""
     statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid", **by_status}
     return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text} for status, text in statuses.items()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated, Any
 
-from service.api.deps import MetricsDep, RegistryDep, api_key_unless_public
+from fastapi import APIRouter, Depends, Response
+
+from service.api.deps import MetricsDep, RegistryDep, api_key_check_unless_public
 from service.errors import NotReady
 from service.observability.metrics import CONTENT_TYPE_LATEST
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
@@ -12,10 +14,12 @@ from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
 router = APIRouter(tags=["operations"])
 
 # Each opens without a key unless NORMGATE_PUBLIC_ENDPOINTS leaves it out (probes rarely carry secrets).
-HealthzAuth = api_key_unless_public("healthz")
-ReadyzAuth = api_key_unless_public("readyz")
-MetricsAuth = api_key_unless_public("metrics")
-_UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}}
+HealthzAuth = Annotated[None, Depends(api_key_check_unless_public("healthz"))]
+ReadyzAuth = Annotated[None, Depends(api_key_check_unless_public("readyz"))]
+MetricsAuth = Annotated[None, Depends(api_key_check_unless_public("metrics"))]
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}
+}
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="The process is alive", responses=_UNAUTHORIZED)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
 
 from models import saliency
-from service.api.deps import RegistryDep, api_key_unless_public
-from service.schemas import DEFAULT_METHOD, ErrorResponse, MethodsResponse, ModelInfo, ModelsResponse
+from models.saliency import DEFAULT_METHOD
+from service.api.deps import RegistryDep, api_key_check_unless_public
+from service.schemas import ErrorResponse, MethodsResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
 
-ModelsAuth = api_key_unless_public("models")  # one switch for both: what /assess can be asked
-_UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}}
+ModelsAuth = Annotated[
+    None, Depends(api_key_check_unless_public("models"))
+]  # one switch for both: what /assess can be asked
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "unauthorized: API key needed (not public here)"}
+}
 
 
 @router.get(

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from models.imaging import decode_image, to_display_png
+from models.imaging import DecodeLimits, decode_image, to_display_png
 from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
 from service.api.upload import read_upload
 from service.errors import ApiError
@@ -57,7 +57,7 @@ def viewer_asset(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
 
 
-def _display_png(body: bytes, content_type: str | None, limits) -> tuple[bytes, int, int]:
+def _display_png(body: bytes, content_type: str | None, limits: DecodeLimits) -> tuple[bytes, int, int]:
     decoded = decode_image(body, content_type, limits)
     return to_display_png(decoded), decoded.width, decoded.height
 
