@@ -211,6 +211,16 @@ class ModelMetadata(_Strict):
     def negative_class(self) -> str:
         return next(c for c in self.classes if c != self.positive_class)
 
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold decisions use: the calibration's operating point when calibrated, else ``threshold``."""
+        return self.calibration.threshold if self.calibration is not None else self.threshold
+
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by this before the softmax (temperature scaling; 1 when uncalibrated)."""
+        return self.calibration.temperature if self.calibration is not None else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``model.json`` (optional blocks that are unset are left out)."""
         data = self.model_dump(mode="json")

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again."
     )
     data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
+    state_dir: Path = Field(
+        REPO_ROOT / "state",
+        description="The one writable folder for state that outlives a request: the audit database (SQLite by "
+        "default), the result outbox, spools. state/ of the checkout for make run; a volume in compose and "
+        "Kubernetes (their root filesystem is read-only).",
+    )
     # DICOMweb (POST /dicomweb/studies, docs/integration.md).
     dicomweb_max_instances: int = Field(
         32, ge=1, le=1024, description="Most instances (multipart parts) one STOW-RS request may carry (413 beyond)."

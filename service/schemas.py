@@ -59,16 +59,51 @@ class Timings(BaseModel):
     total: float = Field(description="Milliseconds from request arrival to the answer.")
 
 
+Decision = Literal["reacquire", "accept", "unassessable"]
+# Why an image could not be judged (docs/api.md, "Unassessable"); null for reacquire and accept.
+UnassessableReason = Literal[
+    "blank", "too_small", "low_dynamic_range", "no_frames", "unsupported_modality", "out_of_distribution"
+]
+
+
+class FrameResult(BaseModel):
+    """One frame of a multi-frame image or series; the top-level fields hold the series' decision."""
+
+    index: int = Field(ge=0, description="0-based frame index in the instance (or the series, in order).")
+    probability: float | None
+    decision: Decision
+    reason: UnassessableReason | None = None
+    point: Point | None = None
+    heatmap: Heatmap | None = None
+
+
 class AssessResponse(BaseModel):
     request_id: str
+    assessment_id: str = Field(
+        description="Names this decision in the audit trail and for verdicts; equals request_id for one image."
+    )
     model: ModelRef
-    label: str = Field(description="Positive class name when the decision is reacquire, the negative one otherwise.")
-    probability: float = Field(description="P(positive class), e.g. P(foreign object).")
+    label: str | None = Field(
+        description="Positive class name when reacquire, the negative one when accept, null when unassessable."
+    )
+    probability: float | None = Field(
+        description="P(positive class), e.g. P(foreign object), calibrated when the model has a calibration; "
+        "null when the model never ran (an unassessable image refused before it)."
+    )
     threshold: float
-    decision: Literal["reacquire", "accept"] = Field(description="reacquire iff probability >= threshold.")
+    calibration: str | None = Field(None, description="Version of the calibration applied, or null.")
+    decision: Decision = Field(
+        description="reacquire iff probability >= threshold; unassessable when the gate cannot judge the image."
+    )
+    reason: UnassessableReason | None = Field(None, description="Why the image is unassessable; else null.")
+    ood_score: float | None = Field(
+        None, description="Out-of-distribution score of the image's features, when the model has the statistics."
+    )
     point: Point | None = Field(description="Heatmap argmax in original image pixels; null with heatmap=none.")
     image: ImageSize
     heatmap: Heatmap | None = Field(description="Explanation of the positive class; null with heatmap=none.")
+    frames: list[FrameResult] | None = Field(None, description="Per-frame results of a multi-frame image or series.")
+    worst_frame: int | None = Field(None, description="Index of the frame that decided the series, or null.")
     timings_ms: Timings
 
     model_config = ConfigDict(
@@ -77,14 +112,20 @@ class AssessResponse(BaseModel):
             "examples": [
                 {
                     "request_id": "9f1c2a7d4e3b4c5d8e9f0a1b2c3d4e5f",
+                    "assessment_id": "9f1c2a7d4e3b4c5d8e9f0a1b2c3d4e5f",
                     "model": {"name": "default", "version": "1.0.0", "arch": "resnet18"},
                     "label": "foreign_object",
                     "probability": 0.97,
                     "threshold": 0.5,
+                    "calibration": None,
                     "decision": "reacquire",
+                    "reason": None,
+                    "ood_score": None,
                     "point": {"x": 812, "y": 433},
                     "image": {"width": 2048, "height": 2500},
                     "heatmap": {"method": DEFAULT_METHOD, "width": 320, "height": 320, "png_base64": "iVBORw0KGgo…"},
+                    "frames": None,
+                    "worst_frame": None,
                     "timings_ms": {"queue": 3.1, "compute": 41.0, "total": 52.7},
                 }
             ]

@@ -465,23 +465,29 @@ def build_structured_report(
     ds.ConceptNameCodeSequence = [_from_codedict(codes.DCM.QualityAssessment)]
     ds.ContinuityOfContent = "SEPARATE"
     reacquire = answer.decision == "reacquire"
-    recommendation = (
-        _code("REACQUIRE", LOCAL_SCHEME, "Reacquire image")
-        if reacquire
-        else _code("ACCEPT", LOCAL_SCHEME, "Accept image")
-    )
-    method = answer.heatmap.method if answer.heatmap else "none"
-    relation = ">=" if reacquire else "<"
-    content = [
-        _coded(_from_codedict(codes.DCM.Recommendation), recommendation),
-        _coded(_from_codedict(codes.DCM.Finding), _finding_code(answer.label)),
-        _numeric(_from_codedict(codes.DCM.Probability), answer.probability),
-        _numeric(_from_codedict(codes.DCM.ThresholdValue), answer.threshold),
-        _text(
-            _from_codedict(codes.DCM.Conclusion),
+    if answer.decision == "unassessable":
+        recommendation = _code("UNASSESSABLE", LOCAL_SCHEME, "Image cannot be assessed")
+        conclusion = f"unassessable: {answer.reason}"
+    else:
+        recommendation = (
+            _code("REACQUIRE", LOCAL_SCHEME, "Reacquire image")
+            if reacquire
+            else _code("ACCEPT", LOCAL_SCHEME, "Accept image")
+        )
+        relation = ">=" if reacquire else "<"
+        conclusion = (
             f"{answer.decision}: P({positive_class}) = {answer.probability:.4f} {relation} threshold "
-            f"{answer.threshold:g}",
-        ),
+            f"{answer.threshold:g}"
+        )
+    method = answer.heatmap.method if answer.heatmap else "none"
+    content = [_coded(_from_codedict(codes.DCM.Recommendation), recommendation)]
+    if answer.label is not None:
+        content.append(_coded(_from_codedict(codes.DCM.Finding), _finding_code(answer.label)))
+    if answer.probability is not None:
+        content.append(_numeric(_from_codedict(codes.DCM.Probability), answer.probability))
+    content += [
+        _numeric(_from_codedict(codes.DCM.ThresholdValue), answer.threshold),
+        _text(_from_codedict(codes.DCM.Conclusion), conclusion),
         _text(_from_codedict(codes.DCM.AlgorithmName), answer.model.name),
         _text(_from_codedict(codes.DCM.AlgorithmVersion), answer.model.version),
         _text(

@@ -57,7 +57,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.decisions = Counter(
-            "normgate_decisions_total", "Assessments answered, by decision.", ["model", "decision"], registry=r
+            "normgate_decisions_total",
+            "Decisions answered, by model, decision (reacquire, accept, unassessable) and reason ('none' unless "
+            "unassessable).",
+            ["model", "decision", "reason"],
+            registry=r,
         )
         self.worker_restarts = Counter(
             "normgate_worker_restarts_total",

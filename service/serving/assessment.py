@@ -11,6 +11,7 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from models import saliency
 from models.imaging import DecodedImage, DecodeLimits, decode_image, preprocess_batch
@@ -19,8 +20,9 @@ from service.errors import ApiError, BadParameter, InternalError, NotReady, Over
 from service.ingest.decode_pool import DecodePool
 from service.ingest.upload import Upload
 from service.observability.metrics import ServiceMetrics
-from service.schemas import AssessResponse, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
+from service.schemas import AssessResponse, Decision, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
 from service.serving.batching import DeadlineExceeded, QueueClosed, QueueFull
+from service.serving.decisions import DecisionListener, DecisionRecord, notify
 from service.serving.registry import ModelRegistry
 from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
 
@@ -35,6 +37,9 @@ class AssessParams:
     model: str | None
     method: str
     heatmap: HeatmapMode
+    source: str = "assess"  # which door the image came in by (audit records)
+    key_id: str | None = None  # the caller's API key id (never the key)
+    client: str | None = None  # the caller's address
 
 
 class Assessor:
@@ -51,6 +56,8 @@ class Assessor:
             max_dicom_element_bytes=settings.max_dicom_element_bytes,
         )
         self.methods = frozenset(saliency.list_methods())
+        # Called with every decision once it is final (the audit trail subscribes); see decisions.py.
+        self.decision_listeners: list[DecisionListener] = []
 
     def deadline_from(self, arrived_monotonic: float) -> float:
         return arrived_monotonic + self.settings.request_timeout_ms / 1000.0
@@ -132,7 +139,40 @@ class Assessor:
             raise InternalError(
                 f"model computation failed ({type(exc).__name__}); quote the request_id when reporting it"
             ) from exc
-        return decoded, self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
+        response = self._response(output, worker, params, decoded.width, decoded.height, request_id, arrived)
+        self.record_decision(response, worker, params, decoded)
+        return decoded, response
+
+    def record_decision(
+        self, response: AssessResponse, worker: ModelWorker, params: AssessParams, decoded: DecodedImage | None
+    ) -> None:
+        """Count the decision and hand its record to every listener (the audit trail)."""
+        self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
+        record = DecisionRecord(
+            time=datetime.now(UTC),
+            assessment_id=response.assessment_id,
+            request_id=response.request_id,
+            source=params.source,
+            study_instance_uid=decoded.study_instance_uid if decoded else None,
+            series_instance_uid=decoded.series_instance_uid if decoded else None,
+            sop_instance_uid=decoded.sop_instance_uid if decoded else None,
+            model_name=response.model.name,
+            model_version=response.model.version,
+            weights_sha256=worker.weights_sha256,
+            method=response.heatmap.method if response.heatmap else None,
+            probability=response.probability,
+            threshold=response.threshold,
+            calibration=response.calibration,
+            decision=response.decision,
+            reason=response.reason,
+            point_x=response.point.x if response.point else None,
+            point_y=response.point.y if response.point else None,
+            ood_score=response.ood_score,
+            latency_ms=response.timings_ms.total,
+            key_id=params.key_id,
+            client=params.client,
+        )
+        notify(self.decision_listeners, record)
 
     def _response(
         self,
@@ -146,9 +186,8 @@ class Assessor:
     ) -> AssessResponse:
         meta = worker.meta
         assert meta is not None  # check() admitted a ready worker: its model.json is loaded
-        reacquire = output.probability >= meta.threshold
-        decision = "reacquire" if reacquire else "accept"
-        self.metrics.decisions.labels(worker.name, decision).inc()
+        reacquire = output.probability >= meta.decision_threshold
+        decision: Decision = "reacquire" if reacquire else "accept"
         heatmap = None
         point = None
         if output.heatmap_png is not None:
@@ -162,10 +201,12 @@ class Assessor:
             point = Point(x=output.point[0], y=output.point[1])
         return AssessResponse(
             request_id=request_id,
+            assessment_id=request_id,
             model=ModelRef(name=worker.name, version=meta.version, arch=meta.arch),
             label=meta.positive_class if reacquire else meta.negative_class,
             probability=output.probability,
-            threshold=float(meta.threshold),
+            threshold=float(meta.decision_threshold),
+            calibration=meta.calibration.version if meta.calibration else None,
             decision=decision,
             point=point,
             image=ImageSize(width=width, height=height),

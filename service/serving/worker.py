@@ -18,6 +18,7 @@ where the suspected object is, also when the decision is ``accept``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import math
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 
 from models import saliency
-from models.checkpoint import load_checkpoint
+from models.checkpoint import WEIGHTS_FILE, load_checkpoint
 from models.imaging.grid import grid_point_to_original, preprocess_batch
 from models.metadata import ModelMetadata
 from models.pointing_game import argmax_point
@@ -98,6 +99,14 @@ class ModelOutput:
     batch_size: int
 
 
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def heatmap_to_png(saliency_map: np.ndarray) -> bytes:
     """[h, w] float map → single-channel 8-bit PNG, min–max scaled (a constant map becomes all zeros)."""
     low, high = float(saliency_map.min()), float(saliency_map.max())
@@ -153,7 +162,9 @@ class ModelRunner:
             else:
                 map_tensor, logits = self._explain(images, method)
                 group_maps = map_tensor.detach().float().cpu().numpy()
-            group_probs = torch.softmax(logits.detach().float(), dim=1)[:, self.positive_index].cpu().tolist()
+            # Temperature scaling (models.calibrate); the explanation is of the raw logit, which it does not change.
+            scaled = logits.detach().float() / self.meta.temperature
+            group_probs = torch.softmax(scaled, dim=1)[:, self.positive_index].cpu().tolist()
             for position, i in enumerate(indices):
                 probabilities[i] = float(group_probs[position])
                 if group_maps is not None:
@@ -232,6 +243,8 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._run, name=f"normgate-model-{name}", daemon=True)
         self.stopping = False  # set before the queue closes: a thread ending now is not a death
         self.restarts = 0
+        # SHA-256 of model.safetensors as loaded: audit records name the exact weights behind a decision.
+        self.weights_sha256: str | None = None
         self.died_at: float | None = None  # time.monotonic() of the last death, until restarted
         self._in_flight: Sequence[PendingRequest[ModelInput, ModelOutput]] | None = None
 
@@ -350,6 +363,7 @@ class ModelWorker:
             self._fail_queued(exc)
             return
         self.meta = checkpoint.meta
+        self.weights_sha256 = _sha256_of(self.folder / WEIGHTS_FILE)
         self.runner = ModelRunner(self.name, checkpoint.model, checkpoint.meta, self.device, self.metrics)
         self.metrics.model_info.labels(self.name, self.meta.version, self.meta.arch).set(1)
         self.state = ModelState.WARMING_UP

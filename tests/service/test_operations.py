@@ -19,7 +19,7 @@ CORE_METRICS = {  # family name → (type, label names)
     "normgate_batch_size": ("histogram", {"model"}),
     "normgate_queue_depth": ("gauge", {"model"}),
     "normgate_rejected": ("counter", {"reason"}),  # exposed as normgate_rejected_total
-    "normgate_decisions": ("counter", {"model", "decision"}),  # exposed as normgate_decisions_total
+    "normgate_decisions": ("counter", {"model", "decision", "reason"}),  # exposed as normgate_decisions_total
     "normgate_model_info": ("gauge", {"name", "version", "arch"}),
 }
 

@@ -74,7 +74,9 @@ async def assess(
     heatmap: Annotated[HeatmapMode, Query(description="png: explain; none: forward pass only.")] = "png",
 ) -> AssessResponse:
     arrived = time.monotonic()
-    params = AssessParams(model=model, method=method, heatmap=heatmap)
+    params = AssessParams(
+        model=model, method=method, heatmap=heatmap, client=request.client.host if request.client else None
+    )
     worker = assessor.check(params)
     upload = await read_upload(request, settings.max_body_bytes)
     disconnected = asyncio.ensure_future(wait_for_disconnect(request))

@@ -163,7 +163,13 @@ async def _store(
     boundary = stow_boundary(request.headers.get("content-type"))
     wrapper = _wants_json_wrapper(request.headers.get("accept"))
     service = _stow_service(request)
-    params = AssessParams(model=model, method=method, heatmap="png")
+    params = AssessParams(
+        model=model,
+        method=method,
+        heatmap="png",
+        source="stow",
+        client=request.client.host if request.client else None,
+    )
     service.assessor.check(params)  # unknown model/method or not ready: refuse before reading the body
     body = await read_limited_body(request, settings.max_body_bytes)
     parts = parse_multipart_related(body, boundary, settings.dicomweb_max_instances)

@@ -103,16 +103,26 @@ def test_png_answer_matches_the_checkpoint_run_directly(client, reference):
     assert 0 <= timings["queue"] <= timings["total"] and 0 < timings["compute"] <= timings["total"]
     assert set(answer) == {
         "request_id",
+        "assessment_id",
         "model",
         "label",
         "probability",
         "threshold",
+        "calibration",
         "decision",
+        "reason",
+        "ood_score",
         "point",
         "image",
         "heatmap",
+        "frames",
+        "worst_frame",
         "timings_ms",
     }
+    # One image: its decision is named by the request id; an ordinary decision has no reason, no frames, and
+    # this fixture checkpoint has neither a calibration nor OOD statistics.
+    assert answer["assessment_id"] == answer["request_id"]
+    assert [answer[k] for k in ("reason", "calibration", "ood_score", "frames", "worst_frame")] == [None] * 5
 
 
 def test_non_square_grid_and_threshold_of_another_model(client, wide_reference):
