@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.checkpoint import load_checkpoint
+from models.classification import classification_metrics
 from models.datasets import load_gray, read_split
 from models.imaging.grid import normalise, original_box_to_grid, resize_unit
 from models.saliency import explain
-from models.train import classification_metrics
 
 
 def distance_point_to_box(px: float, py: float, box: tuple[float, float, float, float]) -> float:

@@ -462,13 +462,8 @@ def summarise_rows(
 
     Rows are sorted first, so the same rows give bit-identical results whatever order they arrive in.
     """
-    from models.pointing_game import (
-        OBJECT_CXR_FP_RATES,
-        PointingGameResult,
-        classification_accuracy,
-        froc_from_counts,
-        roc_auc,
-    )
+    from models.classification import classification_accuracy, roc_auc
+    from models.pointing_game import OBJECT_CXR_FP_RATES, PointingGameResult, froc_from_counts
 
     rates = tuple(fp_rates or OBJECT_CXR_FP_RATES)
     ordered = sorted(rows, key=lambda r: (_get(r, "model"), _get(r, "method"), _get(r, "image")))

@@ -163,39 +163,6 @@ class PointingGameResult:
 # --- classification --------------------------------------------------------------------------------------------
 
 
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    """Area under the ROC curve by ranks (Mann–Whitney U / (n_pos · n_neg)), ties as mid-ranks.
-
-    ``None`` when only one class is present (the AUC is undefined).
-    """
-    from scipy.stats import rankdata
-
-    y = np.asarray(labels, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.shape != s.shape or y.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D of the same length, got {y.shape} and {s.shape}")
-    if not np.all(np.isin(y, (0, 1))):
-        raise ValueError("labels must be 0 or 1")
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(s)  # average ranks for ties
-    u = float(ranks[y == 1].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_pos * n_neg)
-
-
-def classification_accuracy(labels: Sequence[int], probabilities: Sequence[float], threshold: float) -> float | None:
-    """Share of images whose decision (positive iff probability >= threshold, as /assess decides) matches the label."""
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(probabilities, dtype=np.float64)
-    if y.shape != p.shape:
-        raise ValueError("labels and probabilities must have the same length")
-    if y.size == 0:
-        return None
-    return float(np.mean((p >= threshold).astype(np.int64) == y))
-
-
 # --- FROC (Object-CXR challenge) ---------------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from torch import nn
 
 from models.architectures import SUPPORTED_ARCHS, build_model, default_normgrad_layers, reset_classifier_head
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.classification import classification_metrics
 from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_state_dict
 from models.device import resolve_device
 from models.imaging.grid import normalise, resize_unit
@@ -75,46 +76,6 @@ class TrainError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-
-
-def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve by the Mann–Whitney U statistic (ties count one half).
-
-    AUC = (R₊ − n₊(n₊+1)/2) / (n₊·n₋) with R₊ the sum of the positives' ranks among all scores, tied scores
-    sharing their average rank. NaN when one class is absent (the AUC is undefined).
-    """
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length ({y.size} vs {s.size})")
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    ranks = np.empty(s.size, dtype=np.float64)
-    # Runs of equal scores get the mean of the 1-based ranks they span.
-    boundaries = np.flatnonzero(np.diff(sorted_s)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [s.size]))
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + 1 + b) / 2.0
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Accuracy of ``P(positive) >= threshold`` (the service's decision rule) and ROC AUC."""
-    labels = np.asarray(labels).astype(int)
-    pred = (np.asarray(probs) >= threshold).astype(int)
-    auc = roc_auc(labels, probs)
-    return {
-        "accuracy": float((pred == labels).mean()) if labels.size else float("nan"),
-        "auc": None if math.isnan(auc) else auc,
-        "n": int(labels.size),
-        "n_positive": int(labels.sum()),
-    }
 
 
 # ------------------------------------------------------------------------------------------------------- data

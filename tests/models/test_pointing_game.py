@@ -7,19 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from models.pointing_game import (
     FrocPrediction,
     PointingGameResult,
     argmax_point,
-    classification_accuracy,
     distance_to_box,
     energy_pointing_game,
     froc,
     froc_from_counts,
     pointing_game_hit,
-    roc_auc,
 )
 
 BOX = (10.0, 20.0, 30.0, 40.0)  # x1, y1, x2, y2
@@ -94,19 +91,6 @@ def test_energy_pointing_game_on_a_hand_map():
     assert energy_pointing_game(m, [(2.5, 1.5, 4.2, 2.9)]) == pytest.approx(3.0 / 8.0)
     assert energy_pointing_game(np.zeros((4, 4)), [(0, 0, 1, 1)]) == 0.0
     assert energy_pointing_game(m, []) is None
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_roc_auc_matches_sklearn_including_ties(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, size=60)
-    scores = np.round(rng.random(60) + 0.3 * labels, 1)  # rounding makes ties
-    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-
-
-def test_roc_auc_undefined_for_one_class_and_accuracy_uses_threshold_inclusively():
-    assert roc_auc([1, 1, 1], [0.1, 0.2, 0.3]) is None
-    assert classification_accuracy([1, 0, 1, 0], [0.5, 0.49, 0.2, 0.9], threshold=0.5) == pytest.approx(0.5)
 
 
 class _Rect:

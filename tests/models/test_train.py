@@ -18,7 +18,7 @@ from models.architectures import build_model
 from models.checkpoint import load_checkpoint
 from models.datasets import dataset_fingerprint, load_gray, read_split
 from models.imaging.grid import preprocess_batch
-from models.train import TrainError, augment, main, roc_auc
+from models.train import TrainError, augment, main
 from tests.models.tiny_cxr import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,23 +186,6 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert "error: --data" in proc.stderr and "no such folder" in proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_roc_auc_matches_sklearn_with_ties():
-    rng = np.random.default_rng(0)
-    for trial in range(20):
-        n = int(rng.integers(2, 200))
-        labels = rng.integers(0, 2, n)
-        if labels.min() == labels.max():
-            labels[0] = 1 - labels[0]
-        scores = rng.integers(0, 6, n) / 5.0 if trial % 2 else rng.random(n)  # heavy ties every other trial
-        assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
-    assert roc_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
-    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert np.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match="differ in length"):
-        roc_auc([0, 1], [0.5])
 
 
 def test_augment_without_strength_is_identity_or_flip(monkeypatch):
