@@ -26,6 +26,7 @@ FRAMES_MIN, FRAMES_MAX = 20, 30
 SERIES_DESCRIPTIONS = ("4CH cine", "CINE_4CH", "4ch SSFP", "cine 4ch bSSFP", "4CH_TF2D", "SSFP 4ch retro", "4Ch Cine")
 DIASTOLIC_SHARE = 0.25  # positive patients whose tract shows in diastole rather than systole
 MAX_DRAWS = 200
+PLANNING_ERROR_MM = 22.0  # how far off the heart the field of view is centred (σ per axis)
 
 
 class PatientError(ValueError):
@@ -196,10 +197,10 @@ def _heart(rng: np.random.Generator) -> Heart:
 
 
 def _place_heart(rng: np.random.Generator, heart: Heart, cycle: CardiacCycle) -> Heart:
-    """The planner centres the field of view on the heart, to within ±~2.5 cm."""
+    """The planner centres the field of view on the heart, give or take ~2 cm (σ 22 mm, at most 50 mm per axis)."""
     pts = np.array(heart_outline_points(heart, heart_state(heart, cycle, 0.0)))
     centre = (pts.min(axis=0) + pts.max(axis=0)) / 2
-    error = np.clip(rng.normal(0.0, 14.0, size=2), -35.0, 35.0)
+    error = np.clip(rng.normal(0.0, PLANNING_ERROR_MM, size=2), -50.0, 50.0)
     return Heart(**{**heart.__dict__, "crux_x": float(error[0] - centre[0]), "crux_y": float(error[1] - centre[1])})
 
 
@@ -281,7 +282,7 @@ def _tract_shape(rng: np.random.Generator, heart: Heart) -> OutflowTract:
         valve_at=u(0.55, 0.62),
         offset=0.0,
         through_plane=0.0,
-        tilt=u(-3.0, 3.0),
+        tilt=-u(2.5, 7.0),  # the LV end lies nearer the slice than the root
     )
 
 
