@@ -18,9 +18,10 @@ a chain of closely spaced spheres, so the fraction at a pixel is the largest ove
 
 The rule (labels and boxes). An output pixel *shows* the tract when at least half of it is tract blood and at
 most half of it is LV cavity (the tract's LV end adds nothing the LV cavity does not already show). A frame is
-**LVOT-positive** when the pixels showing the tract cover at least ``MIN_VISIBLE_AREA_MM2``; its box is their
-bounding box grown by the tract's wall thickness (in whole pixels). Every other frame is negative, even in a
-patient whose other frames show the tract.
+**LVOT-positive** when the pixels showing the tract cover at least ``MIN_VISIBLE_AREA_MM2``; its box is the
+bounding box of the pixels at least half filled by the tract *with its wall* (again outside the LV cavity), so
+that it holds the bright channel and its dark rim. Every other frame is negative, even in a patient whose other
+frames show the tract.
 """
 
 from __future__ import annotations
@@ -156,23 +157,23 @@ def visibility(
     spacing: float,
 ) -> Visibility:
     """Apply the rule of the module docstring to the frame at state ``st``."""
-    grid = tract_window(tract, st, base_descent, rows, cols, spacing, margin=2.0 * spacing)
+    grid = tract_window(tract, st, base_descent, rows, cols, spacing, margin=tract.wall + 2.0 * spacing)
     if grid.shape[0] == 0 or grid.shape[1] == 0:
         return Visibility(0.0, None)
-    blood = downsample(tract_fraction(grid, tract, st, base_descent, thickness))
     u, v = st.uv(grid)
-    lv = downsample(coverage(st.lv_cavity(u, v), grid.step_mm))
-    shows: npt.NDArray[np.bool_] = (blood >= VISIBLE_FRACTION) & (lv <= 0.5)
+    outside_lv = downsample(coverage(st.lv_cavity(u, v), grid.step_mm)) <= 0.5
+    blood = downsample(tract_fraction(grid, tract, st, base_descent, thickness))
+    shows: npt.NDArray[np.bool_] = (blood >= VISIBLE_FRACTION) & outside_lv
     area = float(shows.sum()) * spacing * spacing
     if area < MIN_VISIBLE_AREA_MM2:
         return Visibility(area, None)
-    rows_idx, cols_idx = np.nonzero(shows)
-    grow = max(1, math.ceil(tract.wall / spacing))
+    walled = downsample(tract_fraction(grid, tract, st, base_descent, thickness, extra_radius=tract.wall))
+    rows_idx, cols_idx = np.nonzero(((walled >= VISIBLE_FRACTION) & outside_lv) | shows)
     r0, c0 = grid.r0 // FINE, grid.c0 // FINE
     box = (
-        max(0, int(cols_idx.min()) + c0 - grow),
-        max(0, int(rows_idx.min()) + r0 - grow),
-        min(cols - 1, int(cols_idx.max()) + c0 + grow),
-        min(rows - 1, int(rows_idx.max()) + r0 + grow),
+        int(cols_idx.min()) + c0,
+        int(rows_idx.min()) + r0,
+        int(cols_idx.max()) + c0,
+        int(rows_idx.max()) + r0,
     )
     return Visibility(area, box)

@@ -26,7 +26,7 @@ FRAMES_MIN, FRAMES_MAX = 20, 30
 SERIES_DESCRIPTIONS = ("4CH cine", "CINE_4CH", "4ch SSFP", "cine 4ch bSSFP", "4CH_TF2D", "SSFP 4ch retro", "4Ch Cine")
 DIASTOLIC_SHARE = 0.25  # positive patients whose tract shows in diastole rather than systole
 MAX_DRAWS = 200
-PLANNING_ERROR_MM = 22.0  # how far off the heart the field of view is centred (σ per axis)
+PLANNING_ERROR_MM = 26.0  # how far off the heart the field of view is centred (σ per axis)
 
 
 class PatientError(ValueError):
@@ -197,10 +197,10 @@ def _heart(rng: np.random.Generator) -> Heart:
 
 
 def _place_heart(rng: np.random.Generator, heart: Heart, cycle: CardiacCycle) -> Heart:
-    """The planner centres the field of view on the heart, give or take ~2 cm (σ 22 mm, at most 50 mm per axis)."""
+    """The planner centres the field of view on the heart, give or take a few cm (σ 26 mm, at most 60 mm per axis)."""
     pts = np.array(heart_outline_points(heart, heart_state(heart, cycle, 0.0)))
     centre = (pts.min(axis=0) + pts.max(axis=0)) / 2
-    error = np.clip(rng.normal(0.0, PLANNING_ERROR_MM, size=2), -50.0, 50.0)
+    error = np.clip(rng.normal(0.0, PLANNING_ERROR_MM, size=2), -60.0, 60.0)
     return Heart(**{**heart.__dict__, "crux_x": float(error[0] - centre[0]), "crux_y": float(error[1] - centre[1])})
 
 

@@ -278,7 +278,9 @@ class CineRenderer:
         paint(canvas, coverage(np.minimum(lv_epi, st.rv_epicardium(u, v)), step), t.myocardium)
         atrial_walls = np.minimum(st.la_cavity(u, v, grow=h.atrial_wall), st.ra_cavity(u, v, grow=h.atrial_wall))
         paint(canvas, coverage(atrial_walls, step), t.myocardium)
-        for cavity in (st.lv_cavity(u, v), st.rv_cavity(u, v, lv_epi), st.la_cavity(u, v), st.ra_cavity(u, v)):
+        lv_cavity = coverage(st.lv_cavity(u, v), step)
+        paint(canvas, lv_cavity, t.blood)
+        for cavity in (st.rv_cavity(u, v, lv_epi), st.la_cavity(u, v), st.ra_cavity(u, v)):
             paint(canvas, coverage(cavity, step), t.blood)
         for side, along, across, radius in h.trabeculae:
             if side == 0:
@@ -307,9 +309,10 @@ class CineRenderer:
         for hinge, tip in leaflet_segments(h, st):
             paint(canvas, coverage(band_sdf(u, v, hinge, tip, 0.7), step), t.valve)
         if with_tract:
-            self._draw_tract(canvas, grid, st)
+            self._draw_tract(canvas, grid, st, lv_cavity)
 
-    def _draw_tract(self, canvas: FloatArray, grid: Grid, st: HeartState) -> None:
+    def _draw_tract(self, canvas: FloatArray, grid: Grid, st: HeartState, lv_cavity: FloatArray) -> None:
+        """The tract over the chambers: its wall (where it is not open to the LV cavity), its blood, its valve."""
         p = self.patient
         tract, t = p.tract, p.tissues
         thickness = p.acquisition.slice_thickness_mm
@@ -317,7 +320,7 @@ class CineRenderer:
         if not wall.any():
             return
         blood = tract_fraction(grid, tract, st, p.heart.base_descent, thickness)
-        paint(canvas, wall, t.myocardium)
+        paint(canvas, wall * (1.0 - lv_cavity), t.myocardium)
         paint(canvas, blood, t.blood)
         # aortic valve cusps: closed across the annulus (bowed towards the LV), open against the wall in systole
         s, xs, ys, rs = tract.samples(st, p.heart.base_descent)

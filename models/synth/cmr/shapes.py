@@ -1,10 +1,11 @@
 """Drawing on a millimetre grid: signed distances of ellipses, segments and half-planes, soft masks, painting.
 
 Every structure of the 4-chamber image is a region given by a signed distance in millimetres (negative
-inside). A region becomes a coverage mask with a one-fine-pixel ramp at its edge (antialiasing); masks are
-painted front to back over the tissue map (``value`` replaces what is under the mask in proportion to the
-coverage). The image is drawn on a grid ``FINE`` times finer than the output and averaged down, so that a
-pixel across an edge holds the mix of the tissues it covers (in-plane partial volume).
+inside). A region becomes a coverage mask whose value ramps linearly across one drawing pixel at its edge —
+the share of a pixel a straight edge through it covers — so a pixel across an edge holds the mix of the tissues
+it covers (in-plane partial volume). Masks are painted front to back over the tissue map (``value`` replaces what
+is under the mask in proportion to the coverage). The drawing grid can be ``FINE`` times finer than the output
+and averaged down; the ramp makes FINE = 1 good enough and four times cheaper than FINE = 2.
 
 The ellipse distance is the first-order estimate ``(k − 1) / |∇k|`` with ``k`` the ellipse's normalised
 radius: exact on the boundary's normal direction to first order, which is all an edge ramp and a few-millimetre
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-FINE = 2  # drawing grid = FINE × the output matrix in each direction
+FINE = 1  # drawing grid = FINE × the output matrix in each direction
 
 
 @dataclass(frozen=True)
