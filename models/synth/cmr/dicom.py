@@ -13,7 +13,7 @@ frame with ``InstanceNumber`` (1-based frame order), ``TriggerTime`` (ms after t
 
 Both are one study (same Study and Frame of Reference UIDs; series 1 classic, series 2 enhanced) and carry the
 stored 12-bit values of the PNG frames unchanged (``BitsStored`` 12, unsigned, ``MONOCHROME2``, explicit VR
-little endian). UIDs are derived from (seed, split, patient, series, frame) under the 2.25 root, so the same
+little endian). UIDs are name-based UUIDs of (seed, split, patient, series, frame) under the 2.25 root, so the same
 command writes the same UIDs. Geometry: the 4-chamber plane is a double-oblique plane of the patient (LPS)
 tilted ``tilt_from_axial_deg`` from axial about the left–right axis and ``tilt_sagittal_deg`` about the
 anterior–posterior axis, rows running to the patient's left and columns posteriorly, as the images are drawn.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from models.synth.cmr.patient import Patient
 from models.synth.cmr.render import BITS_STORED, Frame
@@ -45,10 +46,11 @@ STUDY_EPOCH = dt.datetime(2023, 1, 2, 8, 0, 0)
 LARMOR_MHZ_PER_T = 42.577478
 
 
-def uid(patient: Patient, *parts: object) -> str:
-    """A deterministic UID for (seed, split, patient, parts…)."""
-    sources = ["normgate-cmr-synth", str(patient.seed), patient.split, str(patient.index), *map(str, parts)]
-    return str(generate_uid(prefix=None, entropy_srcs=sources))
+def uid(patient: Patient, *parts: object) -> UID:
+    """A deterministic UID for (seed, split, patient, parts…): ``2.25.`` + a name-based (version 5) UUID as an
+    integer (ISO/IEC 9834-8), so the same command writes the same UIDs."""
+    name = "/".join(["normgate-cmr-synth", str(patient.seed), patient.split, str(patient.index), *map(str, parts)])
+    return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, name).int}")
 
 
 def orientation(patient: Patient) -> tuple[list[float], list[float], list[float]]:
