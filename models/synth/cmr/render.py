@@ -100,19 +100,12 @@ class CineRenderer:
                 grid.x, grid.y, b.centre_x, b.centre_y, b.half_width - shrink, b.half_depth - shrink, angle
             )
 
-        if b.breasts > 0:
+        if b.breasts > 0:  # two flat anterior mounds of fat either side of the sternum
             front = b.centre_y - b.half_depth
             for side in (-1.0, 1.0):
-                bx = b.centre_x + side * 0.5 * b.half_width
-                tilt = -side * 0.25
-                breast = ellipse_sdf(
-                    grid.x, grid.y, bx, front + 0.7 * b.breasts, 2.6 * b.breasts, 1.1 * b.breasts, tilt
-                )
+                bx = b.centre_x + side * 0.42 * b.half_width
+                breast = ellipse_sdf(grid.x, grid.y, bx, front + 0.35 * b.breasts, 2.4 * b.breasts, 0.85 * b.breasts)
                 paint(canvas, coverage(breast, step), t.fat)
-                gland = ellipse_sdf(
-                    grid.x, grid.y, bx, front + 0.3 * b.breasts, 1.4 * b.breasts, 0.45 * b.breasts, tilt
-                )
-                paint(canvas, 0.5 * coverage(gland, step), t.muscle * 1.5)
         # Chest wall: subcutaneous fat and muscle whose thickness varies around the body.
         outline = body_ellipse(0.0)
         theta = np.arctan2(grid.y - b.centre_y, grid.x - b.centre_x)
