@@ -260,3 +260,27 @@ def test_dicom_passes_dciodvfy(dataset: Path):
         result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         report = (result.stdout + result.stderr).splitlines()
         assert not [line for line in report if line.startswith("Error")], report
+
+
+def test_centre_control_counts_boxes_near_the_grid_centre(dataset: Path):
+    from models.synth.cmr.centre_control import centre_control, centred_gaussian
+
+    assert np.unravel_index(np.argmax(centred_gaussian(33)), (33, 33)) == (16, 16)
+    grid = 64
+    samples = [s for split in COUNTS for s in read_split(dataset, split)]
+    results = centre_control(samples, grid, [4.0, 0.0])
+    expected = [0, 0]
+    n = 0
+    for s in samples:
+        if not s.annotations:
+            continue
+        n += 1
+        h, w = load_gray(s.image_path).shape
+        x1, y1, x2, y2 = s.annotations[0].box
+        x1, x2, y1, y2 = x1 * grid / w, x2 * grid / w, y1 * grid / h, y2 * grid / h
+        c = grid / 2 - 1  # the first of the four tied maxima of a centred Gaussian on an even grid
+        d = math.hypot(max(x1 - c, 0.0, c - x2), max(y1 - c, 0.0, c - y2))
+        expected[0] += d <= 4.0
+        expected[1] += d == 0.0
+    assert [r.n for r in results] == [n, n] and n > 0
+    assert [r.hits for r in results] == expected
