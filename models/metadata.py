@@ -140,6 +140,9 @@ class OodCheck(_Strict):
     train_size: int | None = Field(None, ge=1, description="Training images the statistics were fitted on.")
     dev_size: int | None = Field(None, ge=1, description="Dev images the threshold was chosen on.")
     test_size: int | None = Field(None, ge=1, description="Test images test_pass_rate was measured on.")
+    data: list[DatasetRecord] = Field(
+        default_factory=list, description="The train, dev and test splits used, by fingerprint (as in trained_on)."
+    )
 
     @field_validator("file")
     @classmethod

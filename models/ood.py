@@ -43,7 +43,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.metadata import ModelMetadata, OodCheck
+from models.metadata import DatasetRecord, ModelMetadata, OodCheck
 
 __all__ = [
     "DEFAULT_PASS_RATE",
@@ -290,10 +290,12 @@ def fit_ood(
     pass_rate: float = DEFAULT_PASS_RATE,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
+    data: Sequence[DatasetRecord] = (),
 ) -> OodFit:
     """Fit the statistics on the training images, set the threshold on dev, measure the test pass rate.
 
-    Images are [N, h, w] in [0, 1] at the model grid (``models.train.build_cache``)."""
+    Images are [N, h, w] in [0, 1] at the model grid (``models.train.build_cache``); ``data`` names the splits
+    (fingerprints) in the ``ood`` block."""
     features = extract_features(model, train_images, meta.mean, meta.std, FEATURES_LAYER, batch_size, device)
     statistics = fit_mahalanobis(features, train_labels)
     dev_features = extract_features(model, dev_images, meta.mean, meta.std, FEATURES_LAYER, batch_size, device)
@@ -317,6 +319,7 @@ def fit_ood(
         train_size=int(features.shape[0]),
         dev_size=int(dev_scores.shape[0]),
         test_size=None if test_scores is None else int(test_scores.shape[0]),
+        data=list(data),
     )
     return OodFit(statistics=statistics, check=check, dev_scores=dev_scores, test_scores=test_scores)
 
@@ -396,7 +399,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _fit_command(args: argparse.Namespace) -> dict[str, Any]:
     from models.checkpoint import load_checkpoint
+    from models.datasets import Sample, dataset_fingerprint
     from models.train import build_cache, read_samples
+
+    def record(split: str, samples: list[Sample]) -> DatasetRecord:
+        return DatasetRecord(
+            split=split,
+            fingerprint=dataset_fingerprint(samples),
+            size=len(samples),
+            positives=sum(s.label for s in samples),
+        )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -421,6 +433,7 @@ def _fit_command(args: argparse.Namespace) -> dict[str, Any]:
         pass_rate=args.pass_rate,
         device=args.device,
         batch_size=args.batch_size,
+        data=[record("train", train), record("dev", dev)] + ([record("test", test)] if test else []),
     )
     save_ood(args.model, fitted.statistics, fitted.check)
     summary: dict[str, Any] = fitted.check.model_dump()

@@ -626,7 +626,16 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         )
     # The out-of-distribution statistics of the shipped weights: fitted on train, threshold on dev, measured
     # on test (models.ood; served as the unassessable/out_of_distribution decision).
-    ood = fit_ood(shipped.model, meta, train_cache, train_labels.tolist(), dev_cache, test_cache, device=device)
+    ood = fit_ood(
+        shipped.model,
+        meta,
+        train_cache,
+        train_labels.tolist(),
+        dev_cache,
+        test_cache,
+        device=device,
+        data=trained_on.data,
+    )
     del dev_cache, train_cache, test_cache
     write_statistics(out, ood.statistics, ood.check)
     meta.metrics = metrics

@@ -14,6 +14,7 @@ from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
 from models.architectures import build_model
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.datasets import dataset_fingerprint, read_split
 from models.metadata import ModelMetadata
 from models.ood import (
     FeatureRecorder,
@@ -179,6 +180,10 @@ def test_cli_fits_an_existing_checkpoint_and_scores_files(tmp_path, capsys):
     assert meta["ood"]["train_size"] == 16 and meta["ood"]["dev_size"] == 10 and meta["ood"]["test_size"] == 8
     assert meta["ood"]["dev_pass_rate"] >= 0.99
     assert summary["test_false_unassessable"] == round((1 - meta["ood"]["test_pass_rate"]) * 8)
+    assert [(d["split"], d["size"], d["fingerprint"]) for d in meta["ood"]["data"]] == [
+        (split, n, dataset_fingerprint(read_split(data, split)))
+        for split, n in (("train", 16), ("dev", 10), ("test", 8))
+    ]
 
     image = sorted((data / "test").glob("*.png"))[0]
     assert main(["score", "--model", str(folder), str(image)]) == 0
