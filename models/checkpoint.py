@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from models.architectures import build_model
 from models.metadata import MetadataError, ModelMetadata
-from models.ood import MahalanobisStatistics, OodError, load_ood
+
+if TYPE_CHECKING:
+    from models.ood import MahalanobisStatistics
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -78,6 +81,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     unknown = [n for n in meta.normgrad_layers if n not in names]
     if unknown:
         raise CheckpointError(f"{folder / META_FILE}: normgrad_layers not in {meta.arch}: {unknown}")
+    # Imported here: ``python -m models.ood`` must not find itself imported by the package (runpy warns).
+    from models.ood import OodError, load_ood
+
     try:
         ood = load_ood(folder, meta)
     except OodError as exc:
