@@ -1,4 +1,5 @@
-"""Checkpoint folders: ``model.safetensors`` (weights) + ``model.json`` (metadata, :mod:`models.metadata`).
+"""Checkpoint folders: ``model.safetensors`` (weights) + ``model.json`` (metadata, :mod:`models.metadata`), and
+``ood.safetensors`` (out-of-distribution statistics, :mod:`models.ood`) when ``model.json`` has an ``ood`` block.
 
 Weights are only ever read with safetensors (no pickle). Metadata is validated against the architecture
 before the weights are loaded so that a mismatched or corrupt folder fails with a sentence that names the
@@ -10,12 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from models.architectures import build_model
 from models.metadata import MetadataError, ModelMetadata
+
+if TYPE_CHECKING:
+    from models.ood import MahalanobisStatistics
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -30,6 +35,8 @@ class Checkpoint:
     model: nn.Module
     meta: ModelMetadata
     path: Path | None = None
+    # The out-of-distribution statistics the ood block of model.json names (models.ood), or None.
+    ood: MahalanobisStatistics | None = None
 
 
 def read_metadata(folder: Path) -> ModelMetadata:
@@ -74,7 +81,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     unknown = [n for n in meta.normgrad_layers if n not in names]
     if unknown:
         raise CheckpointError(f"{folder / META_FILE}: normgrad_layers not in {meta.arch}: {unknown}")
-    return Checkpoint(model=model, meta=meta, path=folder)
+    # Imported here: ``python -m models.ood`` must not find itself imported by the package (runpy warns).
+    from models.ood import OodError, load_ood
+
+    try:
+        ood = load_ood(folder, meta)
+    except OodError as exc:
+        raise CheckpointError(str(exc)) from None
+    if ood is not None and meta.ood is not None and meta.ood.layer not in names:
+        raise CheckpointError(f"{folder / META_FILE}: ood.layer {meta.ood.layer!r} is not a module of {meta.arch}")
+    return Checkpoint(model=model, meta=meta, path=folder, ood=ood)
 
 
 def load_matching_state(

@@ -18,7 +18,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -123,12 +123,33 @@ class Calibration(_Strict):
 
 
 class OodCheck(_Strict):
-    """The out-of-distribution score on the penultimate features, fitted on the training split."""
+    """The out-of-distribution score on the penultimate features, fitted on the training split (models.ood)."""
 
-    method: str = Field("mahalanobis", description="Score: Mahalanobis distance to the training features.")
-    file: str = Field("ood.safetensors", description="Statistics (mean, precision) beside model.safetensors.")
+    method: Literal["mahalanobis"] = Field(
+        "mahalanobis", description="Score: Mahalanobis distance to the nearest class mean of the training features."
+    )
+    file: str = Field("ood.safetensors", description="Statistics (means, precision) beside model.safetensors.")
+    layer: str = Field("avgpool", description="Module whose output are the features (the pooled penultimate layer).")
     threshold: float = Field(gt=0, description="Scores above this are out of distribution.")
+    target_pass_rate: float = Field(0.99, gt=0, le=1, description="Share of the dev split the threshold must pass.")
     dev_pass_rate: float = Field(ge=0, le=1, description="Share of the dev split at or below the threshold.")
+    test_pass_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of the test split at or below it (1 − the false-unassessable rate)."
+    )
+    shrinkage: float | None = Field(None, ge=0, le=1, description="Ledoit–Wolf shrinkage of the covariance.")
+    train_size: int | None = Field(None, ge=1, description="Training images the statistics were fitted on.")
+    dev_size: int | None = Field(None, ge=1, description="Dev images the threshold was chosen on.")
+    test_size: int | None = Field(None, ge=1, description="Test images test_pass_rate was measured on.")
+    data: list[DatasetRecord] = Field(
+        default_factory=list, description="The train, dev and test splits used, by fingerprint (as in trained_on)."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _file_name_only(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in ("", ".", ".."):
+            raise ValueError(f"must be a file name inside the checkpoint folder, not a path: {value!r}")
+        return value
 
 
 class ResultSeries(_Strict):

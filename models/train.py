@@ -19,7 +19,9 @@ is saved after each epoch as ``OUT/state/last.safetensors`` (model, optimizer mo
 ``OUT/state/last.json`` (epoch, scheduler, best-so-far, seeds, settings); no pickle anywhere.
 
 Outputs in OUT: ``model.safetensors`` + ``model.json`` (the best epoch; metrics measured on the saved
-checkpoint itself, so they describe exactly what ships), ``train_log.jsonl`` (one line per epoch), ``state/``.
+checkpoint itself, so they describe exactly what ships), ``ood.safetensors`` (the out-of-distribution statistics
+of those weights, :mod:`models.ood`, fitted on the train split with the threshold set on dev), ``train_log.jsonl``
+(one line per epoch), ``state/``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from models.convert import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_stat
 from models.device import resolve_device
 from models.imaging.grid import normalise, resize_unit
 from models.metadata import DatasetRecord, ModelMetadata, TrainingRecord, portable_command
+from models.ood import fit_ood, write_statistics
 
 if TYPE_CHECKING:
     from models.datasets import Sample
@@ -614,16 +617,35 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     metrics["dev"] = classification_metrics(
         dev_labels, predict(shipped.model, dev_cache, mean, std, positive_index, device=device)
     )
-    del dev_cache, train_cache
+    test_cache = None
     if "test" in splits:
         test_cache = build_cache(splits["test"], size, args.workers, torch.float32, desc="test cache")
         test_labels = np.array([s.label for s in splits["test"]])
         metrics["test"] = classification_metrics(
             test_labels, predict(shipped.model, test_cache, mean, std, positive_index, device=device)
         )
-        del test_cache
+    # The out-of-distribution statistics of the shipped weights: fitted on train, threshold on dev, measured
+    # on test (models.ood; served as the unassessable/out_of_distribution decision).
+    ood = fit_ood(
+        shipped.model,
+        meta,
+        train_cache,
+        train_labels.tolist(),
+        dev_cache,
+        test_cache,
+        device=device,
+        data=trained_on.data,
+    )
+    del dev_cache, train_cache, test_cache
+    write_statistics(out, ood.statistics, ood.check)
     meta.metrics = metrics
+    meta.ood = ood.check
     (out / "model.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+    test_rate = ood.check.test_pass_rate
+    _log(
+        f"OOD check: threshold {ood.check.threshold:.3f} passes {ood.check.dev_pass_rate:.3f} of dev"
+        + (f", {test_rate:.3f} of test" if test_rate is not None else "")
+    )
     summary = "  ".join(
         f"{k} acc {v['accuracy']:.4f} AUC {v['auc'] if v['auc'] is None else round(v['auc'], 4)} (n={v['n']})"
         for k, v in metrics.items()

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.imaging.assessability import DEFAULT_MIN_SIDE
 from models.imaging.limits import DEFAULT_LIMITS, MIB
 from service.keys import digests_of, normalise_entry
 
@@ -60,6 +61,13 @@ class Settings(BaseSettings):
         DEFAULT_LIMITS.max_dicom_element_bytes / MIB,
         gt=0,
         description="Largest declared DICOM element length (413 beyond it).",
+    )
+    min_image_side: int = Field(
+        DEFAULT_MIN_SIDE,
+        ge=1,
+        le=65535,
+        description="Shortest image side (pixels) the gate judges; a smaller image is answered unassessable "
+        'with reason too_small (docs/api.md, "Unassessable").',
     )
     decode_workers: int = Field(
         0,

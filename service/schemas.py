@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.imaging.assessability import UnassessableReason
 from models.metadata import ModelMetadata
 from models.saliency import DEFAULT_METHOD
 
@@ -60,10 +61,8 @@ class Timings(BaseModel):
 
 
 Decision = Literal["reacquire", "accept", "unassessable"]
-# Why an image could not be judged (docs/api.md, "Unassessable"); null for reacquire and accept.
-UnassessableReason = Literal[
-    "blank", "too_small", "low_dynamic_range", "no_frames", "unsupported_modality", "out_of_distribution"
-]
+# UnassessableReason (why an image could not be judged; null for reacquire and accept) is defined with the
+# checks in models/imaging/assessability.py (docs/api.md, "Unassessable").
 
 
 class FrameResult(BaseModel):

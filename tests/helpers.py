@@ -18,16 +18,27 @@ from PIL import Image
 
 from models.architectures import build_model
 from models.checkpoint import save_checkpoint
-from models.metadata import ModelMetadata, TrainingRecord
+from models.metadata import ModelMetadata, Serves, TrainingRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
 GRID = [64, 64]
+# The shipped chest model's routing (models/checkpoints/default/model.json): test checkpoints stand in for it.
+CHEST_SERVES = {"modality": "CR|DX|DR", "body_part_examined": "CHEST"}
+# NORMGATE_MIN_IMAGE_SIDE for tests: their images are tiny (the default, 128, would call them too_small).
+TEST_MIN_IMAGE_SIDE = 16
 
 
 def make_checkpoint(
-    folder: Path, seed: int = 0, input_size=GRID, threshold: float = 0.5, version: str = "test-1"
+    folder: Path,
+    seed: int = 0,
+    input_size=GRID,
+    threshold: float = 0.5,
+    version: str = "test-1",
+    serves: dict | None = CHEST_SERVES,
 ) -> Path:
+    """A random-weight ResNet-18 checkpoint; ``serves`` routes CR/DX/DR chest DICOM to it (None: PNG/JPEG and
+    ``?model=`` only)."""
     torch.manual_seed(seed)
     model = build_model("resnet18")
     meta = ModelMetadata(
@@ -37,6 +48,7 @@ def make_checkpoint(
         input_size=list(input_size),
         threshold=threshold,
         trained_on=TrainingRecord(notes="nothing (random weights, tests only)"),
+        serves=Serves(**serves) if serves is not None else None,
     )
     return save_checkpoint(model, meta, folder)
 
@@ -54,6 +66,7 @@ def settings_for(models_dir: Path, **overrides):
         "request_timeout_ms": 30_000,
         "decode_workers": 2,
         "api_keys": [],
+        "min_image_side": TEST_MIN_IMAGE_SIDE,
     }
     values.update(overrides)
     return Settings(**values)

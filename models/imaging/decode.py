@@ -95,6 +95,15 @@ class DecodedImage:
     series_instance_uid: str | None = None
     photometric: str | None = None  # DICOM Photometric Interpretation as stored
     window: tuple[float, float] | None = None  # (center, width) applied, if any
+    # DICOM header facts that route an instance to a model and decide whether it can be assessed at all
+    # (models.imaging.assessability); None when absent or empty, and for PNG/JPEG.
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    view_position: str | None = None
+    # Number of Frames as declared (1 when absent). 0: the instance holds no frame, nothing was decoded and
+    # ``pixels`` is empty (0 × 0) while width/height are Columns/Rows; the caller decides, not the decoder.
+    number_of_frames: int = 1
 
 
 # Decoders written in Rust (pylibjpeg-rle, via pyo3) report a panic on hostile input as
@@ -382,7 +391,8 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
     try:
         rows = int(ds.Rows)
         columns = int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames") or 1)
+        declared_frames = ds.get("NumberOfFrames")
+        frames = 1 if declared_frames in (None, "") else int(declared_frames)
         samples = int(ds.get("SamplesPerPixel") or 1)
         bits_stored = int(ds.BitsStored)
         photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -390,6 +400,10 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         raise BadImage(f"the DICOM Image Pixel module is incomplete or malformed: {_library_failure(exc)}") from exc
 
     _check_pixel_count(columns, rows, frames, limits, "DICOM")
+    if frames < 0:
+        raise BadImage(f"DICOM Number of Frames is {frames}")
+    if frames == 0:  # a fact for the gate to answer (unassessable), not a decode error: no pixel is read
+        return _dicom_image(ds, np.zeros((0, 0), dtype=np.float32), columns, rows, bits_stored, photometric, None, 0)
     if frames > 1:
         raise UnsupportedImage("multi-frame DICOM is not supported; send one frame per instance")
     if not 1 <= bits_stored <= 32:
@@ -438,7 +452,19 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
     except Exception as exc:  # malformed LUTs / palette descriptors in hostile files
         raise BadImage(f"the DICOM LUT or palette is malformed: {_library_failure(exc)}") from exc
 
-    pixels = _finish(pixels)
+    return _dicom_image(ds, _finish(pixels), columns, rows, bits_stored, photometric, window, frames)
+
+
+def _dicom_image(
+    ds: Dataset,
+    pixels: npt.NDArray[np.float32],
+    columns: int,
+    rows: int,
+    bits_stored: int,
+    photometric: str,
+    window: tuple[float, float] | None,
+    frames: int,
+) -> DecodedImage:
     return DecodedImage(
         pixels=pixels,
         width=columns,
@@ -450,15 +476,22 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         series_instance_uid=_uid_or_none(ds, "SeriesInstanceUID"),
         photometric=photometric,
         window=window,
+        modality=_uid_or_none(ds, "Modality"),
+        body_part_examined=_uid_or_none(ds, "BodyPartExamined"),
+        series_description=_uid_or_none(ds, "SeriesDescription"),
+        view_position=_uid_or_none(ds, "ViewPosition"),
+        number_of_frames=frames,
     )
 
 
 def _uid_or_none(ds: Dataset, keyword: str) -> str | None:
+    """A UID or code string element's value, stripped; None when absent, empty or malformed."""
     try:
         value = ds.get(keyword)
-    except Exception:  # a malformed UID element must not sink an otherwise good image
+    except Exception:  # a malformed element must not sink an otherwise good image
         return None
-    return str(value) if value else None
+    text = str(value).strip() if value is not None else ""
+    return text or None
 
 
 def _read_dicom(body: bytes, limits: DecodeLimits) -> tuple[Dataset, int]:

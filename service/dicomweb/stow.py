@@ -185,7 +185,8 @@ class StowService:
             outcome.detail = "the instance's SOP Class, SOP Instance, Study and Series UIDs could not be read"
             self._log_failure(request_id, outcome)
             return outcome
-        meta = worker.meta
+        # The model that answered: the DICOM header may have routed the instance away from the default one.
+        meta = (self.assessor.registry.get(answer.model.name) or worker).meta
         assert meta is not None  # the assessment above ran on this worker, so it is loaded
         try:
             results: DicomResults = await asyncio.to_thread(

@@ -3,6 +3,12 @@
 Cheap refusals come first (unknown model or method, not ready) so a bad request never costs a decode; the
 decode and resize run in a bounded thread pool; the model work runs in the model's worker thread. Every
 failure leaves as a ``service.errors.ApiError`` (docs/api.md, "Errors").
+
+In the decode pool, after decoding: a DICOM without ``?model=`` is routed by its header (``routing.py``), and
+an image the gate cannot judge is answered ``unassessable`` without ever reaching a model, in this order:
+``no_frames``, ``unsupported_modality``, then ``too_small``, ``blank``, ``low_dynamic_range``
+(``models.imaging.assessability``). After the model: ``out_of_distribution`` when its OOD score is over the
+threshold of the model's ``ood`` block (docs/api.md, "Unassessable").
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from datetime import UTC, datetime
 
 from models import saliency
 from models.imaging import DecodedImage, DecodeLimits, decode_image, preprocess_batch
+from models.imaging.assessability import UnassessableReason, check_assessable
 from service.config import Settings
 from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
 from service.ingest.decode_pool import DecodePool
@@ -24,6 +31,7 @@ from service.schemas import AssessResponse, Decision, Heatmap, HeatmapMode, Imag
 from service.serving.batching import DeadlineExceeded, QueueClosed, QueueFull
 from service.serving.decisions import DecisionListener, DecisionRecord, notify
 from service.serving.registry import ModelRegistry
+from service.serving.routing import InstanceAttributes
 from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
 
 
@@ -40,6 +48,16 @@ class AssessParams:
     source: str = "assess"  # which door the image came in by (audit records)
     key_id: str | None = None  # the caller's API key id (never the key)
     client: str | None = None  # the caller's address
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An upload after the decode pool: the image, the model that answers it, and its input or why none."""
+
+    decoded: DecodedImage
+    worker: ModelWorker  # named by ?model=, routed by the DICOM header, or the default model
+    model_input: ModelInput | None  # None: unassessable before any model runs
+    reason: UnassessableReason | None
 
 
 class Assessor:
@@ -77,15 +95,28 @@ class Assessor:
         return worker
 
     def _decode_and_prepare(
-        self, upload: Upload, worker: ModelWorker, method: str | None
-    ) -> tuple[DecodedImage, ModelInput]:
+        self, upload: Upload, worker: ModelWorker, explicit_model: bool, method: str | None
+    ) -> Prepared:
+        """Decode, route, check assessability and build the model input: in the decode pool, off the loop."""
         started = time.perf_counter()
         decoded = decode_image(upload.body, upload.content_type, self.limits)
-        meta = worker.meta
-        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
-        image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
+        reason: UnassessableReason | None = "no_frames" if decoded.number_of_frames == 0 else None
+        if reason is None and decoded.source == "dicom" and not explicit_model:
+            routed = self.registry.route(InstanceAttributes.of(decoded))
+            if routed is None:
+                reason = "unsupported_modality"
+            else:
+                worker = routed
+        if reason is None:
+            reason = check_assessable(decoded.pixels, decoded.number_of_frames, self.settings.min_image_side)
+        model_input = None
+        if reason is None:
+            meta = worker.meta
+            assert meta is not None  # every registered worker carries its validated model.json
+            image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
+            model_input = ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
         self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
-        return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
+        return Prepared(decoded=decoded, worker=worker, model_input=model_input, reason=reason)
 
     async def assess(
         self,
@@ -112,7 +143,19 @@ class Assessor:
         (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
         deadline = self.deadline_from(arrived)
         method = params.method if params.heatmap == "png" else None
-        decoded, model_input = await self.decode_pool.run(self._decode_and_prepare, upload, worker, method)
+        prepared = await self.decode_pool.run(
+            self._decode_and_prepare, upload, worker, params.model is not None, method
+        )
+        decoded, worker, model_input = prepared.decoded, prepared.worker, prepared.model_input
+        if model_input is None:  # the gate cannot judge this image; no model runs
+            assert prepared.reason is not None
+            response = self._unassessable_response(prepared.reason, worker, decoded, request_id, arrived)
+            self.record_decision(response, worker, params, decoded)
+            return decoded, response
+        if not worker.ready:  # routed to a model other than the one check() admitted
+            raise NotReady(
+                f"model {worker.name!r} is {worker.describe_state()}; try again shortly", headers={"Retry-After": "5"}
+            )
         if time.monotonic() > deadline:
             raise RequestTimeout("the request deadline passed before the image was queued")
         try:
@@ -188,6 +231,11 @@ class Assessor:
         assert meta is not None  # check() admitted a ready worker: its model.json is loaded
         reacquire = output.probability >= meta.decision_threshold
         decision: Decision = "reacquire" if reacquire else "accept"
+        label: str | None = meta.positive_class if reacquire else meta.negative_class
+        reason: UnassessableReason | None = None
+        if meta.ood is not None and output.ood_score is not None and output.ood_score > meta.ood.threshold:
+            # Unlike anything the model was trained on: its probability is kept, but it decides nothing.
+            decision, label, reason = "unassessable", None, "out_of_distribution"
         heatmap = None
         point = None
         if output.heatmap_png is not None:
@@ -203,11 +251,13 @@ class Assessor:
             request_id=request_id,
             assessment_id=request_id,
             model=ModelRef(name=worker.name, version=meta.version, arch=meta.arch),
-            label=meta.positive_class if reacquire else meta.negative_class,
+            label=label,
             probability=output.probability,
             threshold=float(meta.decision_threshold),
             calibration=meta.calibration.version if meta.calibration else None,
             decision=decision,
+            reason=reason,
+            ood_score=output.ood_score,
             point=point,
             image=ImageSize(width=width, height=height),
             heatmap=heatmap,
@@ -216,4 +266,28 @@ class Assessor:
                 compute=round(output.compute_seconds * 1000, 3),
                 total=round((time.monotonic() - arrived) * 1000, 3),
             ),
+        )
+
+    def _unassessable_response(
+        self, reason: UnassessableReason, worker: ModelWorker, decoded: DecodedImage, request_id: str, arrived: float
+    ) -> AssessResponse:
+        """The answer for an image refused before any model ran: the model it would have gone to (the default
+        one for ``unsupported_modality``), no probability, no explanation."""
+        meta = worker.meta
+        assert meta is not None  # every registered worker carries its validated model.json
+        return AssessResponse(
+            request_id=request_id,
+            assessment_id=request_id,
+            model=ModelRef(name=worker.name, version=meta.version, arch=meta.arch),
+            label=None,
+            probability=None,
+            threshold=float(meta.decision_threshold),
+            calibration=None,
+            decision="unassessable",
+            reason=reason,
+            ood_score=None,
+            point=None,
+            image=ImageSize(width=decoded.width, height=decoded.height),
+            heatmap=None,
+            timings_ms=Timings(queue=0.0, compute=0.0, total=round((time.monotonic() - arrived) * 1000, 3)),
         )

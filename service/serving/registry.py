@@ -12,14 +12,18 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from models.checkpoint import META_FILE, CheckpointError, read_metadata
 from models.device import resolve_device as models_resolve_device
+from models.imaging.assessability import UnassessableReason
 from models.metadata import ModelMetadata
 from service.config import Settings
 from service.observability.metrics import ServiceMetrics
+from service.schemas import Decision
+from service.serving.routing import InstanceAttributes, route
 from service.serving.worker import BatchHook, ModelWorker
 
 log = logging.getLogger("normgate.registry")
@@ -88,12 +92,20 @@ class ModelRegistry:
         for name, folder, meta in self.discover():
             worker = ModelWorker(name, folder, device, self.settings, self.metrics, self.batch_hook, meta=meta)
             self.workers[name] = worker
+            self._initialise_decision_counters(name)
             worker.start()
         # Made here, not in __init__: an app's lifespan may run more than once (tests), a thread only once.
         self._stop_supervising = threading.Event()
         threading.Thread(
             target=self._supervise, args=(self._stop_supervising,), name="normgate-supervisor", daemon=True
         ).start()
+
+    def _initialise_decision_counters(self, name: str) -> None:
+        """Every decision and reason of this model exists from the start at 0, so rate() sees the first one."""
+        for decision in get_args(Decision):
+            reasons = get_args(UnassessableReason) if decision == "unassessable" else ("none",)
+            for reason in reasons:
+                self.metrics.decisions.labels(name, decision, reason)
 
     # Seconds between the supervisor's looks at the workers (a death is noticed within this).
     SUPERVISE_INTERVAL_S = 0.05
@@ -133,3 +145,8 @@ class ModelRegistry:
 
     def get(self, name: str) -> ModelWorker | None:
         return self.workers.get(name)
+
+    def route(self, attributes: InstanceAttributes) -> ModelWorker | None:
+        """The worker of the model that serves a DICOM instance by its header (routing.py), or None."""
+        name = route({n: w.meta for n, w in self.workers.items()}, attributes)
+        return self.workers[name] if name is not None else None

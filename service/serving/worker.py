@@ -13,11 +13,17 @@ no batch statistics), which the tests check.
 
 The explanation target is always the positive class (e.g. ``foreign_object``): the radiographer wants to see
 where the suspected object is, also when the decision is ``accept``.
+
+A checkpoint with out-of-distribution statistics (``ood`` block of model.json, :mod:`models.ood`) gets an
+``ood_score`` per image from the same forward pass: a forward hook on the pooled features records them while
+the batch runs (``models.ood.FeatureRecorder``, removed when the group is done), and the Mahalanobis distance is
+computed from them. A checkpoint without the statistics runs without the check and says so once when it loads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
@@ -37,6 +43,7 @@ from models import saliency
 from models.checkpoint import WEIGHTS_FILE, load_checkpoint
 from models.imaging.grid import grid_point_to_original, preprocess_batch
 from models.metadata import ModelMetadata
+from models.ood import FeatureRecorder, MahalanobisStatistics
 from models.pointing_game import argmax_point
 from models.saliency import DEFAULT_METHOD
 from service.config import Settings
@@ -97,6 +104,7 @@ class ModelOutput:
     queue_seconds: float
     compute_seconds: float
     batch_size: int
+    ood_score: float | None = None  # Mahalanobis distance of the pooled features; None without statistics
 
 
 def _sha256_of(path: Path) -> str:
@@ -126,13 +134,20 @@ class ModelRunner:
     """Runs batches of ``ModelInput`` through one checkpoint on one device."""
 
     def __init__(
-        self, name: str, model: torch.nn.Module, meta: ModelMetadata, device: torch.device, metrics: ServiceMetrics
+        self,
+        name: str,
+        model: torch.nn.Module,
+        meta: ModelMetadata,
+        device: torch.device,
+        metrics: ServiceMetrics,
+        ood: MahalanobisStatistics | None = None,
     ) -> None:
         self.name = name
         self.model = model
         self.meta = meta
         self.device = device
         self.metrics = metrics
+        self.ood = ood
         self.positive_index = meta.positive_index
         self.grid_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
 
@@ -153,28 +168,34 @@ class ModelRunner:
 
         probabilities: list[float] = [0.0] * len(batch)
         maps: list[np.ndarray | None] = [None] * len(batch)
+        ood_scores: list[float | None] = [None] * len(batch)
         for method, indices in groups.items():
             images = torch.stack([batch[i].payload.image for i in indices]).to(self.device)
-            if method is None:
-                with torch.inference_mode():
-                    logits = self.model(images)
-                group_maps = None
-            else:
-                map_tensor, logits = self._explain(images, method)
-                group_maps = map_tensor.detach().float().cpu().numpy()
+            recorder = FeatureRecorder(self.model, images, self.meta.ood.layer) if self.meta.ood else None
+            with recorder or contextlib.nullcontext():
+                if method is None:
+                    with torch.inference_mode():
+                        logits = self.model(images)
+                    group_maps = None
+                else:
+                    map_tensor, logits = self._explain(images, method)
+                    group_maps = map_tensor.detach().float().cpu().numpy()
             # Temperature scaling (models.calibrate); the explanation is of the raw logit, which it does not change.
             scaled = logits.detach().float() / self.meta.temperature
             group_probs = torch.softmax(scaled, dim=1)[:, self.positive_index].cpu().tolist()
+            group_scores = self._ood_scores(recorder, images)
             for position, i in enumerate(indices):
                 probabilities[i] = float(group_probs[position])
                 if group_maps is not None:
                     maps[i] = group_maps[position]
+                if group_scores is not None:
+                    ood_scores[i] = float(group_scores[position])
         compute_seconds = time.perf_counter() - started
         self.metrics.compute_duration.labels(self.name, "forward_backward").observe(compute_seconds)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
 
         outputs = []
-        for pending, probability, saliency_map in zip(batch, probabilities, maps):
+        for pending, probability, saliency_map, ood_score in zip(batch, probabilities, maps, ood_scores):
             self.metrics.queue_wait.labels(self.name).observe(pending.queue_seconds)
             point, png = None, None
             if saliency_map is not None:
@@ -195,9 +216,24 @@ class ModelRunner:
                     queue_seconds=pending.queue_seconds,
                     compute_seconds=compute_seconds,
                     batch_size=len(batch),
+                    ood_score=ood_score,
                 )
             )
         return outputs
+
+    def _ood_scores(self, recorder: FeatureRecorder | None, images: torch.Tensor) -> list[float] | None:
+        """The Mahalanobis distance of each image's pooled features from the pass just run, or None."""
+        if recorder is None or self.ood is None:
+            return None
+        features = recorder.features
+        if features is None:  # a saliency method that never ran the images themselves: one plain pass
+            assert self.meta.ood is not None  # a recorder is only made for a model with the statistics
+            with torch.inference_mode(), FeatureRecorder(self.model, images, self.meta.ood.layer) as again:
+                self.model(images)
+            features = again.features
+            if features is None:
+                raise RuntimeError(f"layer {self.meta.ood.layer!r} did not run in the model's forward pass")
+        return [float(v) for v in self.ood.score(features.cpu().double().numpy())]
 
 
 class ModelState:
@@ -364,7 +400,15 @@ class ModelWorker:
             return
         self.meta = checkpoint.meta
         self.weights_sha256 = _sha256_of(self.folder / WEIGHTS_FILE)
-        self.runner = ModelRunner(self.name, checkpoint.model, checkpoint.meta, self.device, self.metrics)
+        self.runner = ModelRunner(
+            self.name, checkpoint.model, checkpoint.meta, self.device, self.metrics, ood=checkpoint.ood
+        )
+        if checkpoint.ood is None:
+            log.info(
+                "model %s: model.json has no ood block, so the out-of-distribution check is off for it "
+                "(python -m models.ood fit adds one)",
+                self.name,
+            )
         self.metrics.model_info.labels(self.name, self.meta.version, self.meta.arch).set(1)
         self.state = ModelState.WARMING_UP
         self._warm_up()

@@ -99,6 +99,11 @@ def test_one_epoch_writes_a_loadable_checkpoint_matching_the_trained_model(tiny,
     assert set(log[0]) >= {"loss", "train_accuracy", "dev_accuracy", "dev_auc", "seconds"}
     assert (out / "state" / "last.safetensors").is_file() and (out / "state" / "last.json").is_file()
 
+    # The out-of-distribution statistics of the shipped weights (models.ood): fitted on train, threshold on dev.
+    assert ck.ood is not None and ck.meta.ood is not None
+    assert (ck.meta.ood.train_size, ck.meta.ood.dev_size, ck.meta.ood.test_size) == (12, 6, 8)
+    assert ck.meta.ood.dev_pass_rate >= 0.99 and ck.meta.ood.data == ck.meta.trained_on.data
+
 
 def test_resume_after_one_epoch_equals_an_uninterrupted_two_epoch_run(tiny, tmp_path):
     # lr-step 1 makes the scheduler's state matter: epoch 2 must run at lr/10 after the resume too.

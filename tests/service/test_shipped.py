@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from models.checkpoint import read_metadata
 from models.saliency import list_methods
@@ -148,6 +149,9 @@ def test_assess_every_input_kind(client: httpx.Client, kind: str):
     answer = AssessResponse.model_validate(response.json())
     assert answer.image.width == 300 and answer.image.height == 320
     assert 0.0 <= answer.probability <= 1.0 and answer.decision in ("accept", "reacquire")
+    # The shipped model carries OOD statistics: every answer of a model that ran has its score, under the limit.
+    ood = read_metadata(SHIPPED / answer.model.name).ood
+    assert ood is not None and answer.ood_score is not None and 0 < answer.ood_score <= ood.threshold
     if kind == "heatmap-none":
         assert answer.heatmap is None and answer.point is None
     else:
@@ -204,6 +208,30 @@ def test_stow_then_wado_retrieves_both_result_instances(client: httpx.Client):
         [part] = parse_multipart_related(answer.content, stow_boundary(answer.headers["content-type"]), max_parts=1)
         dataset = pydicom.dcmread(io.BytesIO(part.body))
         assert dataset.SOPClassUID == sop_class and dataset.SOPInstanceUID == result[role]["sop_instance_uid"]
+
+
+def test_images_the_shipped_gate_cannot_judge(client: httpx.Client):
+    """A CT slice (no shipped model serves CT), a blank radiograph-sized PNG and pure noise: 200, unassessable,
+    never accept; the model never ran for them, and /metrics counts each reason."""
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, (640, 540)).astype(np.uint8)
+    cases = [
+        (ct, "application/dicom", "unsupported_modality"),
+        (png_bytes(np.full((640, 540), 128, np.uint8)), "image/png", "blank"),
+        (png_bytes(noise), "image/png", "blank"),
+        (png_bytes(np.full((100, 80), 128, np.uint8)), "image/png", "too_small"),  # NORMGATE_MIN_IMAGE_SIDE 128
+    ]
+    for body, media, reason in cases:
+        response = client.post("/assess", content=body, headers={"content-type": media})
+        assert response.status_code == 200, response.text
+        answer = AssessResponse.model_validate(response.json())
+        assert (answer.decision, answer.reason, answer.label) == ("unassessable", reason, None)
+        assert answer.probability is None and answer.heatmap is None and answer.ood_score is None
+    metrics = client.get("/metrics").text
+    for reason in ("unsupported_modality", "blank", "too_small", "out_of_distribution"):
+        assert f'normgate_decisions_total{{decision="unassessable",model="default",reason="{reason}"}}' in metrics
+    served = {m.name: m.serves for m in ModelsResponse.model_validate(client.get("/models").json()).models}
+    assert served["default"] is not None and served["default"].modality == "CR|DX|DR"
 
 
 def test_shipped_model_json_names_no_machine_path():

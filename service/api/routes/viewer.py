@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from models.imaging import DecodeLimits, decode_image, to_display_png
+from models.imaging import BadImage, DecodeLimits, decode_image, to_display_png
 from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
 from service.api.upload import read_upload
 from service.errors import ApiError
@@ -59,6 +59,8 @@ def viewer_asset(name: str) -> FileResponse:
 
 def _display_png(body: bytes, content_type: str | None, limits: DecodeLimits) -> tuple[bytes, int, int]:
     decoded = decode_image(body, content_type, limits)
+    if decoded.number_of_frames == 0:  # /assess answers it unassessable (no_frames); there is nothing to show
+        raise BadImage("the DICOM declares Number of Frames 0: it holds no frame to display")
     return to_display_png(decoded), decoded.width, decoded.height
 
 

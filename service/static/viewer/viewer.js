@@ -50,6 +50,24 @@ const ERROR_TEXT = {
   forbidden: ["API key refused", "The server refused this API key. Check it with your administrator."],
 };
 
+// An unassessable answer's reason (docs/api.md, "Unassessable"), in words: [short title, one sentence].
+const REASON_TEXT = {
+  blank: ["Blank image", "The image has no content to judge: it is uniform, or only noise."],
+  too_small: ["Image too small",
+    "The image is smaller than this server's minimum size; send the full-resolution image."],
+  low_dynamic_range: ["Too few grey levels",
+    "The image has too little contrast or too few grey levels to show anatomy."],
+  no_frames: ["No image frames", "The DICOM object declares no frames (Number of Frames = 0): there is nothing to judge."],
+  unsupported_modality: ["Not a served image type",
+    "No model on this server assesses this kind of image (its DICOM modality or body part)."],
+  out_of_distribution: ["Unlike the training images",
+    "The model's view of this image is far from every image it was trained on, so its probability decides nothing."],
+};
+
+function reasonText(reason) {
+  return REASON_TEXT[reason] || ["Cannot be assessed", `The gate cannot judge this image (${reason || "no reason given"}).`];
+}
+
 const $ = (id) => document.getElementById(id);
 const DEFAULT_CAPTION = $("heatmap-caption").textContent.replace(/\s+/g, " ").trim();
 const el = {
@@ -71,7 +89,7 @@ const el = {
   wlReset: $("wl-reset"), wlInvert: $("wl-invert"),
   heatmapCaption: $("heatmap-caption"), history: $("history"), historyEmpty: $("history-empty"),
   d: {
-    file: $("d-file"), label: $("d-label"), prob: $("d-prob"), point: $("d-point"), size: $("d-size"),
+    file: $("d-file"), label: $("d-label"), prob: $("d-prob"), ood: $("d-ood"), point: $("d-point"), size: $("d-size"),
     model: $("d-model"), method: $("d-method"), time: $("d-time"), request: $("d-request"),
   },
 };
@@ -92,6 +110,7 @@ const state = {
   nextId: 1,
   settled: 0,
   positiveClass: {},    // model name → its positive class, from GET /models
+  oodThreshold: {},     // model name → the threshold of its out-of-distribution check, from GET /models
 };
 
 // ---------------------------------------------------------------------------------------------- util
@@ -253,12 +272,15 @@ async function submit(upload) {
     const bitmapPromise = displayBitmap(upload.bytes, upload.contentType);
     bitmapPromise.catch(() => {}); // reported through the assessment's error when both fail
     const result = await resultPromise;
-    let bitmap;
+    let bitmap = null;
     try {
       bitmap = await bitmapPromise;
     } catch (err) {
-      throw err instanceof ServerError ? err
-        : new ServerError(0, "display", "The image was assessed but could not be displayed in this browser.");
+      // An unassessable answer stands without a picture (a DICOM without frames has none to show).
+      if (result.decision !== "unassessable") {
+        throw err instanceof ServerError ? err
+          : new ServerError(0, "display", "The image was assessed but could not be displayed in this browser.");
+      }
     }
     const heatmap = await decodeHeatmap(result.heatmap);
     const entry = {
@@ -326,6 +348,13 @@ function showEntry(id, { refit = false } = {}) {
   const { result } = entry;
   const w = result.image.width, h = result.image.height;
 
+  if (!entry.bitmap) {  // nothing to display: the decision and its reason are the whole result
+    clearImage();
+    el.emptyState.hidden = true;
+    showResultText(entry);
+    renderHistory();
+    return;
+  }
   // Display image at (at most) full resolution; grayscale luminance as the model reads it.
   const k = Math.min(1, Math.sqrt(MAX_CANVAS_PIXELS / (w * h)));
   const cw = Math.max(1, Math.round(w * k)), ch = Math.max(1, Math.round(h * k));
@@ -399,6 +428,10 @@ function showAssessing(fileName) {
 }
 
 function showResultText(entry) {
+  if (entry.result.decision === "unassessable") {
+    showUnassessableText(entry);
+    return;
+  }
   const r = entry.result;
   const reacquire = r.decision === "reacquire";
   const p = Number(r.probability), t = Number(r.threshold);
@@ -412,6 +445,7 @@ function showResultText(entry) {
   el.d.file.textContent = entry.fileName;
   el.d.label.textContent = humanLabel(r.label);
   el.d.prob.textContent = `${fmtProb(p)} (threshold ${fmtProb(t)})`;
+  el.d.ood.textContent = oodText(r);
   el.d.point.textContent = r.point ? `${r.point.x}, ${r.point.y}` : "—";
   el.d.size.textContent = `${r.image.width} × ${r.image.height} px`;
   el.d.model.textContent = modelText;
@@ -434,6 +468,47 @@ function showResultText(entry) {
     `${reacquire ? "Re-acquire" : "Accept"}: ${humanLabel(r.label)}, probability ${fmtProb(p)}.${where}`);
 }
 
+function oodText(r) {
+  if (r.ood_score == null) return "—";
+  const limit = state.oodThreshold[(r.model || {}).name];
+  return limit == null ? r.ood_score.toFixed(1) : `${r.ood_score.toFixed(1)} (limit ${limit.toFixed(1)})`;
+}
+
+function showUnassessableText(entry) {
+  // Its own colour and words: an image the gate cannot judge must never read as ACCEPT.
+  const r = entry.result;
+  const [title, sentence] = reasonText(r.reason);
+  const model = r.model || {};
+  const modelText = `${model.name || "?"} ${model.version || ""} (${model.arch || "?"})`.replace(/\s+/g, " ");
+  const ran = r.probability != null;
+  setBanner("unassessable", "UNASSESSABLE", `${title} — ${sentence}`,
+    `No decision: assess the image yourself or acquire it again · Model ${modelText} · ${entry.fileName} · ` +
+    `${r.image.width}×${r.image.height} px`);
+  el.d.file.textContent = entry.fileName;
+  el.d.label.textContent = `Not assessed: ${title.toLowerCase()} (${r.reason})`;
+  el.d.prob.textContent = ran ? `${fmtProb(r.probability)} (not used)` : "— (the model did not run)";
+  el.d.ood.textContent = oodText(r);
+  el.d.point.textContent = r.point ? `${r.point.x}, ${r.point.y}` : "—";
+  el.d.size.textContent = `${r.image.width} × ${r.image.height} px`;
+  el.d.model.textContent = modelText;
+  el.d.method.textContent = r.heatmap ? r.heatmap.method : "no heatmap";
+  const tm = r.timings_ms || {};
+  el.d.time.textContent = tm.total != null ? `${Math.round(tm.total)} ms` : "—";
+  el.d.request.textContent = r.request_id || "—";
+  el.heatmapCaption.textContent = r.heatmap
+    ? "Where the model looked; the image is unlike its training data, so nothing follows from it."
+    : "No heatmap: the model did not run on this image.";
+  el.cornerFile.textContent = `${entry.fileName}\n${r.image.width} × ${r.image.height} px`;
+  el.viewport.setAttribute("aria-label",
+    `${entry.fileName}, ${r.image.width} by ${r.image.height} pixels. Unassessable: ${title}. ${sentence}`);
+}
+
+const BADGE = {
+  reacquire: ["badge-reacquire", "RE-ACQUIRE", "re-acquire"],
+  accept: ["badge-accept", "ACCEPT", "accept"],
+  unassessable: ["badge-unassessable", "UNASSESSABLE", "unassessable"],
+};
+
 function renderHistory() {
   el.history.replaceChildren();
   el.historyEmpty.hidden = state.entries.length > 0;
@@ -443,20 +518,20 @@ function renderHistory() {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.entryId = String(entry.id);
-    const reacquire = r.decision === "reacquire";
+    const [badgeClass, badgeText, spoken] = BADGE[r.decision] || BADGE.unassessable;
     const badge = document.createElement("span");
-    badge.className = `badge ${reacquire ? "badge-reacquire" : "badge-accept"}`;
-    badge.textContent = reacquire ? "RE-ACQUIRE" : "ACCEPT";
+    badge.className = `badge ${badgeClass}`;
+    badge.textContent = badgeText;
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = entry.fileName;
     const prob = document.createElement("span");
     prob.className = "prob";
-    prob.textContent = fmtProb(r.probability);
+    prob.textContent = r.probability == null ? "—" : fmtProb(r.probability);
     button.append(badge, name, prob);
-    button.setAttribute("aria-label",
-      `${entry.fileName}: ${reacquire ? "re-acquire" : "accept"}, probability ${fmtProb(r.probability)}, ` +
-      `${entry.at.toLocaleTimeString()}`);
+    const why = r.decision === "unassessable" ? reasonText(r.reason)[0].toLowerCase()
+      : `probability ${fmtProb(r.probability)}`;
+    button.setAttribute("aria-label", `${entry.fileName}: ${spoken}, ${why}, ${entry.at.toLocaleTimeString()}`);
     if (entry.id === state.currentId) button.setAttribute("aria-current", "true");
     button.addEventListener("click", () => showEntry(entry.id, { refit: true }));
     li.append(button);
@@ -673,7 +748,10 @@ async function loadModels() {
     const response = await fetch("/models", { headers: authHeaders() });
     if (!response.ok) return;
     const body = await response.json();
-    for (const m of body.models || []) state.positiveClass[m.name] = m.positive_class;
+    for (const m of body.models || []) {
+      state.positiveClass[m.name] = m.positive_class;
+      if (m.ood) state.oodThreshold[m.name] = m.ood.threshold;
+    }
   } catch { /* only used for wording */ }
 }
 

@@ -656,3 +656,78 @@ def test_shipped_model_points_at_the_object(page, server, tmp_path):
     )
     assert distance_to_box(mx, my, screen_box) <= tau_screen + MARKER_TOLERANCE_PX
     screenshot(page, "viewer-shipped-model.png")
+
+
+def frameless_dicom() -> bytes:
+    """A DICOM that declares Number of Frames = 0: /assess answers unassessable (no_frames), /render 400."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((300, 260), 1800, np.uint16))))
+    ds.NumberOfFrames = 0
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+BANNER_CLASS = {"accept": "banner-accept", "reacquire": "banner-reacquire", "unassessable": "banner-unassessable"}
+
+
+def test_unassessable_answers_have_their_own_banner_and_words(page, server, images, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    chest = images["chest_a.png"]
+    chest_expected = assess_directly(server, chest["path"], "image/png")
+    upload(page, chest["path"])
+    banner = page.locator("#banner")
+    sync_api.expect(banner).to_have_class(re.compile(BANNER_CLASS[chest_expected["decision"]]))
+
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(png_bytes(np.full((400, 360), 140, np.uint8)))
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    empty = tmp_path / "frameless.dcm"
+    empty.write_bytes(frameless_dicom())
+    cases = [
+        (blank, "image/png", "blank", "Blank image", True),
+        (ct, "application/dicom", "unsupported_modality", "Not a served image type", True),
+        (empty, "application/dicom", "no_frames", "No image frames", False),
+    ]
+    # Keyboard only: Tab to Open, Enter, choose the file (as in test_keyboard_alone).
+    page.on("filechooser", lambda chooser: None)
+    page.evaluate("() => 1")
+    for count, (path, media_type, reason, words, shown) in enumerate(cases, start=2):
+        expected = assess_directly(server, path, media_type)
+        assert (expected["decision"], expected["reason"]) == ("unassessable", reason)
+        page.locator("#open-button").focus()
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(str(path))
+        sync_api.expect(page.locator("#viewport")).to_have_attribute("data-settled", str(count), timeout=60_000)
+        text = banner.inner_text()
+        assert "UNASSESSABLE" in text and words in text and path.name in text
+        assert "ACCEPT" not in text.replace("UNASSESSABLE", "") and "RE-ACQUIRE" not in text
+        assert "banner-unassessable" in banner.get_attribute("class")
+        assert page.locator("#error").is_hidden()  # an answer, not an error, even without a picture
+        assert page.locator("#d-prob").inner_text() == "— (the model did not run)"
+        assert page.locator("#d-label").inner_text().endswith(f"({reason})")
+        assert page.locator("#stage").is_visible() == shown
+        assert words in page.locator("#viewport").get_attribute("aria-label")
+        badge = page.locator("#history button[aria-current='true'] .badge")
+        assert badge.inner_text() == "UNASSESSABLE" and "badge-unassessable" in badge.get_attribute("class")
+        # Its colour is its own: amber, far from accept's green and reacquire's red.
+        box = banner.bounding_box()
+        pixels = np.asarray(
+            Image.open(io.BytesIO(page.screenshot(clip={**box, "width": 40}))).convert("RGB"), np.float64
+        )
+        red, green, blue = pixels.reshape(-1, 3).mean(axis=0)
+        assert red > 180 and green > 120 and blue < 60, (red, green, blue)
+    screenshot(page, "viewer-unassessable.png")
+
+    # J walks back through the history to the assessed image: its own banner returns; K comes back.
+    page.locator("#viewport").focus()
+    for _ in cases:
+        page.keyboard.press("j")
+    sync_api.expect(banner).to_have_class(re.compile(BANNER_CLASS[chest_expected["decision"]]))
+    assert page.locator("#d-file").inner_text() == chest["path"].name
+    page.keyboard.press("k")
+    assert "banner-unassessable" in banner.get_attribute("class") and "Blank image" in banner.inner_text()

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.helpers import REPO as ROOT
-from tests.helpers import png_bytes, radiograph
+from tests.helpers import TEST_MIN_IMAGE_SIDE, png_bytes, radiograph
 from tests.service.fault_table import outcome
 
 pytestmark = pytest.mark.timeout(240)
@@ -50,6 +50,7 @@ def server(models_dir: Path, log_path: Path, batch_seconds: float, **settings):
         NORMGATE_TORCH_THREADS="1",
         NORMGATE_API_KEYS="",
         NORMGATE_TEST_BATCH_SECONDS=str(batch_seconds),
+        NORMGATE_MIN_IMAGE_SIDE=str(TEST_MIN_IMAGE_SIDE),
         PYTHONUNBUFFERED="1",
     )
     env.update({f"NORMGATE_{k.upper()}": str(v) for k, v in settings.items()})
