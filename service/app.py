@@ -16,10 +16,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.imaging.limits import MIB
 from service.api import openapi as service_openapi
 from service.api.errors import install_error_handlers
 from service.api.routes import assess, health, models, viewer
@@ -177,12 +179,20 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
     decode_pool = DecodePool(
-        decode_thread_count(settings.decode_workers), max_waiting=settings.max_queue_size, nice=settings.decode_nice
+        decode_thread_count(settings.decode_workers),
+        max_waiting=settings.max_queue_size,
+        limits=settings.decode_limits,
+        large_threshold_bytes=int(settings.decode_large_mb * MIB),
+        nice=settings.decode_nice,
+        on_abandon=lambda lane, reason: metrics.decode_abandoned.labels(lane, reason).inc(),
     )
+    for lane in decode_pool.lanes:
+        metrics.decode_in_flight.labels(lane.name).set_function(partial(getattr, lane, "in_flight"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            decode_pool.start()
             registry.start()
             evaluate_routes.start_evaluation_runner(app, settings)
             await dicomweb_routes.start_dicomweb(app, settings)
@@ -197,6 +207,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.decode_pool = decode_pool
     app.state.assessor = Assessor(settings, registry, metrics, decode_pool)
     install_error_handlers(app)
     service_openapi.install(app)

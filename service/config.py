@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.imaging.limits import DEFAULT_LIMITS, MIB
+from models.imaging.limits import DEFAULT_LIMITS, MIB, DecodeLimits
 from service.keys import digests_of, normalise_entry
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
@@ -61,18 +61,33 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest declared DICOM element length (413 beyond it).",
     )
+    max_decode_mb: float = Field(
+        DEFAULT_LIMITS.max_decode_bytes / MIB,
+        gt=0,
+        description="Largest estimated peak memory of decoding and preparing one image: the decoded bytes its "
+        "header declares × the pipeline's measured working factor for its format (docs/ingestion.md, "
+        '"Decode budget"); 413 beyond it, before any pixel is decoded.',
+    )
+    decode_large_mb: float = Field(
+        256.0,
+        gt=0,
+        description="Images whose estimated decode memory is above this are decoded in the large lane (one "
+        "process at the lowest priority), so ordinary ones never wait behind them; each ordinary decode process "
+        "takes at most this much.",
+    )
     decode_workers: int = Field(
         0,
         ge=0,
         le=64,
-        description="Threads that decode and resize uploads; 0: one fewer than the CPUs this process may use "
-        "(at least 1, at most 8), so the model thread keeps a core to itself.",
+        description="Processes that decode ordinary uploads (plus one for large ones); 0: one fewer than the CPUs "
+        "this process may use (at least 1, at most 8), so the model thread keeps a core to itself.",
     )
     decode_nice: int = Field(
         10,
         ge=0,
         le=19,
-        description="Scheduling niceness added to the decode threads (Linux; 0: same as the model). The decode "
+        description="Scheduling niceness added to the ordinary decode processes and the threads that receive and "
+        "resize their images (Linux; 0: same as the model). The decode "
         "pool should use the cycles the model leaves, not take them: with 2 decode threads and the "
         "model thread on 2 cores the model pass ran 1.7× slower at 0 and 1.1× at 10 "
         '(docs/benchmarks.md, "Decode priority").',
@@ -180,6 +195,16 @@ class Settings(BaseSettings):
     @property
     def max_dicom_element_bytes(self) -> int:
         return int(self.max_dicom_element_mb * MIB)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The library's decode limits with this service's values (the rest keep the library's defaults)."""
+        return DecodeLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_pixels=self.max_pixels,
+            max_dicom_element_bytes=self.max_dicom_element_bytes,
+            max_decode_bytes=int(self.max_decode_mb * MIB),
+        )
 
 
 @lru_cache

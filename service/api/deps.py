@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.errors import Unauthorized
+from service.ingest.decode_pool import DecodePool
 from service.keys import key_matches
 from service.observability.metrics import ServiceMetrics
 from service.serving.assessment import Assessor
@@ -31,6 +32,11 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
+def get_decode_pool(request: Request) -> DecodePool:
+    pool: DecodePool = request.app.state.decode_pool  # app.state is untyped; create_app puts it there
+    return pool
+
+
 def get_assessor(request: Request) -> Assessor:
     assessor: Assessor = request.app.state.assessor  # app.state is untyped; create_app puts it there
     return assessor
@@ -40,6 +46,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 AssessorDep = Annotated[Assessor, Depends(get_assessor)]
+DecodePoolDep = Annotated[DecodePool, Depends(get_decode_pool)]
 
 # auto_error=False: a missing header must give our 401 JSON, not FastAPI's 403 {"detail": ...}.
 _bearer = HTTPBearer(auto_error=False, description="API key, when NORMGATE_API_KEYS is set.")

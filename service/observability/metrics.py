@@ -75,6 +75,18 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+        self.decode_in_flight = Gauge(
+            "normgate_decode_in_flight",
+            "Uploads being decoded or waiting for a decode process, by lane (ordinary, large).",
+            ["lane"],
+            registry=r,
+        )
+        self.decode_abandoned = Counter(
+            "normgate_decode_abandoned_total",
+            "Decodes stopped (their process killed) because the request's deadline passed or its client left.",
+            ["lane", "reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r
         )

@@ -10,13 +10,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from models import saliency
-from models.imaging import DecodedImage, DecodeLimits, decode_image, preprocess_batch
+from models.imaging import DecodedImage, preprocess_batch
 from service.config import Settings
-from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
+from service.errors import (
+    ApiError,
+    BadParameter,
+    ClientDisconnected,
+    InternalError,
+    NotReady,
+    Overloaded,
+    RequestTimeout,
+)
 from service.ingest.decode_pool import DecodePool
 from service.ingest.upload import Upload
 from service.observability.metrics import ServiceMetrics
@@ -25,11 +34,6 @@ from service.serving.batching import DeadlineExceeded, QueueClosed, QueueFull
 from service.serving.decisions import DecisionListener, DecisionRecord, notify
 from service.serving.registry import ModelRegistry
 from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
-
-
-class ClientDisconnected(ApiError):
-    # nginx's 499: nobody reads this answer, but logs and metrics should say why the request ended.
-    status, code = 499, "client_disconnected"
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,6 @@ class Assessor:
         self.registry = registry
         self.metrics = metrics
         self.decode_pool = decode_pool
-        self.limits = DecodeLimits(
-            max_body_bytes=settings.max_body_bytes,
-            max_pixels=settings.max_pixels,
-            max_dicom_element_bytes=settings.max_dicom_element_bytes,
-        )
         self.methods = frozenset(saliency.list_methods())
         # Called with every decision once it is final (the audit trail subscribes); see decisions.py.
         self.decision_listeners: list[DecisionListener] = []
@@ -76,16 +75,16 @@ class Assessor:
             )
         return worker
 
-    def _decode_and_prepare(
-        self, upload: Upload, worker: ModelWorker, method: str | None
-    ) -> tuple[DecodedImage, ModelInput]:
-        started = time.perf_counter()
-        decoded = decode_image(upload.body, upload.content_type, self.limits)
+    def _preparation(self, worker: ModelWorker, method: str | None) -> Callable[[DecodedImage], ModelInput]:
+        """The decoded pixels → the model's input; run by the decode pool in its thread, off the event loop."""
         meta = worker.meta
         assert meta is not None  # check() admitted a ready worker: its model.json is loaded
-        image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
-        self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
-        return decoded, ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
+
+        def prepare(decoded: DecodedImage) -> ModelInput:
+            image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
+            return ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
+
+        return prepare
 
     async def assess(
         self,
@@ -112,7 +111,10 @@ class Assessor:
         (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
         deadline = self.deadline_from(arrived)
         method = params.method if params.heatmap == "png" else None
-        decoded, model_input = await self.decode_pool.run(self._decode_and_prepare, upload, worker, method)
+        prepared = await self.decode_pool.decode(upload, deadline, disconnected, self._preparation(worker, method))
+        self.metrics.compute_duration.labels(worker.name, "decode").observe(prepared.seconds)
+        decoded, model_input = prepared.decoded, prepared.prepared
+        assert decoded is not None and model_input is not None  # a pixels job with a finish step
         if time.monotonic() > deadline:
             raise RequestTimeout("the request deadline passed before the image was queued")
         try:
