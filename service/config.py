@@ -11,11 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.imaging.limits import DEFAULT_LIMITS, MIB, DecodeLimits
-from service.keys import digests_of, normalise_entry
+from service.keys import ApiKey, parse_entries
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
 PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class Settings(BaseSettings):
     # hide_input_in_errors: a mistyped NORMGATE_API_KEYS entry must not be echoed into a log.
     model_config = SettingsConfigDict(env_prefix="NORMGATE_", extra="ignore", hide_input_in_errors=True)
+    _api_key_table: list[ApiKey] | None = PrivateAttr(default=None)  # parsed once from api_keys
+    _api_key_entries: list[str] | None = PrivateAttr(default=None)
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
@@ -101,9 +103,12 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API key entries, each 'sha256:<hex digest>' (python -m service.keys hash KEY) "
-        "or a plain key (hashed at load, with a warning). When set, /assess, /render, /evaluate… and "
-        "/dicomweb… need 'Authorization: Bearer <key>'.",
+        description="Comma-separated API key entries, each 'ID:sha256:<hex digest>[:SCOPES]' (python -m "
+        "service.keys hash KEY --id ID) or 'ID:<plain key>[:SCOPES]' (hashed at load, with a warning); SCOPES "
+        "'+'-joined from assess, evaluate, audit (default assess+evaluate). Entries without an id are key-1, "
+        "key-2, … by position. When set, /assess, /render and /dicomweb… need a key with 'assess', /evaluate… "
+        "one with 'evaluate'. Unset: every endpoint is open (a loud warning at start-up, "
+        "normgate_auth_enabled 0).",
     )
     public_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["healthz", "readyz", "metrics", "models"],
@@ -120,8 +125,20 @@ class Settings(BaseSettings):
         description="HTTP requests in progress at once (probes not counted); one more is answered 503 "
         "overloaded before its body is read; 0: no limit.",
     )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time to receive a request's headers, from the connection's opening or the request's "
+        "first byte; slower → 408 and the connection closed (uvicorn alone has no such limit).",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle keep-alive connection stays open between requests."
+    )
     shutdown_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish."
+        30.0,
+        ge=0,
+        description="On SIGTERM: /readyz answers 503 at once and new requests 503; requests already accepted may "
+        "take this long to finish.",
     )
     worker_restart_delay_s: float = Field(
         1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again."
@@ -171,8 +188,9 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="after")
     @classmethod
     def _hash_keys(cls, value: list[str]) -> list[str]:
-        # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key.
-        return [normalise_entry(entry) for entry in value if entry.strip()]
+        # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key. Every
+        # entry is kept in its full form, ID:sha256:<hex>:scopes, so ids given by position stay with their key.
+        return [key.entry for key in parse_entries(value)]
 
     @field_validator("public_endpoints", mode="before")
     @classmethod
@@ -185,8 +203,12 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def api_key_digests(self) -> list[bytes]:
-        return digests_of(self.api_keys)
+    def api_key_table(self) -> list[ApiKey]:
+        """The configured keys (id, digest, scopes); empty when authentication is off."""
+        if self._api_key_table is None or self._api_key_entries != self.api_keys:
+            self._api_key_table = parse_entries(self.api_keys)
+            self._api_key_entries = list(self.api_keys)
+        return self._api_key_table
 
     @property
     def max_body_bytes(self) -> int:

@@ -58,6 +58,12 @@ class Unauthorized(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    """A valid API key without the scope the endpoint needs."""
+
+    status, code = 403, "forbidden"
+
+
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
 

@@ -70,6 +70,7 @@ from models.imaging.budget import (
     dicom_image_header,
     jpeg_header,
     png_header,
+    read_header,
 )
 from models.imaging.errors import BadImage, ImageError, TooLarge, UnsupportedImage, UnsupportedMediaType
 from models.imaging.limits import DEFAULT_LIMITS, DecodeLimits
@@ -80,6 +81,7 @@ __all__ = [
     "PNG_MEDIA_TYPE",
     "decode_file",
     "decode_image",
+    "inspect_upload",
     "media_type_of",
     "sniff_media_type",
     "to_display_png",
@@ -200,6 +202,28 @@ def _declared_kind(content_type: str | None) -> str | None:
 
 def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Request body → :class:`DecodedImage`, or an :class:`ImageError` (never another exception)."""
+    kind, body = _upload_kind(body, content_type, limits)
+    if kind == "dicom":
+        return _decode_dicom(body, limits)
+    return _decode_raster(body, kind, limits)
+
+
+def inspect_upload(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHeader | None:
+    """What ``decode_image`` would refuse before decoding, found without decoding: the body size and media type
+    (the same refusals), then, when the header can be read cheaply (``budget.read_header``), its pixel count
+    and the decode budget (413). Returns that header, or None when only the decoder can read it (it checks
+    the same limits then). Cheap enough for an event loop: it never parses more than the header."""
+    kind, body = _upload_kind(body, content_type, limits)
+    header = read_header(body)
+    if header is None or header.kind != kind:
+        return None
+    _check_pixel_count(header.width, header.height, header.frames, limits, _NAME_OF_KIND[kind])
+    check_decode_budget(header, limits)
+    return header
+
+
+def _upload_kind(body: bytes, content_type: str | None, limits: DecodeLimits) -> tuple[str, bytes]:
+    """("dicom" | "png" | "jpeg", the body as bytes) after the body-size and media-type checks."""
     if len(body) > limits.max_body_bytes:
         raise TooLarge(f"the body has {len(body)} bytes; the limit is {limits.max_body_bytes}")
     declared = _declared_kind(content_type)
@@ -217,9 +241,7 @@ def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = D
         )
     kind = sniffed or declared
     assert kind is not None  # both None was refused above
-    if kind == "dicom":
-        return _decode_dicom(body, limits)
-    return _decode_raster(body, kind, limits)
+    return kind, body
 
 
 def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:

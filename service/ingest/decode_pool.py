@@ -14,9 +14,10 @@ budget checked from the header first (docs/ingestion.md, "Decode budget"; docs/o
   client gets 504. A client that disconnects stops its decode the same way (499 in the logs).
 * **Backlog.** Each lane admits its workers' count plus a queue; one more is refused 503 at once. While the
   ordinary lane's queue is full, ``saturated`` is true and /readyz answers 503.
-* **Results.** The worker sends the float32 pixels back as one message (a kernel copy, no pickling); the
-  server's side of the lane (one thread per worker, at the decode niceness) receives them and runs the
-  caller's ``finish`` (the resize to the model grid) before the event loop sees the result.
+* **Results.** The worker also prepares the image for the model (``preprocess_batch``) and sends back the
+  model's input and the image's fields, not its pixels (``decode_worker``); callers that need the pixels
+  themselves (the DICOMweb Secondary Capture) ask for them. On the server's side each worker has a thread (at
+  the decode niceness) that sends the body and waits for the answer, off the event loop.
 
 A decoder refusal leaves as the matching :class:`service.errors.ApiError`, so callers above see one error
 family.
@@ -28,6 +29,7 @@ import asyncio
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import multiprocessing.spawn
 import os
 import signal
@@ -39,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +57,10 @@ from service.errors import (
     from_image_error,
 )
 from service.ingest import decode_worker
+from service.ingest.decode_worker import GridSpec, WorkerJob, read_exactly, write_all
 from service.ingest.upload import Upload
 
 log = logging.getLogger("normgate.ingest")
-
-T = TypeVar("T")
 
 # The large lane: one process (a second large decode would double the peak the budget allows for), at the
 # lowest priority, with a short queue (a burst of large images is refused 503 rather than held in memory).
@@ -141,7 +142,7 @@ def worker_context() -> BaseContext:
                 )
             if "forkserver" in multiprocessing.get_all_start_methods():
                 forkserver = multiprocessing.get_context("forkserver")
-                forkserver.set_forkserver_preload([decode_worker.__name__])
+                forkserver.set_forkserver_preload(decode_worker.PRELOAD)
                 _CONTEXT = forkserver
             else:  # pragma: no cover - macOS/Windows development machines
                 _CONTEXT = multiprocessing.get_context("spawn")
@@ -151,20 +152,22 @@ def worker_context() -> BaseContext:
 @dataclass(frozen=True)
 class DecodeJob:
     body: bytes
-    content_type: str | None
     limits: DecodeLimits
-    display: bool = False  # answer the 8-bit display PNG (POST /render) instead of the pixels
+    work: WorkerJob
 
 
 @dataclass
-class DecodeResult(Generic[T]):
-    decoded: DecodedImage | None  # the pixels and what the header said (None for display jobs)
-    prepared: T | None  # what ``finish`` made of it, in the lane's thread
+class DecodeResult:
+    decoded: DecodedImage | None  # what the header said; pixels only when asked for (else 0 × 0); None: display
+    grid: np.ndarray[Any, np.dtype[np.float32]] | None = None  # the model's input [3, h, w], when asked for
     display_png: bytes | None = None
     width: int = 0
     height: int = 0
     lane: str = ""  # which lane decoded it
-    seconds: float = 0.0  # in the lane's thread: sending the body to receiving the pixels and ``finish``
+    seconds: float = 0.0  # in the lane's thread: sending the body to having the answer
+
+
+_NO_PIXELS: np.ndarray[Any, np.dtype[np.float32]] = np.zeros((0, 0), dtype=np.float32)
 
 
 class _Refused(Exception):
@@ -243,10 +246,8 @@ class _Worker:
                 self._job.set()
             self._kill_process()
 
-    def run(
-        self, job: DecodeJob, finish: Callable[[DecodedImage], T] | None, abandoned: threading.Event
-    ) -> DecodeResult[T]:
-        """One job, blocking (in a lane thread): send it, receive the answer, run ``finish`` on the pixels."""
+    def run(self, job: DecodeJob, abandoned: threading.Event) -> DecodeResult:
+        """One job, blocking (in a lane thread): send it and wait for the answer."""
         started = time.perf_counter()
         with self._lock:
             if abandoned.is_set():  # the deadline or the client went before the job reached the process
@@ -259,13 +260,13 @@ class _Worker:
         conn = self.conn
         assert conn is not None
         try:
-            conn.send((job.display, job.content_type, dataclasses.astuple(job.limits)))
-            conn.send_bytes(job.body)
+            conn.send((job.work, dataclasses.astuple(job.limits), len(job.body)))
+            write_all(conn.fileno(), memoryview(job.body))
             reply = conn.recv()
-            if reply[0] == "pixels":
-                _, fields, shape = reply
-                pixels = np.empty(shape, dtype=np.float32)
-                conn.recv_bytes_into(pixels.data.cast("B"))
+            pixels = _NO_PIXELS
+            if reply[0] == "decoded" and reply[3] is not None:
+                pixels = np.empty(reply[3], dtype=np.float32)
+                read_exactly(conn.fileno(), pixels.data.cast("B"))
         except (EOFError, OSError) as exc:
             with self._lock:
                 self._job = None
@@ -277,18 +278,17 @@ class _Worker:
             self._job = None
         if self.recycle:
             self.stop()
+        seconds = time.perf_counter() - started
         kind = reply[0]
         if kind == "refused":
             raise _Refused(reply[1], reply[2], reply[3])
         if kind == "failed":
             raise InternalError(f"the decoder failed: {reply[1]}")
         if kind == "display":
-            return DecodeResult(None, None, reply[1], reply[2], reply[3], self.lane, time.perf_counter() - started)
+            return DecodeResult(None, None, reply[1], reply[2], reply[3], self.lane, seconds)
+        _, fields, grid, _ = reply
         decoded = DecodedImage(pixels=pixels, **fields)
-        prepared = finish(decoded) if finish is not None else None
-        return DecodeResult(
-            decoded, prepared, None, decoded.width, decoded.height, self.lane, time.perf_counter() - started
-        )
+        return DecodeResult(decoded, grid, None, decoded.width, decoded.height, self.lane, seconds)
 
     def _reap(self) -> int | None:
         """After the pipe broke: reap the dead process, start a fresh one; the old one's exit code."""
@@ -369,25 +369,19 @@ class DecodeLane:
                 self._idle.put_nowait(worker)
         return self._idle
 
-    async def run(
-        self,
-        job: DecodeJob,
-        finish: Callable[[DecodedImage], T] | None,
-        deadline: float,
-        disconnected: asyncio.Future[None] | None,
-    ) -> DecodeResult[T]:
+    async def run(self, job: DecodeJob, deadline: float, disconnected: asyncio.Future[None] | None) -> DecodeResult:
         if self.saturated:
             raise DecodeBacklogFull(
                 f"{self.in_flight} uploads are already being decoded or waiting to be; try again shortly"
             )
         self.in_flight += 1
         worker: _Worker | None = None
-        future: asyncio.Future[DecodeResult[T]] | None = None
+        future: asyncio.Future[DecodeResult] | None = None
         try:
             worker = await self._acquire(deadline, disconnected)
             started = time.monotonic()
             abandoned = threading.Event()
-            future = asyncio.get_running_loop().run_in_executor(self.executor, worker.run, job, finish, abandoned)
+            future = asyncio.get_running_loop().run_in_executor(self.executor, worker.run, job, abandoned)
             stop = await _first_of(future, disconnected, deadline)
             if stop is None:
                 return future.result()
@@ -508,6 +502,11 @@ class DecodePool:
         return all(lane.started for lane in self.lanes)
 
     def start(self) -> None:
+        context = worker_context()
+        if context.get_start_method() == "forkserver":
+            # From this thread, now: the fork server inherits the niceness of the thread that starts it, and
+            # the lane threads that would otherwise start it first run at the decode niceness.
+            multiprocessing.forkserver.ensure_running()
         for lane in self.lanes:
             lane.start()
 
@@ -520,21 +519,24 @@ class DecodePool:
         upload: Upload,
         deadline: float,
         disconnected: asyncio.Future[None] | None = None,
-        finish: Callable[[DecodedImage], T] | None = None,
+        *,
+        grid: GridSpec | None = None,
+        keep_pixels: bool = False,
         display: bool = False,
-    ) -> DecodeResult[T]:
-        """Decode ``upload`` in a worker process and run ``finish`` on the result in the lane's thread; 413
-        from the header alone when it is over the limits, 504 at the deadline, 499 when the client left."""
+    ) -> DecodeResult:
+        """Decode ``upload`` in a worker process: the model input for ``grid``, the pixels if ``keep_pixels``,
+        or the display PNG. 413 from the header alone when it is over the limits, 504 at the deadline, 499 when
+        the client left."""
         try:
             header = inspect_upload(upload.body, upload.content_type, self.limits)
         except ImageError as exc:
             raise from_image_error(exc) from None
+        work = WorkerJob(upload.content_type, display=display, grid=grid, keep_pixels=keep_pixels)
         large = header is not None and header.estimated_peak_bytes > self.large_threshold_bytes
         lane = self.large if large else self.ordinary
         limits = self.limits if large else dataclasses.replace(self.limits, max_decode_bytes=lane.ceiling_bytes)
-        job = DecodeJob(upload.body, upload.content_type, limits, display)
         try:
-            return await lane.run(job, finish, deadline, disconnected)
+            return await lane.run(DecodeJob(upload.body, limits, work), deadline, disconnected)
         except _Refused as refused:
             estimate = refused.estimated_bytes
             if lane is self.large or estimate is None or estimate <= lane.ceiling_bytes:
@@ -543,9 +545,8 @@ class DecodePool:
                 raise _budget_error(refused, self.limits) from None
         # The ordinary lane's worker parsed a header the server could not read cheaply and found the image
         # larger than that lane takes: the large lane decodes it, with the full budget.
-        large_job = DecodeJob(upload.body, upload.content_type, self.limits, display)
         try:
-            return await self.large.run(large_job, finish, deadline, disconnected)
+            return await self.large.run(DecodeJob(upload.body, self.limits, work), deadline, disconnected)
         except _Refused as refused:
             raise api_error_for_image_code(refused.code, refused.detail) from None
 

@@ -87,6 +87,11 @@ class ServiceMetrics:
             ["lane", "reason"],
             registry=r,
         )
+        self.auth_enabled = Gauge(
+            "normgate_auth_enabled",
+            "1 when API keys are configured (NORMGATE_API_KEYS), 0 when every endpoint is open to anyone.",
+            registry=r,
+        )
         self.model_info = Gauge(
             "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r
         )

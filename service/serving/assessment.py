@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import torch
+
 from models import saliency
-from models.imaging import DecodedImage, preprocess_batch
+from models.imaging import DecodedImage
 from service.config import Settings
 from service.errors import (
     ApiError,
@@ -27,6 +29,7 @@ from service.errors import (
     RequestTimeout,
 )
 from service.ingest.decode_pool import DecodePool
+from service.ingest.decode_worker import GridSpec
 from service.ingest.upload import Upload
 from service.observability.metrics import ServiceMetrics
 from service.schemas import AssessResponse, Decision, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
@@ -34,6 +37,8 @@ from service.serving.batching import DeadlineExceeded, QueueClosed, QueueFull
 from service.serving.decisions import DecisionListener, DecisionRecord, notify
 from service.serving.registry import ModelRegistry
 from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
+
+log = logging.getLogger("normgate.decisions")
 
 
 @dataclass(frozen=True)
@@ -75,17 +80,6 @@ class Assessor:
             )
         return worker
 
-    def _preparation(self, worker: ModelWorker, method: str | None) -> Callable[[DecodedImage], ModelInput]:
-        """The decoded pixels → the model's input; run by the decode pool in its thread, off the event loop."""
-        meta = worker.meta
-        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
-
-        def prepare(decoded: DecodedImage) -> ModelInput:
-            image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
-            return ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
-
-        return prepare
-
     async def assess(
         self,
         upload: Upload,
@@ -95,7 +89,7 @@ class Assessor:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
     ) -> AssessResponse:
-        _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
+        _, response = await self._assess(upload, params, worker, request_id, arrived, disconnected, False)
         return response
 
     async def assess_keeping_image(
@@ -107,14 +101,33 @@ class Assessor:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
     ) -> tuple[DecodedImage, AssessResponse]:
-        """``assess`` that also hands back the decoded image, for callers that derive images from it
-        (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
+        """``assess`` that also hands back the decoded image with its pixels, for callers that derive images
+        from it (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
+        return await self._assess(upload, params, worker, request_id, arrived, disconnected, True)
+
+    async def _assess(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future[None] | None,
+        keep_pixels: bool,
+    ) -> tuple[DecodedImage, AssessResponse]:
         deadline = self.deadline_from(arrived)
         method = params.method if params.heatmap == "png" else None
-        prepared = await self.decode_pool.decode(upload, deadline, disconnected, self._preparation(worker, method))
-        self.metrics.compute_duration.labels(worker.name, "decode").observe(prepared.seconds)
-        decoded, model_input = prepared.decoded, prepared.prepared
-        assert decoded is not None and model_input is not None  # a pixels job with a finish step
+        meta = worker.meta
+        assert meta is not None  # check() admitted a ready worker: its model.json is loaded
+        # Decoded and resized to the model's grid in a decode process (service.ingest.decode_pool).
+        grid = GridSpec((int(meta.input_size[0]), int(meta.input_size[1])), tuple(meta.mean), tuple(meta.std))
+        result = await self.decode_pool.decode(upload, deadline, disconnected, grid=grid, keep_pixels=keep_pixels)
+        self.metrics.compute_duration.labels(worker.name, "decode").observe(result.seconds)
+        decoded = result.decoded
+        assert decoded is not None and result.grid is not None  # a grid job answers both
+        model_input = ModelInput(
+            image=torch.from_numpy(result.grid), original_hw=(decoded.height, decoded.width), method=method
+        )
         if time.monotonic() > deadline:
             raise RequestTimeout("the request deadline passed before the image was queued")
         try:
@@ -148,8 +161,18 @@ class Assessor:
     def record_decision(
         self, response: AssessResponse, worker: ModelWorker, params: AssessParams, decoded: DecodedImage | None
     ) -> None:
-        """Count the decision and hand its record to every listener (the audit trail)."""
+        """Count the decision, log it with the caller's key id (never the key), and hand its record to every
+        listener (the audit trail)."""
         self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
+        log.info(
+            "decision %s: %s%s by model %s %s, key %s",
+            response.assessment_id,
+            response.decision,
+            f" ({response.reason})" if response.reason else "",
+            response.model.name,
+            response.model.version,
+            params.key_id or "-",
+        )
         record = DecisionRecord(
             time=datetime.now(UTC),
             assessment_id=response.assessment_id,

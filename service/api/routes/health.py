@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import DecodePoolDep, MetricsDep, RegistryDep, api_key_check_unless_public
 from service.errors import NotReady
@@ -30,10 +30,12 @@ def healthz(_auth: HealthzAuth) -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    summary="Every model is loaded and warmed up, and the decode queue is not full",
+    summary="Every model is loaded and warmed up, the decode queue is not full, and no SIGTERM was received",
     responses={503: {"model": ErrorResponse, "description": "not_ready"}, **_UNAUTHORIZED},
 )
-def readyz(registry: RegistryDep, decode_pool: DecodePoolDep, _auth: ReadyzAuth) -> ReadyResponse:
+def readyz(request: Request, registry: RegistryDep, decode_pool: DecodePoolDep, _auth: ReadyzAuth) -> ReadyResponse:
+    if request.app.state.draining:
+        raise NotReady("the service is shutting down (SIGTERM); requests already accepted are finishing")
     states = registry.states()
     if not registry.ready:
         waiting = "; ".join(f"{name}: {state}" for name, state in states.items()) or "no models started"

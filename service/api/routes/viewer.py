@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
+from service.api.deps import AssessCaller, AssessorDep, SettingsDep
 from service.api.upload import read_upload, wait_for_disconnect
 from service.errors import ApiError
 from service.ingest.decode_pool import DecodeResult
@@ -68,15 +68,18 @@ def viewer_asset(name: str) -> FileResponse:
         "the viewer shows DICOM through it so the heatmap and the marker line up."
     ),
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **{s: {"model": ErrorResponse} for s in (400, 401, 413, 415)}},
+    responses={
+        200: {"content": {"image/png": {}}},
+        **{s: {"model": ErrorResponse} for s in (400, 401, 403, 413, 415, 503, 504)},
+    },
 )
-async def render(request: Request, assessor: AssessorDep, settings: SettingsDep, _auth: ApiKeyDep) -> Response:
+async def render(request: Request, assessor: AssessorDep, settings: SettingsDep, _caller: AssessCaller) -> Response:
     deadline = assessor.deadline_from(time.monotonic())
     upload = await read_upload(request, settings.max_body_bytes)
     disconnected = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         # Decoded and drawn in a decode process (models.imaging.to_display_png): only the PNG comes back.
-        result: DecodeResult[None] = await assessor.decode_pool.decode(upload, deadline, disconnected, display=True)
+        result: DecodeResult = await assessor.decode_pool.decode(upload, deadline, disconnected, display=True)
     finally:
         disconnected.cancel()
     png, width, height = result.display_png, result.width, result.height

@@ -1,14 +1,15 @@
 """The decode pool (service/ingest/decode_pool.py): worker processes that can be stopped, two lanes, the budget
 checked from the header first, deadlines and disconnects that kill the decode, bounded queues.
 
-Held workers: ``finish`` runs in the lane's thread after the pixels arrive, so a ``finish`` that waits on an
-event keeps that lane's worker busy for exactly as long as a test needs. Slow decodes: a 48 M-pixel gray PNG
+Held workers: ``hold`` makes a worker's lane thread wait on an event before it sends its job, so the worker is
+busy for exactly as long as a test needs. Slow decodes: a 48 M-pixel gray PNG
 (46 KB of zeros) takes 1–2 s to decode, far longer than the 0.3 s deadlines used against it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import subprocess
@@ -22,14 +23,11 @@ import pytest
 from PIL import Image
 from pydicom import uid
 
-from models.imaging import DecodeLimits, decode_image
+from models.imaging import DecodeLimits, decode_image, preprocess_batch
 from models.imaging.limits import MIB
 from service.errors import BadImage, ClientDisconnected, RequestTimeout, TooLarge
-from service.ingest.decode_pool import (
-    LARGE_LANE_NICE,
-    DecodeBacklogFull,
-    DecodePool,
-)
+from service.ingest.decode_pool import LARGE_LANE_NICE, DecodeBacklogFull, DecodePool
+from service.ingest.decode_worker import GridSpec
 from service.ingest.upload import Upload
 from tests.helpers import REPO, dicom_bytes, png_bytes, radiograph
 from tests.models.imaging.data.make_ingest_corpus import dicom_bytes as corpus_dicom_bytes
@@ -40,12 +38,30 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::User
 SMALL = Upload(png_bytes(radiograph(48, 64, seed=1)), "image/png")
 
 
+@functools.cache
 def big_png(rows: int = 8000, cols: int = 6000) -> Upload:
     """A gray PNG of zeros: tiny to send, rows × cols pixels to decode."""
     raw = zlib.compress(b"\0" * ((cols + 1) * rows), 9)
     ihdr = cols.to_bytes(4, "big") + rows.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     body = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", raw) + png_chunk(b"IEND", b"")
     return Upload(body, "image/png")
+
+
+def hold(worker, release: threading.Event) -> threading.Event:
+    """Make ``worker`` wait for ``release`` before its next job is sent; returns an event set once it waits."""
+    waiting = threading.Event()
+    run = worker.run
+
+    def held(job, abandoned):
+        waiting.set()
+        assert release.wait(30)
+        return run(job, abandoned)
+
+    worker.run = held
+    return waiting
+
+
+GRID = GridSpec((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def pool_for(**overrides) -> DecodePool:
@@ -99,24 +115,31 @@ async def started(pool: DecodePool) -> None:
     await pool.decode(SMALL, soon())  # the fork server is up and the codecs are warm
 
 
-def test_the_pixels_and_fields_are_what_decoding_in_process_gives():
+def test_the_grid_pixels_and_fields_are_what_decoding_in_process_gives():
+    body = dicom_bytes(radiograph(40, 50, seed=3))
+
     async def scenario():
         pool = pool_for()
         try:
             await started(pool)
-            body = dicom_bytes(radiograph(40, 50, seed=3))
-            result = await pool.decode(Upload(body, "application/dicom"), soon(), finish=lambda d: d.pixels.sum())
-            shown = await pool.decode(Upload(body, "application/dicom"), soon(), display=True)
-            return body, result, shown
+            upload = Upload(body, "application/dicom")
+            with_pixels = await pool.decode(upload, soon(), grid=GRID, keep_pixels=True)
+            grid_only = await pool.decode(upload, soon(), grid=GRID)
+            shown = await pool.decode(upload, soon(), display=True)
+            return with_pixels, grid_only, shown
         finally:
             pool.shutdown()
 
-    body, result, shown = asyncio.run(scenario())
+    with_pixels, grid_only, shown = asyncio.run(scenario())
     expected = decode_image(body, "application/dicom")
-    np.testing.assert_array_equal(result.decoded.pixels, expected.pixels)
-    assert result.decoded.sop_instance_uid == expected.sop_instance_uid and result.decoded.window == expected.window
-    assert result.prepared == pytest.approx(float(expected.pixels.sum()))
-    assert result.lane == "ordinary" and result.seconds > 0
+    expected_grid = preprocess_batch([expected.pixels], GRID.input_size, GRID.mean, GRID.std)[0].numpy()
+    np.testing.assert_array_equal(with_pixels.decoded.pixels, expected.pixels)
+    np.testing.assert_array_equal(with_pixels.grid, expected_grid)
+    np.testing.assert_array_equal(grid_only.grid, expected_grid)
+    assert grid_only.decoded.pixels.size == 0  # not asked for: never sent
+    assert with_pixels.decoded.sop_instance_uid == expected.sop_instance_uid
+    assert (grid_only.decoded.width, grid_only.decoded.window) == (50, expected.window)
+    assert with_pixels.lane == "ordinary" and with_pixels.seconds > 0
     display = np.asarray(Image.open(io.BytesIO(shown.display_png)))
     np.testing.assert_array_equal(display, np.rint(expected.pixels * 255).astype(np.uint8))
     assert (shown.width, shown.height) == (50, 40)
@@ -128,24 +151,26 @@ def test_a_lane_refuses_beyond_its_workers_and_queue_and_recovers():
         release = threading.Event()
         try:
             await started(pool)
-            first = asyncio.ensure_future(pool.decode(SMALL, soon(), finish=lambda d: release.wait(30)))
-            second = asyncio.ensure_future(pool.decode(SMALL, soon(), finish=lambda d: "second"))
-            await asyncio.sleep(0.3)
+            waiting = hold(pool.ordinary.workers[0], release)
+            first = asyncio.ensure_future(pool.decode(SMALL, soon()))
+            second = asyncio.ensure_future(pool.decode(SMALL, soon()))
+            assert await asyncio.to_thread(waiting.wait, 30)
+            await asyncio.sleep(0.05)
             saturated = pool.saturated
             with pytest.raises(DecodeBacklogFull) as refused:
                 await pool.decode(SMALL, soon())
             release.set()
             results = await asyncio.gather(first, second)
-            after = await pool.decode(SMALL, soon(), finish=lambda d: "fits again")
-            return saturated, refused.value, [r.prepared for r in results], after.prepared, pool.saturated
+            after = await pool.decode(SMALL, soon())
+            return saturated, refused.value, [r.width for r in results], after.width, pool.saturated
         finally:
             release.set()
             pool.shutdown()
 
-    saturated, refused, results, after, saturated_after = asyncio.run(scenario())
+    saturated, refused, widths, after, saturated_after = asyncio.run(scenario())
     assert saturated and not saturated_after
     assert (refused.status, refused.code, refused.headers["Retry-After"]) == (503, "overloaded", "1")
-    assert results == [True, "second"] and after == "fits again"
+    assert widths == [64, 64] and after == 64
 
 
 def test_a_decode_running_at_the_deadline_is_killed_and_its_process_replaced():
@@ -155,13 +180,14 @@ def test_a_decode_running_at_the_deadline_is_killed_and_its_process_replaced():
             await started(pool)
             worker = pool.ordinary.workers[0]
             old_pid = worker.process.pid
+            upload = big_png()
             began = time.monotonic()
             with pytest.raises(RequestTimeout) as caught:
-                await pool.decode(big_png(), time.monotonic() + 0.3)
+                await pool.decode(upload, time.monotonic() + 0.3)
             answered_after = time.monotonic() - began
             gone = await ends(old_pid)
-            after = await pool.decode(SMALL, soon(), finish=lambda d: d.width)
-            return caught.value, answered_after, gone, old_pid, worker.process.pid, after.prepared
+            after = await pool.decode(SMALL, soon())
+            return caught.value, answered_after, gone, old_pid, worker.process.pid, after.width
         finally:
             pool.shutdown()
 
@@ -179,10 +205,11 @@ def test_a_client_that_disconnects_stops_its_decode():
         try:
             await started(pool)
             old_pid = pool.ordinary.workers[0].process.pid
+            upload = big_png()
             disconnected = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_later(0.3, disconnected.set_result, None)
             with pytest.raises(ClientDisconnected) as caught:
-                await pool.decode(big_png(), soon(), disconnected)
+                await pool.decode(upload, soon(), disconnected)
             return caught.value, not await ends(old_pid)
         finally:
             pool.shutdown()
@@ -197,8 +224,9 @@ def test_the_deadline_also_bounds_the_wait_for_a_worker():
         release = threading.Event()
         try:
             await started(pool)
-            held = asyncio.ensure_future(pool.decode(SMALL, soon(), finish=lambda d: release.wait(30)))
-            await asyncio.sleep(0.2)
+            waiting = hold(pool.ordinary.workers[0], release)
+            held = asyncio.ensure_future(pool.decode(SMALL, soon()))
+            assert await asyncio.to_thread(waiting.wait, 30)
             with pytest.raises(RequestTimeout) as caught:
                 await pool.decode(SMALL, time.monotonic() + 0.1)
             release.set()
@@ -218,13 +246,14 @@ def test_large_images_take_the_large_lane_and_never_hold_up_ordinary_ones():
         release = threading.Event()
         try:
             await started(pool)
+            waiting = hold(pool.large.workers[0], release)
             large = Upload(png_bytes(radiograph(600, 600, seed=2)), "image/png")  # 11.6 MiB estimated, SMALL 8.0
-            held = asyncio.ensure_future(pool.decode(large, soon(), finish=lambda d: release.wait(30)))
-            await asyncio.sleep(0.3)
+            held = asyncio.ensure_future(pool.decode(large, soon()))
+            assert await asyncio.to_thread(waiting.wait, 30)
             ordinary = await asyncio.wait_for(pool.decode(SMALL, soon()), 10)
             release.set()
             large_result = await held
-            return ordinary.lane, large_result.lane, large_result.decoded.width
+            return ordinary.lane, large_result.lane, large_result.width
         finally:
             release.set()
             pool.shutdown()
@@ -257,8 +286,9 @@ def test_over_the_budget_is_refused_from_the_header_without_a_worker():
         release = threading.Event()
         try:
             await started(pool)
-            held = asyncio.ensure_future(pool.decode(SMALL, soon(), finish=lambda d: release.wait(30)))
-            await asyncio.sleep(0.2)
+            waiting = hold(pool.ordinary.workers[0], release)
+            held = asyncio.ensure_future(pool.decode(SMALL, soon()))
+            assert await asyncio.to_thread(waiting.wait, 30)
             began = time.monotonic()
             with pytest.raises(TooLarge) as caught:  # while the only ordinary worker is busy
                 # the issue's bomb: 7745² RGBA (60 M pixels), 240 MB decoded, ~850 MiB estimated
