@@ -28,7 +28,6 @@ import platform
 import statistics
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -151,7 +150,9 @@ def main() -> None:
 
             async def loaded(seed: int):
                 return await asyncio.gather(
-                    open_loop(server.url, ordinary, "application/dicom", rate=args.rate, seconds=args.seconds, seed=seed),
+                    open_loop(
+                        server.url, ordinary, "application/dicom", rate=args.rate, seconds=args.seconds, seed=seed
+                    ),
                     closed_loop(
                         server.url, bombs, "image/png", clients=args.bomb_clients, seconds=args.seconds, timeout_s=60
                     ),

@@ -39,8 +39,8 @@ __all__ = [
     "read_header",
 ]
 
-# Peak memory ÷ decoded bytes, per layout: benchmarks/decode_memory.py (decode in a process of its own + prepare
-# in the server), the measured factor × 1.1 rounded up to a half; docs/ingestion.md "Decode budget" has the
+# Peak memory ÷ decoded bytes, per layout: benchmarks/decode_memory.py (decode + prepare, each in a fresh
+# process), at least the measured factor × 1.1 rounded up to a half; docs/ingestion.md "Decode budget" has the
 # measurements. Compressed DICOM (JPEG 2000, JPEG-LS, RLE) measured below native, whose factor it takes.
 WORKING_FACTORS: dict[str, float] = {
     "png-gray": 10.5,  # 1, 2, 4 or 8 bits: Pillow's byte per pixel + the float32 output + the server's copy
@@ -56,7 +56,7 @@ WORKING_FACTORS: dict[str, float] = {
     "jpeg-gray-progressive": 10.5,
     "jpeg-colour-progressive": 5.0,
     "dicom-mono8": 11.5,
-    "dicom-mono16": 8.0,  # with Pixel Padding Value (per-pixel float64 path in strips); 6.9 without
+    "dicom-mono16": 8.0,  # 6.7 measured with Pixel Padding Value (per-pixel float64 path in strips), 6.2 without
     "dicom-mono32": 4.8,
     "dicom-colour8": 5.5,
     "dicom-colour16": 4.0,

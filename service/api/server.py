@@ -85,9 +85,8 @@ def http_protocol(header_read_timeout_s: float) -> type[HttpToolsProtocol]:
             if self.transport.is_closing():
                 return
             if self.cycle is None or self.cycle.response_complete:  # no response of ours is being written
-                body = json.dumps(
-                    error_body("request_timeout", f"the request headers did not arrive within {self.timeout:g} s")
-                ).encode()
+                detail = f"the request headers did not arrive within {self.timeout:g} s"
+                body = json.dumps(error_body("request_timeout", detail), separators=(",", ":")).encode()
                 self.transport.write(
                     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                     + f"content-length: {len(body)}\r\n\r\n".encode()

@@ -3,7 +3,7 @@ floods and JPEG scan floods refused before Pillow parses them, a decode still ru
 (504), ordinary images decoded while a large one is, /readyz 503 while the decode queue is full. Each case is a
 row of docs/fault-table.md (``fault_row``).
 
-Slow decodes: a PNG of zeros declaring 8000 × 6000 gray pixels (47 KB) takes 1–2 s to decode.
+Slow decodes: a PNG of zeros declaring 7000 × 7000 RGBA pixels (~200 KB) takes 2–5 s to decode.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def jpeg_with_scans(scans: int) -> bytes:
     return b"\xff\xd8" + sof + sos * scans + b"\xff\xd9"
 
 
-SLOW = png_of_zeros(6000, 8000)  # 48 M pixels of gray: ~490 MiB estimated, the large lane
+SLOW = png_of_zeros(7000, 7000, colour_type=6, samples=4)  # 49 M RGBA pixels: ~690 MiB estimated, the large lane
 
 
 def post(client, body: bytes, content_type: str = "image/png"):
@@ -117,14 +117,14 @@ def test_a_decode_still_running_at_the_deadline_is_stopped_and_ordinary_images_a
     ordinary, ordinary_took, timed_out, metrics, after = asyncio.run(scenario())
     fault_row(
         "decode budget",
-        "a 48 M-pixel PNG still decoding at a 0.7 s deadline",
+        "a 7000² RGBA PNG (~690 MiB estimated) still decoding at a 0.7 s deadline",
         "504 timeout, the decode stopped",
         f"{outcome(timed_out)}, the decode "
         + ("stopped" if 'normgate_decode_abandoned_total{lane="large",reason="deadline"} 1.0' in metrics else "?"),
     )
     fault_row(
         "decode budget",
-        "an ordinary image while a 48 M-pixel one decodes",
+        "an ordinary image while a 7000² RGBA one decodes",
         "200, in its own lane",
         f"{outcome(ordinary)}, in its own lane"
         if ordinary_took < 2

@@ -2,8 +2,8 @@
 checked from the header first, deadlines and disconnects that kill the decode, bounded queues.
 
 Held workers: ``hold`` makes a worker's lane thread wait on an event before it sends its job, so the worker is
-busy for exactly as long as a test needs. Slow decodes: a 48 M-pixel gray PNG
-(46 KB of zeros) takes 1–2 s to decode, far longer than the 0.3 s deadlines used against it.
+busy for exactly as long as a test needs. Slow decodes: a 7000² RGBA PNG of zeros
+(~200 KB) takes 2–5 s to decode, far longer than the 0.3 s deadlines used against it.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ SMALL = Upload(png_bytes(radiograph(48, 64, seed=1)), "image/png")
 
 
 @functools.cache
-def big_png(rows: int = 8000, cols: int = 6000) -> Upload:
-    """A gray PNG of zeros: tiny to send, rows × cols pixels to decode."""
-    raw = zlib.compress(b"\0" * ((cols + 1) * rows), 9)
-    ihdr = cols.to_bytes(4, "big") + rows.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+def big_png(rows: int = 7000, cols: int = 7000) -> Upload:
+    """An RGBA PNG of zeros: tiny to send (~200 KB), rows × cols pixels to decode (2–5 s for 7000²)."""
+    raw = zlib.compress(b"\0" * ((4 * cols + 1) * rows), 9)
+    ihdr = cols.to_bytes(4, "big") + rows.to_bytes(4, "big") + bytes([8, 6, 0, 0, 0])
     body = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", raw) + png_chunk(b"IEND", b"")
     return Upload(body, "image/png")
 
