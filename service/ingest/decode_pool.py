@@ -456,6 +456,12 @@ async def _first_of(
     return "deadline"
 
 
+def _process_niceness(added: int) -> int:
+    """The niceness a decode process runs at: the server's own plus ``added`` (at most 19). Passed as a target,
+    not an increment, so it does not depend on the fork server's own niceness."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + max(0, added))
+
+
 class DecodePool:
     """The server's decoding: header check on the event loop, then the ordinary or the large lane."""
 
@@ -474,7 +480,7 @@ class DecodePool:
             "ordinary",
             workers,
             max_waiting,
-            nice,
+            _process_niceness(nice),
             self.large_threshold_bytes,
             thread_nice=nice,
             on_abandon=on_abandon,
@@ -483,7 +489,7 @@ class DecodePool:
             "large",
             LARGE_LANE_WORKERS,
             LARGE_LANE_MAX_WAITING,
-            LARGE_LANE_NICE,
+            _process_niceness(LARGE_LANE_NICE),
             limits.max_decode_bytes,
             thread_nice=LARGE_LANE_NICE,
             recycle=True,

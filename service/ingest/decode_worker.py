@@ -97,7 +97,7 @@ def serve(conn: Connection, nice: int, memory_headroom_bytes: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)  # one decode per process; the model's threads live in the server
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:  # at least ``nice``, whatever the fork server had
+    if nice > current:  # ``nice`` is the target (the server's niceness + NORMGATE_DECODE_NICE), not an increment
         try:
             os.nice(nice - current)
         except OSError:  # a sandbox without setpriority: decode at normal priority rather than not at all
