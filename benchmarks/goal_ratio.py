@@ -12,6 +12,9 @@ between the neighbouring integer batch sizes, since ``floor`` is affine in B on 
 * p50 ÷ floor(4): per request, against the batch the four clients would share if they arrived together.
 
     .venv/bin/python benchmarks/goal_ratio.py --models-dir artifacts/bench/models --rounds 5
+    # against an earlier commit, interleaved on the same machine:
+    git archive COMMIT | tar -x -C /path/to/base && .venv/bin/python benchmarks/goal_ratio.py --configs 1:10 \
+        --baseline-checkout /path/to/base
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--dicom-size", default="2500x3000")
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument(
+        "--baseline-checkout",
+        type=Path,
+        help="another checkout (e.g. a `git archive` of an earlier commit): its `python -m service` runs with the "
+        "first configuration as one more server, cells interleaved round by round with this checkout's",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "goal_ratio.json")
     args = p.parse_args()
     torch.set_num_threads(args.torch_threads)
@@ -80,21 +89,33 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as running:
-        servers = {
-            f"decode_workers={workers},nice={nice}": running.enter_context(
+
+        def server(name: str, workers: int, nice: int, command: tuple[str, ...] | None = None):
+            extra = {"command": command} if command else {}
+            return running.enter_context(
                 start_server(
                     args.models_dir,
-                    args.out.with_suffix(f".dw{workers}n{nice}.log"),
+                    args.out.with_suffix(f".{name}.log"),
                     default_model=args.model,
                     max_queue_size=256,
                     request_timeout_ms=300_000,
                     torch_threads=args.torch_threads,
                     decode_workers=workers,
                     decode_nice=nice,
+                    **extra,
                 )
             )
+
+        servers = {
+            f"decode_workers={workers},nice={nice}": server(f"dw{workers}n{nice}", workers, nice)
             for workers, nice in configs
         }  # all started at once: they load their models side by side
+        if args.baseline_checkout:
+            root = str(args.baseline_checkout.resolve())
+            code = f"import sys, runpy; sys.path.insert(0, {root!r}); runpy.run_module('service', run_name='__main__')"
+            servers[f"baseline {args.baseline_checkout.name}"] = server(
+                "baseline", *configs[0], command=(sys.executable, "-c", code)
+            )
         for server in servers.values():
             server.wait_ready()
             closed_loop_cell(server.url, bodies, 1, 2, 120, {})

@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.imaging.limits import MIB
 from service.api import openapi as service_openapi
 from service.api.errors import install_error_handlers
-from service.api.routes import assess, health, models, viewer
+from service.api.routes import assess, docs, health, models, viewer
 from service.api.routes import dicomweb as dicomweb_routes
 from service.api.routes import evaluate as evaluate_routes
 from service.config import Settings, get_settings
@@ -45,6 +47,31 @@ the repository's docs/api.md ("Errors").
 """
 
 
+AUTH_OFF_WARNING = (
+    "AUTHENTICATION IS OFF: NORMGATE_API_KEYS is empty, so every endpoint (/assess, /evaluate, /dicomweb, …) "
+    "answers anyone who can reach this server. Set NORMGATE_API_KEYS (python -m service.keys new --id ID) "
+    "outside a laptop; /metrics shows normgate_auth_enabled 0 until then."
+)
+
+
+async def _refuse(send: Send, request_id: str, code: str, detail: str, retry_after: int) -> None:
+    """A 503 JSON error sent before the request reached the app (its body, if any, is never read)."""
+    body = json.dumps(error_body(code, detail, request_id)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
     """Gives every HTTP request an id, times it, and turns an unexpected exception into a 500 JSON error.
 
@@ -62,32 +89,22 @@ class RequestContextMiddleware:
         self.in_progress = 0  # only touched on the event loop
 
     async def _refuse_busy(self, send: Send, request_id: str) -> None:
-        body = json.dumps(
-            error_body(
-                "overloaded",
-                f"{self.in_progress} requests are in progress, the most this server takes at once; try again shortly",
-                request_id,
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", b"1"),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"{self.in_progress} requests are in progress, the most this server takes at once; try again shortly"
+        await _refuse(send, request_id, "overloaded", detail, retry_after=1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
+        if scope.get("path") not in self.UNLIMITED_PATHS and getattr(scope["app"].state, "draining", False):
+            # SIGTERM: accepted requests finish; new ones go elsewhere (service.api.server.DrainingServer).
+            self.metrics.rejected.labels("not_ready").inc()
+            self.metrics.request_duration.labels("unmatched", "503").observe(0.0)
+            await _refuse(
+                send, request_id, "not_ready", "the service is shutting down; send the request again", retry_after=5
+            )
+            return
         limited = self.max_concurrent_requests > 0 and scope.get("path") not in self.UNLIMITED_PATHS
         if limited and self.in_progress >= self.max_concurrent_requests:
             self.metrics.rejected.labels("overloaded").inc()
@@ -177,12 +194,24 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     metrics = ServiceMetrics()
     registry = ModelRegistry(settings, metrics, batch_hook=batch_hook)
     decode_pool = DecodePool(
-        decode_thread_count(settings.decode_workers), max_waiting=settings.max_queue_size, nice=settings.decode_nice
+        decode_thread_count(settings.decode_workers),
+        max_waiting=settings.max_queue_size,
+        limits=settings.decode_limits,
+        large_threshold_bytes=int(settings.decode_large_mb * MIB),
+        nice=settings.decode_nice,
+        on_abandon=lambda lane, reason: metrics.decode_abandoned.labels(lane, reason).inc(),
     )
+    for lane in decode_pool.lanes:
+        metrics.decode_in_flight.labels(lane.name).set_function(partial(getattr, lane, "in_flight"))
+
+    metrics.auth_enabled.set(1 if settings.api_key_table else 0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api_key_table:
+            log.warning(AUTH_OFF_WARNING)
         try:
+            decode_pool.start()
             registry.start()
             evaluate_routes.start_evaluation_runner(app, settings)
             await dicomweb_routes.start_dicomweb(app, settings)
@@ -193,10 +222,15 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
             registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
             decode_pool.shutdown()
 
-    app = FastAPI(title="NormGate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is served from the package (service/api/routes/docs.py), not from a CDN; /redoc needs a CDN: off.
+    app = FastAPI(
+        title="NormGate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.decode_pool = decode_pool
+    app.state.draining = False  # set on SIGTERM by service.api.server.DrainingServer
     app.state.assessor = Assessor(settings, registry, metrics, decode_pool)
     install_error_handlers(app)
     service_openapi.install(app)
@@ -204,6 +238,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(viewer.router)
+    app.include_router(docs.router)
     app.include_router(evaluate_routes.router)
     app.include_router(dicomweb_routes.router)
     app.add_middleware(

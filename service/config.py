@@ -11,12 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.imaging.assessability import DEFAULT_MIN_SIDE
-from models.imaging.limits import DEFAULT_LIMITS, MIB
-from service.keys import digests_of, normalise_entry
+from models.imaging.limits import DEFAULT_LIMITS, MIB, DecodeLimits
+from service.keys import ApiKey, parse_entries
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
 PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class Settings(BaseSettings):
     # hide_input_in_errors: a mistyped NORMGATE_API_KEYS entry must not be echoed into a log.
     model_config = SettingsConfigDict(env_prefix="NORMGATE_", extra="ignore", hide_input_in_errors=True)
+    _api_key_table: list[ApiKey] | None = PrivateAttr(default=None)  # parsed once from api_keys
+    _api_key_entries: list[str] | None = PrivateAttr(default=None)
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
@@ -69,18 +71,33 @@ class Settings(BaseSettings):
         description="Shortest image side (pixels) the gate judges; a smaller image is answered unassessable "
         'with reason too_small (docs/api.md, "Unassessable").',
     )
+    max_decode_mb: float = Field(
+        DEFAULT_LIMITS.max_decode_bytes / MIB,
+        gt=0,
+        description="Largest estimated peak memory of decoding and preparing one image: the decoded bytes its "
+        "header declares × the pipeline's measured working factor for its format (docs/ingestion.md, "
+        '"Decode budget"); 413 beyond it, before any pixel is decoded.',
+    )
+    decode_large_mb: float = Field(
+        256.0,
+        gt=0,
+        description="Images whose estimated decode memory is above this are decoded in the large lane (one "
+        "process at the lowest priority), so ordinary ones never wait behind them; each ordinary decode process "
+        "takes at most this much.",
+    )
     decode_workers: int = Field(
         0,
         ge=0,
         le=64,
-        description="Threads that decode and resize uploads; 0: one fewer than the CPUs this process may use "
-        "(at least 1, at most 8), so the model thread keeps a core to itself.",
+        description="Processes that decode ordinary uploads (plus one for large ones); 0: one fewer than the CPUs "
+        "this process may use (at least 1, at most 8), so the model thread keeps a core to itself.",
     )
     decode_nice: int = Field(
         10,
         ge=0,
         le=19,
-        description="Scheduling niceness added to the decode threads (Linux; 0: same as the model). The decode "
+        description="Scheduling niceness added to the ordinary decode processes and the threads that receive and "
+        "resize their images (Linux; 0: same as the model). The decode "
         "pool should use the cycles the model leaves, not take them: with 2 decode threads and the "
         "model thread on 2 cores the model pass ran 1.7× slower at 0 and 1.1× at 10 "
         '(docs/benchmarks.md, "Decode priority").',
@@ -94,9 +111,12 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API key entries, each 'sha256:<hex digest>' (python -m service.keys hash KEY) "
-        "or a plain key (hashed at load, with a warning). When set, /assess, /render, /evaluate… and "
-        "/dicomweb… need 'Authorization: Bearer <key>'.",
+        description="Comma-separated API key entries, each 'ID:sha256:<hex digest>[:SCOPES]' (python -m "
+        "service.keys hash KEY --id ID) or 'ID:<plain key>[:SCOPES]' (hashed at load, with a warning); SCOPES "
+        "'+'-joined from assess, evaluate, audit (default assess+evaluate). Entries without an id are key-1, "
+        "key-2, … by position. When set, /assess, /render and /dicomweb… need a key with 'assess', /evaluate… "
+        "one with 'evaluate'. Unset: every endpoint is open (a loud warning at start-up, "
+        "normgate_auth_enabled 0).",
     )
     public_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["healthz", "readyz", "metrics", "models"],
@@ -113,8 +133,20 @@ class Settings(BaseSettings):
         description="HTTP requests in progress at once (probes not counted); one more is answered 503 "
         "overloaded before its body is read; 0: no limit.",
     )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time to receive a request's headers, from the connection's opening or the request's "
+        "first byte; slower → 408 and the connection closed (uvicorn alone has no such limit).",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle keep-alive connection stays open between requests."
+    )
     shutdown_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM: how long requests already accepted may take to finish."
+        30.0,
+        ge=0,
+        description="On SIGTERM: /readyz answers 503 at once and new requests 503; requests already accepted may "
+        "take this long to finish.",
     )
     worker_restart_delay_s: float = Field(
         1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again."
@@ -164,8 +196,9 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="after")
     @classmethod
     def _hash_keys(cls, value: list[str]) -> list[str]:
-        # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key.
-        return [normalise_entry(entry) for entry in value if entry.strip()]
+        # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key. Every
+        # entry is kept in its full form, ID:sha256:<hex>:scopes, so ids given by position stay with their key.
+        return [key.entry for key in parse_entries(value)]
 
     @field_validator("public_endpoints", mode="before")
     @classmethod
@@ -178,8 +211,12 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def api_key_digests(self) -> list[bytes]:
-        return digests_of(self.api_keys)
+    def api_key_table(self) -> list[ApiKey]:
+        """The configured keys (id, digest, scopes); empty when authentication is off."""
+        if self._api_key_table is None or self._api_key_entries != self.api_keys:
+            self._api_key_table = parse_entries(self.api_keys)
+            self._api_key_entries = list(self.api_keys)
+        return self._api_key_table
 
     @property
     def max_body_bytes(self) -> int:
@@ -188,6 +225,16 @@ class Settings(BaseSettings):
     @property
     def max_dicom_element_bytes(self) -> int:
         return int(self.max_dicom_element_mb * MIB)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The library's decode limits with this service's values (the rest keep the library's defaults)."""
+        return DecodeLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_pixels=self.max_pixels,
+            max_dicom_element_bytes=self.max_dicom_element_bytes,
+            max_decode_bytes=int(self.max_decode_mb * MIB),
+        )
 
 
 @lru_cache

@@ -58,6 +58,12 @@ class Unauthorized(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    """A valid API key without the scope the endpoint needs."""
+
+    status, code = 403, "forbidden"
+
+
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
 
@@ -72,6 +78,11 @@ class RequestTimeout(ApiError):
 
 class InternalError(ApiError):
     status, code = 500, "internal"
+
+
+class ClientDisconnected(ApiError):
+    # nginx's 499: nobody reads this answer, but logs and metrics should say why the request ended.
+    status, code = 499, "client_disconnected"
 
 
 INTERNAL_DETAIL = "internal error while handling the request; quote the request_id when reporting it"
@@ -95,4 +106,9 @@ _API_ERROR_OF_IMAGE_CODE: dict[str, type[ApiError]] = {
 
 def from_image_error(exc: ImageError) -> ApiError:
     """The API error for a decoder's refusal (400, 413, 415 or 422), keeping its sentence."""
-    return _API_ERROR_OF_IMAGE_CODE.get(exc.code, BadImage)(exc.detail)
+    return api_error_for_image_code(exc.code, exc.detail)
+
+
+def api_error_for_image_code(code: str, detail: str) -> ApiError:
+    """The API error for an image refusal's code (also one reported by a decode worker process)."""
+    return _API_ERROR_OF_IMAGE_CODE.get(code, BadImage)(detail)

@@ -238,8 +238,17 @@ def test_ingestion_limits_table_states_the_library_defaults():
         match = re.match(r"\| `(max_\w+)` \| ([^|]+) \|", line)
         if match:
             rows[match.group(1)] = match.group(2).strip()
+
+    def count(value: int) -> str:
+        return f"{value:,}".replace(",", " ")
+
     assert rows == {
         "max_body_bytes": f"{DEFAULT_LIMITS.max_body_bytes // MIB} MiB",
-        "max_pixels": f"{DEFAULT_LIMITS.max_pixels:,}".replace(",", " "),
+        "max_pixels": count(DEFAULT_LIMITS.max_pixels),
         "max_dicom_element_bytes": f"{DEFAULT_LIMITS.max_dicom_element_bytes // MIB} MiB",
+        "max_decode_bytes": f"{DEFAULT_LIMITS.max_decode_bytes // MIB} MiB",
+        "max_png_chunks": count(DEFAULT_LIMITS.max_png_chunks),
+        "max_png_ancillary_chunks": count(DEFAULT_LIMITS.max_png_ancillary_chunks),
+        "max_png_ancillary_bytes": f"{DEFAULT_LIMITS.max_png_ancillary_bytes // MIB} MiB",
+        "max_jpeg_scans": count(DEFAULT_LIMITS.max_jpeg_scans),
     }

@@ -13,6 +13,11 @@ transfer syntaxes) and the PNG/JPEG readers with their header-first size checks;
 normalisation; ``limits`` the decode limits; ``errors`` why an image is refused.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from models.imaging.decode import (
     DICOM_MEDIA_TYPE,
     JPEG_MEDIA_TYPE,
@@ -25,8 +30,31 @@ from models.imaging.decode import (
     to_display_png,
 )
 from models.imaging.errors import BadImage, ImageError, TooLarge, UnsupportedImage, UnsupportedMediaType
-from models.imaging.grid import grid_point_to_original, normalise, original_box_to_grid, preprocess_batch, resize_unit
 from models.imaging.limits import DEFAULT_LIMITS, DecodeLimits
+
+if TYPE_CHECKING:
+    from models.imaging.grid import (
+        grid_point_to_original,
+        normalise,
+        original_box_to_grid,
+        preprocess_batch,
+        resize_unit,
+    )
+
+# The grid functions need torch; they are imported on first use (PEP 562) so that decoding alone (the service's
+# decode worker processes) never loads it.
+_GRID_NAMES = frozenset(
+    {"grid_point_to_original", "normalise", "original_box_to_grid", "preprocess_batch", "resize_unit"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _GRID_NAMES:
+        raise AttributeError(f"module 'models.imaging' has no attribute {name!r}")
+    value = getattr(importlib.import_module("models.imaging.grid"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -147,13 +147,26 @@ def check_assessable(
     ``pixels`` is the decoder's float32 [H, W] image in [0, 1] (``DecodedImage.pixels``); ``number_of_frames``
     the DICOM's declared count (``DecodedImage.number_of_frames``; 1 for PNG/JPEG).
     """
+    statistics = image_statistics(pixels) if pixels.ndim == 2 and pixels.size else None
+    height, width = pixels.shape if pixels.ndim == 2 else (0, 0)
+    return assessability_reason(statistics, width, height, number_of_frames, min_side)
+
+
+def assessability_reason(
+    statistics: ImageStatistics | None,
+    width: int,
+    height: int,
+    number_of_frames: int = 1,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> UnassessableReason | None:
+    """``check_assessable`` from an image's size and its ``image_statistics`` (None for an empty image), for
+    callers that computed the statistics where the pixels were (the service's decode processes)."""
     if number_of_frames == 0:
         return "no_frames"
-    if pixels.ndim != 2 or min(pixels.shape) < max(1, min_side):
+    if min(width, height) < max(1, min_side) or statistics is None:
         return "too_small"
-    stats = image_statistics(pixels)
-    if stats.percentile_range < BLANK_RANGE or stats.neighbour_correlation < MIN_NEIGHBOUR_CORRELATION:
+    if statistics.percentile_range < BLANK_RANGE or statistics.neighbour_correlation < MIN_NEIGHBOUR_CORRELATION:
         return "blank"
-    if stats.grey_levels < MIN_GREY_LEVELS or stats.percentile_range < MIN_RANGE:
+    if statistics.grey_levels < MIN_GREY_LEVELS or statistics.percentile_range < MIN_RANGE:
         return "low_dynamic_range"
     return None

@@ -45,6 +45,7 @@ import io
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,16 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import Decoder, get_decoder
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
 
+from models.imaging.budget import (
+    ImageHeader,
+    check_decode_budget,
+    check_jpeg_scans,
+    check_png_chunks,
+    dicom_image_header,
+    jpeg_header,
+    png_header,
+    read_header,
+)
 from models.imaging.errors import BadImage, ImageError, TooLarge, UnsupportedImage, UnsupportedMediaType
 from models.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 
@@ -70,6 +81,7 @@ __all__ = [
     "PNG_MEDIA_TYPE",
     "decode_file",
     "decode_image",
+    "inspect_upload",
     "media_type_of",
     "sniff_media_type",
     "to_display_png",
@@ -81,6 +93,16 @@ JPEG_MEDIA_TYPE = "image/jpeg"
 
 # ITU-R BT.601 luma weights: the Y of DICOM YBR_FULL (PS3.3 C.7.6.3.1.2) and Pillow's RGB → "L".
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Colour and DICOM pixel conversions run in strips of about this many pixels (whole rows), writing into one
+# preallocated float32 output: the temporaries of one strip (a few MB) instead of several full-size arrays.
+STRIP_PIXELS = 1 << 16
+
+
+def strip_bounds(height: int, width: int) -> list[tuple[int, int]]:
+    """(top, bottom) row ranges of the strips of a ``height`` × ``width`` image."""
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
 @dataclass
@@ -189,6 +211,28 @@ def _declared_kind(content_type: str | None) -> str | None:
 
 def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Request body → :class:`DecodedImage`, or an :class:`ImageError` (never another exception)."""
+    kind, body = _upload_kind(body, content_type, limits)
+    if kind == "dicom":
+        return _decode_dicom(body, limits)
+    return _decode_raster(body, kind, limits)
+
+
+def inspect_upload(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHeader | None:
+    """What ``decode_image`` would refuse before decoding, found without decoding: the body size and media type
+    (the same refusals), then, when the header can be read cheaply (``budget.read_header``), its pixel count
+    and the decode budget (413). Returns that header, or None when only the decoder can read it (it checks
+    the same limits then). Cheap enough for an event loop: it never parses more than the header."""
+    kind, body = _upload_kind(body, content_type, limits)
+    header = read_header(body)
+    if header is None or header.kind != kind:
+        return None
+    _check_pixel_count(header.width, header.height, header.frames, limits, _NAME_OF_KIND[kind])
+    check_decode_budget(header, limits)
+    return header
+
+
+def _upload_kind(body: bytes, content_type: str | None, limits: DecodeLimits) -> tuple[str, bytes]:
+    """("dicom" | "png" | "jpeg", the body as bytes) after the body-size and media-type checks."""
     if len(body) > limits.max_body_bytes:
         raise TooLarge(f"the body has {len(body)} bytes; the limit is {limits.max_body_bytes}")
     declared = _declared_kind(content_type)
@@ -206,9 +250,7 @@ def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = D
         )
     kind = sniffed or declared
     assert kind is not None  # both None was refused above
-    if kind == "dicom":
-        return _decode_dicom(body, limits)
-    return _decode_raster(body, kind, limits)
+    return kind, body
 
 
 def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
@@ -266,11 +308,14 @@ def _luminance(rgb: npt.NDArray[Any], full_scale: float) -> npt.NDArray[np.float
     return luma
 
 
-def _finish(pixels: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    if not np.isfinite(pixels).all():
-        raise BadImage("the image decodes to non-finite values (check Rescale Slope/Intercept and the VOI LUT)")
-    return pixels
+def _colour_in_strips(
+    stored: npt.NDArray[Any], to_gray: Callable[[npt.NDArray[Any]], npt.NDArray[np.float32]]
+) -> npt.NDArray[np.float32]:
+    """``to_gray`` (a per-pixel colour → luminance conversion) strip by strip into one float32 output."""
+    out = np.empty(stored.shape[:2], dtype=np.float32)
+    for top, bottom in strip_bounds(stored.shape[0], stored.shape[1]):
+        out[top:bottom] = _finite(to_gray(stored[top:bottom]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,6 +333,12 @@ def _decode_raster(body: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; NormGate refuses to decode with it")
     # Pillow raises many exception types for hostile bytes (SyntaxError, OSError, ValueError, struct.error,
     # EOFError, ...); at this boundary every one of them means "undecodable", hence the broad clauses.
+    # Before Pillow sees the bytes: its PNG reader parses every chunk in Python, and a progressive JPEG decoder
+    # passes over the whole image once per scan.
+    if kind == "png":
+        check_png_chunks(body, limits)
+    else:
+        check_jpeg_scans(body, limits)
     try:
         # The plugin class parses only the header (IHDR / SOF, EXIF) and allocates nothing for pixels.
         im = _RASTER_PLUGIN[kind](io.BytesIO(body))
@@ -300,6 +351,7 @@ def _decode_raster(body: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
         _check_pixel_count(width, height, 1, limits, name)
         if getattr(im, "n_frames", 1) > 1:
             raise UnsupportedImage(f"animated {name} is not supported; send a single still image")
+        check_decode_budget(_raster_header(body, kind, im), limits)
         try:
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
@@ -310,24 +362,58 @@ def _decode_raster(body: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
             raise TooLarge(f"the {name} image could not be decoded within memory") from exc
         except Exception as exc:
             raise BadImage(f"the {name} image could not be decoded: {_library_failure(exc)}") from exc
-    pixels = _finish(gray)
-    return DecodedImage(pixels=pixels, width=pixels.shape[1], height=pixels.shape[0], source=kind, bits_stored=bits)
+    return DecodedImage(pixels=gray, width=gray.shape[1], height=gray.shape[0], source=kind, bits_stored=bits)
+
+
+def _raster_header(body: bytes, kind: str, im: Image.Image) -> ImageHeader:
+    """The budget's view of a PNG/JPEG, with the EXIF transposition Pillow will apply."""
+    header = png_header(body) if kind == "png" else jpeg_header(body)
+    width, height = im.size
+    if header is None or (header.width, header.height) != (width, height):
+        # Pillow read a header ours did not (or read it differently): assume the costliest colour layout.
+        header = ImageHeader(kind, width, height, 1, 4, 1, "png-rgba" if kind == "png" else "jpeg-colour-progressive")
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable EXIF block: exif_transpose will not transpose either
+        orientation = 1
+    if orientation in range(2, 9):
+        header = ImageHeader(**{**header.__dict__, "transposed": True})
+    return header
 
 
 def _raster_to_gray(im: Image.Image) -> tuple[npt.NDArray[np.float32], int]:
-    """A loaded Pillow image → ([H, W] float32 in [0, 1], bits per decoded sample)."""
+    """A loaded Pillow image → ([H, W] float32 in [0, 1], bits per decoded sample).
+
+    Converted in strips (``strip_bounds``) into one preallocated output, so the peak is the decoded image
+    plus the float32 output plus one strip's temporaries (a whole-image conversion held the RGB bytes, three
+    float32 channels and their weighted sums at once: 9× an RGB image's decoded bytes instead of 2.7×,
+    docs/ingestion.md "Decode budget"). Every operation is per pixel, so the numbers are those of a
+    whole-image conversion. Values come from integer samples, so they are finite by construction.
+    """
     mode = im.mode
+    target: str | None = None
     if "transparency" in im.info and mode in ("L", "RGB", "P"):
         # tRNS marks colours as transparent; make it an alpha channel so it is composited like RGBA.
-        im = im.convert("LA" if mode == "L" else "RGBA")
+        target = "LA" if mode == "L" else "RGBA"
     elif mode == "P":
-        im = im.convert("RGB")
+        target = "RGB"
     elif mode == "PA":
-        im = im.convert("RGBA")
+        target = "RGBA"
     elif mode not in ("1", "L", "LA", "RGB", "RGBA") and mode not in _GRAY16_MODES:
-        im = im.convert("RGB")  # CMYK / YCbCr JPEGs and other colour models
-    mode = im.mode
-    arr = np.asarray(im)
+        target = "RGB"  # CMYK / YCbCr JPEGs and other colour models
+    width, height = im.size
+    out = np.empty((height, width), dtype=np.float32)
+    bits = 8
+    for top, bottom in strip_bounds(height, width):
+        # crop() keeps the palette and info (tRNS), so converting a strip equals converting the whole image.
+        strip = im.crop((0, top, width, bottom))
+        if target is not None:
+            strip = strip.convert(target)
+        out[top:bottom], bits = _strip_to_gray(np.asarray(strip), strip.mode)
+    return out, bits
+
+
+def _strip_to_gray(arr: npt.NDArray[Any], mode: str) -> tuple[npt.NDArray[np.float32], int]:
     if mode == "1":
         return arr.astype(np.float32), 1
     if mode == "L":
@@ -404,6 +490,17 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         raise BadImage(f"DICOM Number of Frames is {frames}")
     if frames == 0:  # a fact for the gate to answer (unassessable), not a decode error: no pixel is read
         return _dicom_image(ds, np.zeros((0, 0), dtype=np.float32), columns, rows, bits_stored, photometric, None, 0)
+    check_decode_budget(
+        dicom_image_header(
+            rows,
+            columns,
+            frames,
+            samples,
+            int(ds.get("BitsAllocated") or 16),
+            photometric,
+        ),
+        limits,
+    )
     if frames > 1:
         raise UnsupportedImage("multi-frame DICOM is not supported; send one frame per instance")
     if not 1 <= bits_stored <= 32:
@@ -437,22 +534,25 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         if photometric in _MONOCHROME:
             pixels, window = _monochrome_to_display(stored, ds, photometric)
         elif photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(stored, ds)
             depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
-            pixels = _luminance(rgb, 2.0**depth - 1.0)
+            pixels = _colour_in_strips(stored, lambda strip: _luminance(apply_color_lut(strip, ds), 2.0**depth - 1.0))
         else:
             colour_model = str(decoded_meta.get("photometric_interpretation", photometric))
             if colour_model in ("YBR_FULL", "YBR_FULL_422"):
-                stored = convert_color_space(stored, colour_model, "RGB")
-            elif colour_model != "RGB":
+                pixels = _colour_in_strips(
+                    stored,
+                    lambda strip: _luminance(convert_color_space(strip, colour_model, "RGB"), 2.0**bits_stored - 1.0),
+                )
+            elif colour_model == "RGB":
+                pixels = _colour_in_strips(stored, lambda strip: _luminance(strip, 2.0**bits_stored - 1.0))
+            else:
                 raise UnsupportedMediaType(f"DICOM colour model {colour_model!r} after decoding is not supported")
-            pixels = _luminance(stored, 2.0**bits_stored - 1.0)
     except ImageError:
         raise
     except Exception as exc:  # malformed LUTs / palette descriptors in hostile files
         raise BadImage(f"the DICOM LUT or palette is malformed: {_library_failure(exc)}") from exc
 
-    return _dicom_image(ds, _finish(pixels), columns, rows, bits_stored, photometric, window, frames)
+    return _dicom_image(ds, pixels, columns, rows, bits_stored, photometric, window, frames)
 
 
 def _dicom_image(
@@ -701,13 +801,45 @@ def _monochrome_to_display(
         and not ds.get("ModalityLUTSequence")
     ):
         return _monochrome_by_table(stored, ds, photometric)
-    values = _modality_lut(stored, ds)
-    display, window = _voi(values, ds, padding)
-    if photometric == "MONOCHROME1":
-        display = 1.0 - display  # minimum stored value is white (C.7.6.3.1.2)
-    if padding is not None:
-        display[padding] = 0.0
-    return display.astype(np.float32, copy=False), window
+    # Per pixel, in strips: the float64 modality values and their VOI temporaries of one strip at a time, not
+    # of the whole image (18.8× the decoded bytes of a 16-bit image with padding before, 4.5× now). Every
+    # stage is per pixel except min–max, whose extremes are taken over all patient pixels first.
+    value_range = None
+    if not ds.get("VOILUTSequence") and _first_window(ds) is None:
+        value_range = _patient_range(stored, ds, padding)
+    out = np.empty(stored.shape, dtype=np.float32)
+    window = None
+    for top, bottom in strip_bounds(stored.shape[0], stored.shape[1]):
+        strip_padding = None if padding is None else padding[top:bottom]
+        display, window = _voi(_modality_lut(stored[top:bottom], ds), ds, value_range)
+        if photometric == "MONOCHROME1":
+            display = 1.0 - display  # minimum stored value is white (C.7.6.3.1.2)
+        if strip_padding is not None:
+            display[strip_padding] = 0.0
+        out[top:bottom] = _finite(display)
+    return out, window
+
+
+def _patient_range(
+    stored: npt.NDArray[np.integer[Any]], ds: Dataset, padding: npt.NDArray[np.bool_] | None
+) -> tuple[float, float] | None:
+    """(min, max) of the modality values of the non-padding pixels, strip by strip; None when there are none
+    or they are all equal (min–max then gives a black image: a constant image carries no contrast)."""
+    low, high = math.inf, -math.inf
+    for top, bottom in strip_bounds(stored.shape[0], stored.shape[1]):
+        values = _modality_lut(stored[top:bottom], ds)
+        patient = values if padding is None else values[~padding[top:bottom]]
+        if patient.size:
+            low, high = min(low, float(patient.min())), max(high, float(patient.max()))
+    if not high > low:
+        return None
+    return low, high
+
+
+def _finite(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    if not np.isfinite(values).all():
+        raise BadImage("the image decodes to non-finite values (check Rescale Slope/Intercept and the VOI LUT)")
+    return values
 
 
 # Below this many pixels the per-pixel pipeline is as fast as building a table.
@@ -730,10 +862,11 @@ def _monochrome_by_table(
     low, high = int(stored.min()), int(stored.max())
     levels = np.arange(low, high + 1, dtype=np.int64).astype(stored.dtype)
     values = _modality_lut(levels, ds)
-    display, window = _voi(values, ds, None)
+    # The table's ends are the image's own min and max (rescale is monotonic): min–max over the levels.
+    display, window = _voi(values, ds, _value_range(values))
     if photometric == "MONOCHROME1":
         display = 1.0 - display
-    table = np.asarray(display, dtype=np.float32)
+    table = _finite(np.asarray(display, dtype=np.float32))  # every output pixel is one of these values
     unsigned = np.dtype(f"u{stored.dtype.itemsize}")
     full = np.zeros(1 << (8 * stored.dtype.itemsize), dtype=np.float32)
     if stored.dtype == unsigned:
@@ -819,9 +952,10 @@ def _lookup(values: npt.NDArray[Any], item: Dataset, ds: Dataset) -> tuple[npt.N
 
 
 def _voi(
-    values: npt.NDArray[np.float64], ds: Dataset, padding: npt.NDArray[np.bool_] | None
+    values: npt.NDArray[np.float64], ds: Dataset, value_range: tuple[float, float] | None
 ) -> tuple[npt.NDArray[np.float64], tuple[float, float] | None]:
-    """Modality values → [0, 1] through the VOI LUT, the window, or min–max over non-padding pixels."""
+    """Modality values → [0, 1] through the VOI LUT, the window, or min–max over ``value_range`` (the patient
+    pixels' extremes; None: there is no contrast and the image is black)."""
     sequence = ds.get("VOILUTSequence")
     if sequence:
         output, bits = _lookup(values, sequence[0], ds)
@@ -833,7 +967,7 @@ def _voi(
         center, width = window
         function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         return window_to_unit(values, center, width, function), window
-    return _min_max(values, padding), None
+    return _min_max(values, value_range), None
 
 
 def _first_window(ds: Dataset) -> tuple[float, float] | None:
@@ -873,11 +1007,15 @@ def window_to_unit(
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def _min_max(values: npt.NDArray[np.float64], padding: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.float64]:
-    patient = values if padding is None else values[~padding]
-    if patient.size == 0:
-        return np.zeros(values.shape, dtype=np.float64)
-    low, high = float(patient.min()), float(patient.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.float64)  # a constant image carries no contrast
+def _value_range(values: npt.NDArray[np.float64]) -> tuple[float, float] | None:
+    if values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high > low else None
+
+
+def _min_max(values: npt.NDArray[np.float64], value_range: tuple[float, float] | None) -> npt.NDArray[np.float64]:
+    if value_range is None:
+        return np.zeros(values.shape, dtype=np.float64)  # no patient pixels, or a constant image: no contrast
+    low, high = value_range
     return np.clip((values - low) / (high - low), 0.0, 1.0)

@@ -75,6 +75,23 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+        self.decode_in_flight = Gauge(
+            "normgate_decode_in_flight",
+            "Uploads being decoded or waiting for a decode process, by lane (ordinary, large).",
+            ["lane"],
+            registry=r,
+        )
+        self.decode_abandoned = Counter(
+            "normgate_decode_abandoned_total",
+            "Decodes stopped (their process killed) because the request's deadline passed or its client left.",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.auth_enabled = Gauge(
+            "normgate_auth_enabled",
+            "1 when API keys are configured (NORMGATE_API_KEYS), 0 when every endpoint is open to anyone.",
+            registry=r,
+        )
         self.model_info = Gauge(
             "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r
         )

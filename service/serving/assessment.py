@@ -1,10 +1,10 @@
 """One /assess request from upload to answer: check parameters, decode off the event loop, queue, respond.
 
 Cheap refusals come first (unknown model or method, not ready) so a bad request never costs a decode; the
-decode and resize run in a bounded thread pool; the model work runs in the model's worker thread. Every
+decode and resize run in a decode process (service.ingest); the model work runs in the model's worker thread. Every
 failure leaves as a ``service.errors.ApiError`` (docs/api.md, "Errors").
 
-In the decode pool, after decoding: a DICOM without ``?model=`` is routed by its header (``routing.py``), and
+After decoding: a DICOM without ``?model=`` is routed by its header (``routing.py``), and
 an image the gate cannot judge is answered ``unassessable`` without ever reaching a model, in this order:
 ``no_frames``, ``unsupported_modality``, then ``too_small``, ``blank``, ``low_dynamic_range``
 (``models.imaging.assessability``). After the model: ``out_of_distribution`` when its OOD score is over the
@@ -15,16 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import torch
+
 from models import saliency
-from models.imaging import DecodedImage, DecodeLimits, decode_image, preprocess_batch
-from models.imaging.assessability import UnassessableReason, check_assessable
+from models.imaging import DecodedImage
+from models.imaging.assessability import UnassessableReason, assessability_reason
 from service.config import Settings
-from service.errors import ApiError, BadParameter, InternalError, NotReady, Overloaded, RequestTimeout
-from service.ingest.decode_pool import DecodePool
+from service.errors import (
+    ApiError,
+    BadParameter,
+    ClientDisconnected,
+    InternalError,
+    NotReady,
+    Overloaded,
+    RequestTimeout,
+)
+from service.ingest.decode_pool import DecodePool, DecodeResult
+from service.ingest.decode_worker import GridSpec
 from service.ingest.upload import Upload
 from service.observability.metrics import ServiceMetrics
 from service.schemas import AssessResponse, Decision, Heatmap, HeatmapMode, ImageSize, ModelRef, Point, Timings
@@ -34,10 +46,7 @@ from service.serving.registry import ModelRegistry
 from service.serving.routing import InstanceAttributes
 from service.serving.worker import ClientGone, ModelInput, ModelOutput, ModelWorker
 
-
-class ClientDisconnected(ApiError):
-    # nginx's 499: nobody reads this answer, but logs and metrics should say why the request ended.
-    status, code = 499, "client_disconnected"
+log = logging.getLogger("normgate.decisions")
 
 
 @dataclass(frozen=True)
@@ -50,14 +59,11 @@ class AssessParams:
     client: str | None = None  # the caller's address
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """An upload after the decode pool: the image, the model that answers it, and its input or why none."""
-
-    decoded: DecodedImage
-    worker: ModelWorker  # named by ?model=, routed by the DICOM header, or the default model
-    model_input: ModelInput | None  # None: unassessable before any model runs
-    reason: UnassessableReason | None
+def _grid_spec(worker: ModelWorker) -> GridSpec:
+    """The model input ``worker`` takes: its grid and normalisation (what the decode process resizes to)."""
+    meta = worker.meta
+    assert meta is not None  # every registered worker carries its validated model.json
+    return GridSpec((int(meta.input_size[0]), int(meta.input_size[1])), tuple(meta.mean), tuple(meta.std))
 
 
 class Assessor:
@@ -68,14 +74,24 @@ class Assessor:
         self.registry = registry
         self.metrics = metrics
         self.decode_pool = decode_pool
-        self.limits = DecodeLimits(
-            max_body_bytes=settings.max_body_bytes,
-            max_pixels=settings.max_pixels,
-            max_dicom_element_bytes=settings.max_dicom_element_bytes,
-        )
         self.methods = frozenset(saliency.list_methods())
         # Called with every decision once it is final (the audit trail subscribes); see decisions.py.
         self.decision_listeners: list[DecisionListener] = []
+
+    async def _decode_for(
+        self,
+        worker: ModelWorker,
+        upload: Upload,
+        deadline: float,
+        disconnected: asyncio.Future[None] | None,
+        keep_pixels: bool,
+    ) -> DecodeResult:
+        """Decode ``upload`` in a decode process and resize it to ``worker``'s grid (service.ingest.decode_pool)."""
+        result = await self.decode_pool.decode(
+            upload, deadline, disconnected, grid=_grid_spec(worker), keep_pixels=keep_pixels
+        )
+        self.metrics.compute_duration.labels(worker.name, "decode").observe(result.seconds)
+        return result
 
     def deadline_from(self, arrived_monotonic: float) -> float:
         return arrived_monotonic + self.settings.request_timeout_ms / 1000.0
@@ -94,30 +110,6 @@ class Assessor:
             )
         return worker
 
-    def _decode_and_prepare(
-        self, upload: Upload, worker: ModelWorker, explicit_model: bool, method: str | None
-    ) -> Prepared:
-        """Decode, route, check assessability and build the model input: in the decode pool, off the loop."""
-        started = time.perf_counter()
-        decoded = decode_image(upload.body, upload.content_type, self.limits)
-        reason: UnassessableReason | None = "no_frames" if decoded.number_of_frames == 0 else None
-        if reason is None and decoded.source == "dicom" and not explicit_model:
-            routed = self.registry.route(InstanceAttributes.of(decoded))
-            if routed is None:
-                reason = "unsupported_modality"
-            else:
-                worker = routed
-        if reason is None:
-            reason = check_assessable(decoded.pixels, decoded.number_of_frames, self.settings.min_image_side)
-        model_input = None
-        if reason is None:
-            meta = worker.meta
-            assert meta is not None  # every registered worker carries its validated model.json
-            image = preprocess_batch([decoded.pixels], meta.input_size, meta.mean, meta.std)[0]
-            model_input = ModelInput(image=image, original_hw=(decoded.height, decoded.width), method=method)
-        self.metrics.compute_duration.labels(worker.name, "decode").observe(time.perf_counter() - started)
-        return Prepared(decoded=decoded, worker=worker, model_input=model_input, reason=reason)
-
     async def assess(
         self,
         upload: Upload,
@@ -127,7 +119,7 @@ class Assessor:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
     ) -> AssessResponse:
-        _, response = await self.assess_keeping_image(upload, params, worker, request_id, arrived, disconnected)
+        _, response = await self._assess(upload, params, worker, request_id, arrived, disconnected, False)
         return response
 
     async def assess_keeping_image(
@@ -139,23 +131,57 @@ class Assessor:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
     ) -> tuple[DecodedImage, AssessResponse]:
-        """``assess`` that also hands back the decoded image, for callers that derive images from it
-        (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
+        """``assess`` that also hands back the decoded image with its pixels, for callers that derive images
+        from it (the DICOMweb route's Secondary Capture) without decoding the upload a second time."""
+        return await self._assess(upload, params, worker, request_id, arrived, disconnected, True)
+
+    async def _assess(
+        self,
+        upload: Upload,
+        params: AssessParams,
+        worker: ModelWorker,
+        request_id: str,
+        arrived: float,
+        disconnected: asyncio.Future[None] | None,
+        keep_pixels: bool,
+    ) -> tuple[DecodedImage, AssessResponse]:
         deadline = self.deadline_from(arrived)
         method = params.method if params.heatmap == "png" else None
-        prepared = await self.decode_pool.run(
-            self._decode_and_prepare, upload, worker, params.model is not None, method
-        )
-        decoded, worker, model_input = prepared.decoded, prepared.worker, prepared.model_input
-        if model_input is None:  # the gate cannot judge this image; no model runs
-            assert prepared.reason is not None
-            response = self._unassessable_response(prepared.reason, worker, decoded, request_id, arrived)
+        explicit_model = params.model is not None
+        result = await self._decode_for(worker, upload, deadline, disconnected, keep_pixels)
+        decoded = result.decoded
+        assert decoded is not None  # a grid job answers the decoded image's fields
+        # A DICOM without ?model= goes to the model that serves its header (routing.py).
+        reason: UnassessableReason | None = "no_frames" if decoded.number_of_frames == 0 else None
+        if reason is None and decoded.source == "dicom" and not explicit_model:
+            routed = self.registry.route(InstanceAttributes.of(decoded))
+            if routed is None:
+                reason = "unsupported_modality"
+            elif routed is not worker:
+                if not routed.ready:
+                    raise NotReady(
+                        f"model {routed.name!r} is {routed.describe_state()}; try again shortly",
+                        headers={"Retry-After": "5"},
+                    )
+                if _grid_spec(routed) != _grid_spec(worker):
+                    # Decoded again for the routed model's grid: the header that routes it was only read by
+                    # the decoder. Only instances of a non-default model with another grid pay this.
+                    result = await self._decode_for(routed, upload, deadline, disconnected, keep_pixels)
+                    assert result.decoded is not None
+                    decoded = result.decoded
+                worker = routed
+        if reason is None:
+            reason = assessability_reason(
+                result.statistics, decoded.width, decoded.height, decoded.number_of_frames, self.settings.min_image_side
+            )
+        if reason is not None:  # the gate cannot judge this image; no model runs
+            response = self._unassessable_response(reason, worker, decoded, request_id, arrived)
             self.record_decision(response, worker, params, decoded)
             return decoded, response
-        if not worker.ready:  # routed to a model other than the one check() admitted
-            raise NotReady(
-                f"model {worker.name!r} is {worker.describe_state()}; try again shortly", headers={"Retry-After": "5"}
-            )
+        assert result.grid is not None  # an image with pixels always gets its model input
+        model_input = ModelInput(
+            image=torch.from_numpy(result.grid), original_hw=(decoded.height, decoded.width), method=method
+        )
         if time.monotonic() > deadline:
             raise RequestTimeout("the request deadline passed before the image was queued")
         try:
@@ -189,8 +215,18 @@ class Assessor:
     def record_decision(
         self, response: AssessResponse, worker: ModelWorker, params: AssessParams, decoded: DecodedImage | None
     ) -> None:
-        """Count the decision and hand its record to every listener (the audit trail)."""
+        """Count the decision, log it with the caller's key id (never the key), and hand its record to every
+        listener (the audit trail)."""
         self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
+        log.info(
+            "decision %s: %s%s by model %s %s, key %s",
+            response.assessment_id,
+            response.decision,
+            f" ({response.reason})" if response.reason else "",
+            response.model.name,
+            response.model.version,
+            params.key_id or "-",
+        )
         record = DecisionRecord(
             time=datetime.now(UTC),
             assessment_id=response.assessment_id,

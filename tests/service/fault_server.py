@@ -1,4 +1,4 @@
-"""The service as ``python -m service`` runs it (same uvicorn options), with a slow model for the overload and
+"""The service as ``python -m service`` runs it (same server, ``service.api.server.serve``), with a slow model for the overload and
 shutdown tests: every batch of the default model takes NORMGATE_TEST_BATCH_SECONDS longer, so the capacity is
 known and small whatever the machine. Run: ``python -m tests.service.fault_server`` with NORMGATE_* set.
 """
@@ -9,9 +9,7 @@ import logging
 import os
 import time
 
-import uvicorn
-
-from service.__main__ import uvicorn_options
+from service.api.server import serve
 from service.app import create_app
 from service.config import get_settings
 
@@ -27,4 +25,4 @@ def create():
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run("tests.service.fault_server:create", factory=True, **uvicorn_options(get_settings()))
+    serve("tests.service.fault_server:create", get_settings())

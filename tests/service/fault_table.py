@@ -9,11 +9,14 @@ Rows are sorted by area and case so the committed table only changes when a case
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV = "NORMGATE_FAULT_TABLE"
+# The head-of-line benchmark's committed numbers (benchmarks/head_of_line.py), shown under the table.
+HEAD_OF_LINE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "head_of_line_cpu.json"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,48 @@ def render(rows: list[FaultRow]) -> str:
             f"| {_cell(r.area)} | {_cell(r.case)} | {_cell(r.expected)} | {_cell(r.observed)}{mark} | "
             f"`{_cell(r.test)}` |"
         )
+    lines += head_of_line_section(HEAD_OF_LINE)
     return "\n".join(lines) + "\n"
+
+
+def _statuses(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status}×{count}" for status, count in sorted(counts.items()))
+
+
+def head_of_line_section(path: Path) -> list[str]:
+    """Decode bombs against ordinary traffic: a benchmark, not a test, so its measured numbers are read from the
+    committed results (``benchmarks/head_of_line.py --out benchmarks/results/head_of_line_cpu.json``)."""
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text(encoding="utf-8"))
+    lines = [
+        "",
+        "## Head-of-line isolation, measured",
+        "",
+        f"`{results['command']}` ({results['cpu_count']} CPUs, load average {results['load_average_at_start'][0]} at "
+        "the start). Per round: ordinary 16-bit DICOM 1024² requests as a Poisson stream, first alone (idle), then "
+        f"with {len(results['bombs'])} kinds of in-limit decode bombs sent back to back by 4 clients "
+        f"({', '.join(results['bombs'])}); the server's process group sampled every 100 ms. Targets: ordinary all "
+        "200, p99 under bombs ≤ 2 × idle p99, peak memory ≤ 2 GiB.",
+        "",
+        "| round | idle p99 ms | p99 under bombs ms | ratio | ordinary under bombs | bombs | peak RSS sum MiB | "
+        "peak PSS sum MiB |",
+        "|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for i, r in enumerate(results["rounds"]):
+        lines.append(
+            f"| {i} | {r['idle']['p99_ms']:.0f} | {r['under_bombs']['p99_ms']:.0f} | {r['p99_ratio']} | "
+            f"{_statuses(r['under_bombs']['statuses'])} | {_statuses(r['bombs']['statuses'])} | "
+            f"{r['peak_group_rss_mib']} | {r['peak_group_pss_mib']} |"
+        )
+    m = results["median"]
+    lines.append(
+        f"| **median** | {m['idle_p99_ms']:.0f} | {m['under_bombs_p99_ms']:.0f} | **{m['p99_ratio']}** | "
+        f"{'all 200' if results['all_ordinary_200'] else 'not all 200'} | | **{m['peak_group_rss_mib']}** | "
+        f"**{m['peak_group_pss_mib']}** |"
+    )
+    lines += ["", 'What these numbers mean and what limits them: docs/benchmarks.md, "Head-of-line isolation".']
+    return lines
 
 
 def write_if_requested() -> Path | None:

@@ -18,6 +18,8 @@ RECORDING_TESTS = [
     "tests/service/test_faults.py",
     "tests/service/serving/test_overload.py",
     "tests/service/api/test_schema_fuzz.py",
+    "tests/service/test_hostile_input.py",
+    "tests/service/test_connections.py",
     "tests/service/evaluation/test_evaluate.py::test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts",
 ]
 

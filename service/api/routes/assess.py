@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from models.saliency import DEFAULT_METHOD
-from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
+from service.api.deps import AssessCaller, AssessorDep, SettingsDep
 from service.api.upload import read_upload, wait_for_disconnect
 from service.schemas import AssessResponse, ErrorResponse, HeatmapMode
 from service.serving.assessment import AssessParams
@@ -39,6 +39,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "bad_image: undecodable, empty or truncated image",
         401: "unauthorized: missing or wrong API key",
+        403: "forbidden: the API key lacks the 'assess' scope",
         413: "too_large: body or pixel count over the limits",
         415: "unsupported_media_type: content type or DICOM transfer syntax with no decoder",
         422: "bad_parameter: unknown model or method, bad heatmap value, multi-frame DICOM",
@@ -62,20 +63,24 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "(forward pass only) and returns `heatmap` and `point` as null."
     ),
     openapi_extra={"requestBody": _REQUEST_BODY},
-    responses=_errors(400, 401, 413, 415, 422, 500, 503, 504),
+    responses=_errors(400, 401, 403, 413, 415, 422, 500, 503, 504),
 )
 async def assess(
     request: Request,
     assessor: AssessorDep,
     settings: SettingsDep,
-    _auth: ApiKeyDep,
+    caller: AssessCaller,
     model: Annotated[str | None, Query(description="Model name from GET /models; default: the default model.")] = None,
     method: Annotated[str, Query(description="Saliency method id from GET /methods.")] = DEFAULT_METHOD,
     heatmap: Annotated[HeatmapMode, Query(description="png: explain; none: forward pass only.")] = "png",
 ) -> AssessResponse:
     arrived = time.monotonic()
     params = AssessParams(
-        model=model, method=method, heatmap=heatmap, client=request.client.host if request.client else None
+        model=model,
+        method=method,
+        heatmap=heatmap,
+        key_id=caller.key_id,
+        client=request.client.host if request.client else None,
     )
     worker = assessor.check(params)
     upload = await read_upload(request, settings.max_body_bytes)

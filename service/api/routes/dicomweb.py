@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from models.saliency import DEFAULT_METHOD
-from service.api.deps import ApiKeyDep, SettingsDep
+from service.api.deps import AssessCaller, SettingsDep
 from service.api.upload import read_limited_body, wait_for_disconnect
 from service.config import Settings
 from service.dicomweb.multipart import (
@@ -119,6 +119,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for s, d in {
         400: "bad_image: malformed multipart/related body",
         401: "unauthorized",
+        403: "forbidden: the API key lacks the 'assess' scope",
         406: "not_acceptable",
         413: "too_large: body over NORMGATE_MAX_BODY_MB or more parts than NORMGATE_DICOMWEB_MAX_INSTANCES",
         415: 'unsupported_media_type: not multipart/related; type="application/dicom"',
@@ -157,7 +158,7 @@ MethodQuery = Annotated[str, Query(description="Saliency method id from GET /met
 
 
 async def _store(
-    request: Request, settings: Settings, study_uid: str | None, model: str | None, method: str
+    request: Request, settings: Settings, study_uid: str | None, model: str | None, method: str, key_id: str | None
 ) -> Response:
     arrived = time.monotonic()
     boundary = stow_boundary(request.headers.get("content-type"))
@@ -168,6 +169,7 @@ async def _store(
         method=method,
         heatmap="png",
         source="stow",
+        key_id=key_id,
         client=request.client.host if request.client else None,
     )
     service.assessor.check(params)  # unknown model/method or not ready: refuse before reading the body
@@ -226,11 +228,11 @@ async def _store(
 async def store_instances(
     request: Request,
     settings: SettingsDep,
-    _auth: ApiKeyDep,
+    caller: AssessCaller,
     model: ModelQuery = None,
     method: MethodQuery = DEFAULT_METHOD,
 ) -> Response:
-    return await _store(request, settings, None, model, method)
+    return await _store(request, settings, None, model, method, caller.key_id)
 
 
 @router.post(
@@ -244,12 +246,12 @@ async def store_instances(
 async def store_study_instances(
     request: Request,
     settings: SettingsDep,
-    _auth: ApiKeyDep,
+    caller: AssessCaller,
     study_uid: Annotated[str, Path(description="Study Instance UID", max_length=64, pattern=_UID_PATTERN)],
     model: ModelQuery = None,
     method: MethodQuery = DEFAULT_METHOD,
 ) -> Response:
-    return await _store(request, settings, study_uid, model, method)
+    return await _store(request, settings, study_uid, model, method, caller.key_id)
 
 
 @router.get(
@@ -261,13 +263,15 @@ async def store_study_instances(
     "never the received originals, and only while NORMGATE_DICOMWEB_RESULT_CACHE_MB holds them.",
     responses={
         200: {"content": {'multipart/related; type="application/dicom"': {}}},
+        401: {"model": ErrorResponse, "description": "unauthorized"},
+        403: {"model": ErrorResponse, "description": "forbidden: the API key lacks the 'assess' scope"},
         404: {"model": ErrorResponse, "description": "not_found: no such result (or dropped)"},
         406: {"model": ErrorResponse, "description": "not_acceptable"},
     },
 )
 async def retrieve_result_instance(
     request: Request,
-    _auth: ApiKeyDep,
+    _caller: AssessCaller,
     study_uid: Annotated[str, Path(max_length=64, pattern=_UID_PATTERN)],
     series_uid: Annotated[str, Path(max_length=64, pattern=_UID_PATTERN)],
     sop_uid: Annotated[str, Path(max_length=64, pattern=_UID_PATTERN)],

@@ -27,13 +27,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.saliency import DEFAULT_METHOD
-from service.api.deps import ApiKeyDep
+from service.api.deps import EvaluateCaller
 from service.api.upload import read_limited_body
 from service.evaluation.cli import EvaluateUsageError, build_params, parse_shard
 from service.evaluation.jobs import EvaluationRunner, JobNotFound
 from service.schemas import ErrorResponse
 
-# Every evaluation endpoint takes ApiKeyDep (when keys are configured): jobs read data sets and models.
+# Every evaluation endpoint needs a key with the 'evaluate' scope (when keys are configured): jobs read data sets and models.
 router = APIRouter(tags=["evaluation"])
 
 # A job request is a handful of flags; anything bigger is not one.
@@ -60,8 +60,12 @@ class EvaluateRequest(BaseModel):
 
 
 def _documented(**by_status: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses: JSON error bodies with what each status means here (401 on every route)."""
-    statuses = {"401": "unauthorized: API keys are configured and this request has none that is valid", **by_status}
+    """OpenAPI responses: JSON error bodies with what each status means here (401 and 403 on every route)."""
+    statuses = {
+        "401": "unauthorized: API keys are configured and this request has none that is valid",
+        "403": "forbidden: the API key lacks the 'evaluate' scope",
+        **by_status,
+    }
     return {int(status.lstrip("_")): {"model": ErrorResponse, "description": text} for status, text in statuses.items()}
 
 
@@ -173,7 +177,7 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
         ),
     },
 )
-async def submit_evaluation(request: Request, _auth: ApiKeyDep) -> JSONResponse:
+async def submit_evaluation(request: Request, _caller: EvaluateCaller) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
@@ -223,7 +227,7 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
     "/evaluate/{job_id}",
     responses=_documented(_404="not_found: no such job", _503="not_ready: the job runner is not running"),
 )
-async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
+async def evaluation_status(job_id: str, request: Request, _caller: EvaluateCaller) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
@@ -245,7 +249,7 @@ async def evaluation_status(job_id: str, request: Request, _auth: ApiKeyDep) -> 
         ),
     },
 )
-async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> HTMLResponse | JSONResponse:
+async def evaluation_report(job_id: str, request: Request, _caller: EvaluateCaller) -> HTMLResponse | JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")
@@ -271,7 +275,7 @@ async def evaluation_report(job_id: str, request: Request, _auth: ApiKeyDep) -> 
         ),
     },
 )
-async def cancel_evaluation(job_id: str, request: Request, _auth: ApiKeyDep) -> JSONResponse:
+async def cancel_evaluation(job_id: str, request: Request, _caller: EvaluateCaller) -> JSONResponse:
     runner = _runner(request)
     if runner is None:
         return _error(503, "not_ready", "the evaluation job runner is not running")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import MetricsDep, RegistryDep, api_key_check_unless_public
+from service.api.deps import DecodePoolDep, MetricsDep, RegistryDep, api_key_check_unless_public
 from service.errors import NotReady
 from service.observability.metrics import CONTENT_TYPE_LATEST
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
@@ -30,14 +30,24 @@ def healthz(_auth: HealthzAuth) -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    summary="Every model is loaded and warmed up",
+    summary="Every model is loaded and warmed up, the decode queue is not full, and no SIGTERM was received",
     responses={503: {"model": ErrorResponse, "description": "not_ready"}, **_UNAUTHORIZED},
 )
-def readyz(registry: RegistryDep, _auth: ReadyzAuth) -> ReadyResponse:
+def readyz(request: Request, registry: RegistryDep, decode_pool: DecodePoolDep, _auth: ReadyzAuth) -> ReadyResponse:
+    if request.app.state.draining:
+        raise NotReady("the service is shutting down (SIGTERM); requests already accepted are finishing")
     states = registry.states()
     if not registry.ready:
         waiting = "; ".join(f"{name}: {state}" for name, state in states.items()) or "no models started"
         raise NotReady(f"not every model is ready ({waiting})", headers={"Retry-After": "5"})
+    if not decode_pool.started:
+        raise NotReady("the decode processes are starting", headers={"Retry-After": "1"})
+    if decode_pool.saturated:
+        # New uploads are being refused 503 right now: a load balancer should send them elsewhere.
+        raise NotReady(
+            f"the decode queue is full ({decode_pool.ordinary.in_flight} uploads decoding or waiting)",
+            headers={"Retry-After": "1"},
+        )
     return ReadyResponse(status="ready", models=states)
 
 

@@ -2,22 +2,24 @@
 
 The page is plain HTML/CSS/JS under ``service/static/viewer/`` (no build step). POST /render answers the
 8-bit display PNG of an upload, made from the same decoded pixels /assess feeds the model (same reader,
-same limits, decoded in the same thread pool off the event loop), so a DICOM's heatmap and marker line up
+same limits, decoded in the same decode processes off the event loop), so a DICOM's heatmap and marker line up
 with what is shown. Only the files listed in ``ASSETS`` are served; nothing else under the folder is
 reachable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from models.imaging import BadImage, DecodeLimits, decode_image, to_display_png
-from service.api.deps import ApiKeyDep, AssessorDep, SettingsDep
-from service.api.upload import read_upload
+from service.api.deps import AssessCaller, AssessorDep, SettingsDep
+from service.api.upload import read_upload, wait_for_disconnect
 from service.errors import ApiError
+from service.ingest.decode_pool import DecodeResult
 from service.schemas import ErrorResponse
 
 router = APIRouter(tags=["viewer"])
@@ -57,13 +59,6 @@ def viewer_asset(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
 
 
-def _display_png(body: bytes, content_type: str | None, limits: DecodeLimits) -> tuple[bytes, int, int]:
-    decoded = decode_image(body, content_type, limits)
-    if decoded.number_of_frames == 0:  # /assess answers it unassessable (no_frames); there is nothing to show
-        raise BadImage("the DICOM declares Number of Frames 0: it holds no frame to display")
-    return to_display_png(decoded), decoded.width, decoded.height
-
-
 @router.post(
     "/render",
     summary="The 8-bit display PNG of an upload, as the model sees it",
@@ -73,11 +68,21 @@ def _display_png(body: bytes, content_type: str | None, limits: DecodeLimits) ->
         "the viewer shows DICOM through it so the heatmap and the marker line up."
     ),
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **{s: {"model": ErrorResponse} for s in (400, 401, 413, 415)}},
+    responses={
+        200: {"content": {"image/png": {}}},
+        **{s: {"model": ErrorResponse} for s in (400, 401, 403, 413, 415, 503, 504)},
+    },
 )
-async def render(request: Request, assessor: AssessorDep, settings: SettingsDep, _auth: ApiKeyDep) -> Response:
+async def render(request: Request, assessor: AssessorDep, settings: SettingsDep, _caller: AssessCaller) -> Response:
+    deadline = assessor.deadline_from(time.monotonic())
     upload = await read_upload(request, settings.max_body_bytes)
-    png, width, height = await assessor.decode_pool.run(_display_png, upload.body, upload.content_type, assessor.limits)
+    disconnected = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        # Decoded and drawn in a decode process (models.imaging.to_display_png): only the PNG comes back.
+        result: DecodeResult = await assessor.decode_pool.decode(upload, deadline, disconnected, display=True)
+    finally:
+        disconnected.cancel()
+    png, width, height = result.display_png, result.width, result.height
     return Response(
         png,
         media_type="image/png",

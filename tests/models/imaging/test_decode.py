@@ -441,7 +441,7 @@ def test_our_pixel_limit_replaces_pillows():
 
 def test_pillows_bomb_check_does_not_override_a_higher_limit_of_ours(monkeypatch):
     """20000 × 10000 = 200 M pixels is past Pillow's own error threshold (2 × MAX_IMAGE_PIXELS ≈ 179 M); with
-    our limit at 300 M the header passes and decoding proceeds to load() (stopped here by a sentinel)."""
+    our limits at 300 M pixels (and a decode budget to match) the header passes and decoding proceeds to load() (stopped here by a sentinel)."""
     import warnings
 
     def sentinel_load(self):
@@ -452,7 +452,11 @@ def test_pillows_bomb_check_does_not_override_a_higher_limit_of_ours(monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with pytest.raises(BadImage) as caught:
-            decode_image(png_declaring(20_000, 10_000), "image/png", DecodeLimits(max_pixels=300_000_000))
+            decode_image(
+                png_declaring(20_000, 10_000),
+                "image/png",
+                DecodeLimits(max_pixels=300_000_000, max_decode_bytes=2**40),
+            )
     assert "reached load" in caught.value.detail
 
 

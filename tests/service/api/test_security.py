@@ -8,6 +8,7 @@ tests/models/imaging/test_decode.py's committed corpus; ``test_ingest_corpus_ove
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import subprocess
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.dicomweb.multipart import build_multipart_related
-from service.keys import hash_key, key_matches
+from service.keys import DEFAULT_SCOPES, hash_key, identify
 from tests.helpers import REPO, dicom_bytes, png_bytes, radiograph, running_app, settings_for, wait_ready_sync
 from tests.models.imaging.data.make_ingest_corpus import CORPUS_DIR
 from tests.service.dicom_factory import chest_like, dx_instance
@@ -157,10 +158,14 @@ def test_no_keys_configured_means_open(models_dir):
 def test_keys_are_hashed_at_rest_and_plain_ones_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="normgate.keys"):
         settings = Settings(api_keys=f"{KEY_TWO}, {hash_key(KEY_ONE).upper().replace('SHA256', 'sha256')}")
-    assert settings.api_keys == [hash_key(KEY_TWO), hash_key(KEY_ONE)]
+    two, one = hashlib.sha256(KEY_TWO.encode()).hexdigest(), hashlib.sha256(KEY_ONE.encode()).hexdigest()
+    # Entries from before key ids are named by position, and kept in full form so the names stay.
+    assert settings.api_keys == [f"key-1:sha256:{two}:assess+evaluate", f"key-2:sha256:{one}:assess+evaluate"]
     assert KEY_TWO not in repr(settings) and KEY_TWO not in settings.model_dump_json()
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "plain API key" in warnings[0] and KEY_TWO not in warnings[0]
+    assert len(warnings) == 2 and all(KEY_TWO not in w for w in warnings)
+    assert "2 NORMGATE_API_KEYS entries have no id" in warnings[0] and "key-1, key-2" in warnings[0]
+    assert "1 plain API key" in warnings[1]
     with pytest.raises(ValueError, match="64 hex digits") as bad:
         Settings(api_keys="sha256:abc123")
     assert "abc123" not in str(bad.value)  # a mistyped entry is never echoed into logs
@@ -168,12 +173,35 @@ def test_keys_are_hashed_at_rest_and_plain_ones_warned_about(caplog):
         Settings(public_endpoints="healthz,assess")
 
 
-def test_key_comparison_is_over_digests_of_every_key():
-    digests = Settings(api_keys=[KEY_ONE, KEY_TWO]).api_key_digests
-    assert all(len(d) == 32 for d in digests)
-    assert key_matches(KEY_ONE, digests) and key_matches(KEY_TWO, digests)
-    assert not key_matches("", digests) and not key_matches(KEY_ONE[:-1], digests)
-    assert not key_matches(KEY_ONE, [])
+def test_key_entries_carry_ids_and_scopes():
+    digest = hashlib.sha256(KEY_ONE.encode()).hexdigest()
+    settings = Settings(
+        api_keys=f"pacs-router:sha256:{digest}, auditor:{KEY_TWO}:audit, both:k-three:assess+evaluate+audit"
+    )
+    table = {key.key_id: key for key in settings.api_key_table}
+    assert list(table) == ["pacs-router", "auditor", "both"]
+    assert table["pacs-router"].scopes == DEFAULT_SCOPES == {"assess", "evaluate"}
+    assert table["auditor"].scopes == {"audit"} and table["both"].scopes == {"assess", "evaluate", "audit"}
+    assert table["pacs-router"].digest == bytes.fromhex(digest)
+    assert table["auditor"].digest == hashlib.sha256(KEY_TWO.encode()).digest()
+    assert settings.api_keys[1] == f"auditor:sha256:{hashlib.sha256(KEY_TWO.encode()).hexdigest()}:audit"
+    assert Settings(api_keys=settings.api_keys).api_key_table == settings.api_key_table  # stable when re-read
+    for entry, message in [
+        ("a:sha256:" + digest + ":assess+delete", "unknown API key scope"),
+        (f"a:sha256:{digest}, a:{KEY_TWO}", "must be unique; repeated: a"),
+        (f"bad id!:{KEY_TWO}", "is not valid"),
+        ("a:", "has an id but no key"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Settings(api_keys=entry)
+
+
+def test_key_identification_is_over_digests_of_every_key():
+    table = Settings(api_keys=[f"one:{KEY_ONE}", f"two:{KEY_TWO}"]).api_key_table
+    assert all(len(key.digest) == 32 for key in table)
+    assert identify(KEY_ONE, table).key_id == "one" and identify(KEY_TWO, table).key_id == "two"
+    assert identify("", table) is None and identify(KEY_ONE[:-1], table) is None
+    assert identify(KEY_ONE, []) is None
 
 
 def test_keys_cli_prints_the_entry_and_makes_new_keys():
@@ -192,8 +220,138 @@ def test_keys_cli_prints_the_entry_and_makes_new_keys():
 
     assert run("hash", KEY_ONE).strip() == hash_key(KEY_ONE)
     assert run("hash", stdin=KEY_ONE + "\n").strip() == hash_key(KEY_ONE)
-    made = dict(line.split(": ", 1) for line in run("new").splitlines())
-    assert len(made["key"].strip()) >= 40 and made["entry"].strip() == hash_key(made["key"].strip())
+    assert run("hash", KEY_ONE, "--id", "ward-3").strip() == f"ward-3:{hash_key(KEY_ONE)}"
+    assert (
+        run("hash", KEY_ONE, "--id", "qa", "--scopes", "audit+assess").strip() == f"qa:{hash_key(KEY_ONE)}:assess+audit"
+    )
+    made = dict(line.split(": ", 1) for line in run("new", "--id", "ris").splitlines())
+    key = made["key"].strip()
+    assert len(key) >= 40 and made["entry"].strip() == f"ris:{hash_key(key)}"
+    assert Settings(api_keys=made["entry"]).api_key_table[0].key_id == "ris"
+    refused = subprocess.run(
+        [sys.executable, "-m", "service.keys", "hash", KEY_ONE, "--id", "x", "--scopes", "delete"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "unknown API key scope" in refused.stderr
+
+
+# Keys with scopes, one per kind of caller.
+SCOPED_KEYS = {"reader": "k-reader-1", "evaluator": "k-eval-2", "auditor": "k-audit-3", "legacy": "k-legacy-4"}
+
+
+@pytest.fixture(scope="module")
+def scoped(models_dir, tmp_path_factory):
+    entries = [
+        f"reader:{hash_key(SCOPED_KEYS['reader'])}:assess",
+        f"evaluator:{hash_key(SCOPED_KEYS['evaluator'])}:evaluate",
+        f"auditor:{hash_key(SCOPED_KEYS['auditor'])}:audit",
+        f"legacy:{hash_key(SCOPED_KEYS['legacy'])}",  # no scopes: assess+evaluate
+    ]
+    app = create_app(settings_for(models_dir, api_keys=entries, data_dir=tmp_path_factory.mktemp("scoped-data")))
+    records = []
+    app.state.assessor.decision_listeners.append(records.append)
+    with TestClient(app) as client:
+        wait_ready_sync(client)
+        yield client, records
+
+
+# endpoint → (request, the scope it needs, what it answers once admitted)
+SCOPED_ENDPOINTS = {
+    "POST /assess": (("POST", "/assess", SMALL_PNG, {"content-type": "image/png"}), "assess", 200),
+    "POST /render": (("POST", "/render", SMALL_PNG, {"content-type": "image/png"}), "assess", 200),
+    "POST /dicomweb/studies": (("POST", "/dicomweb/studies", *_stow(STOW_INSTANCE)), "assess", 200),
+    "GET /dicomweb/…/instances/{uid}": (
+        ("GET", "/dicomweb/studies/1.2/series/1.3/instances/1.4", None, {}),
+        "assess",
+        404,
+    ),
+    "POST /evaluate": (("POST", "/evaluate", b'{"data": "x"}', {"content-type": "application/json"}), "evaluate", 422),
+    "GET /evaluate/{id}": (("GET", "/evaluate/0123", None, {}), "evaluate", 404),
+}
+SCOPES_OF = {"reader": {"assess"}, "evaluator": {"evaluate"}, "auditor": {"audit"}, "legacy": {"assess", "evaluate"}}
+
+
+@pytest.mark.parametrize("name", list(SCOPED_ENDPOINTS))
+def test_each_endpoint_needs_its_scope(scoped, name, fault_row):
+    client, _ = scoped
+    (method, path, body, headers), scope, admitted = SCOPED_ENDPOINTS[name]
+    for key_id, key in SCOPED_KEYS.items():
+        response = client.request(method, path, content=body, headers={**headers, **bearer(key)})
+        if scope in SCOPES_OF[key_id]:
+            assert response.status_code == admitted, (key_id, response.text)
+        else:
+            fault_row(
+                "authorisation", f"{name} with a key without '{scope}' ({key_id})", "403 forbidden", outcome(response)
+            )
+            assert_json_error(response, 403, "forbidden")
+            assert repr(key_id) in response.json()["detail"] and key not in response.text
+
+
+def test_the_key_id_never_the_key_goes_with_every_decision(scoped, caplog):
+    client, records = scoped
+    with caplog.at_level(logging.INFO, logger="normgate.decisions"):
+        answer = client.post(
+            "/assess", content=SMALL_PNG, headers={"content-type": "image/png", **bearer(SCOPED_KEYS["reader"])}
+        )
+    assert answer.status_code == 200
+    record = next(r for r in records if r.assessment_id == answer.json()["assessment_id"])
+    assert record.key_id == "reader"
+    logged = [r.getMessage() for r in caplog.records if answer.json()["assessment_id"] in r.getMessage()]
+    assert len(logged) == 1 and "key reader" in logged[0]
+    assert all(key not in logged[0] for key in SCOPED_KEYS.values())
+    stowed = client.post(
+        "/dicomweb/studies",
+        content=_stow(STOW_INSTANCE)[0],
+        headers={**_stow(STOW_INSTANCE)[1], **bearer(SCOPED_KEYS["legacy"])},
+    )
+    assert stowed.status_code == 200
+    assert records[-1].source == "stow" and records[-1].key_id == "legacy"
+
+
+def test_require_scope_guards_any_route(models_dir):
+    """The dependency factory other routes use (the audit trail's GET /audit needs "audit")."""
+    from fastapi import Depends, FastAPI
+
+    from service.api.deps import Caller, require_scope
+    from service.api.errors import install_error_handlers
+
+    app = FastAPI()
+    app.state.settings = settings_for(models_dir, api_keys=[f"auditor:{KEY_ONE}:audit", f"clerk:{KEY_TWO}"])
+    install_error_handlers(app)
+
+    @app.get("/audit-like")
+    def audited(caller: Caller = Depends(require_scope("audit"))) -> dict[str, str | None]:
+        return {"key_id": caller.key_id}
+
+    with TestClient(app) as client:
+        assert client.get("/audit-like", headers=bearer(KEY_ONE)).json() == {"key_id": "auditor"}
+        assert_json_error(client.get("/audit-like", headers=bearer(KEY_TWO)), 403, "forbidden")
+        assert_json_error(client.get("/audit-like"), 401, "unauthorized")
+    app.state.settings = settings_for(models_dir, api_keys=[])
+    with TestClient(app) as client:  # authentication off: open, no key id
+        assert client.get("/audit-like").json() == {"key_id": None}
+    with pytest.raises(ValueError, match="unknown scope"):
+        require_scope("delete")
+
+
+def test_no_keys_is_loud_and_visible_on_metrics(models_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="normgate.app"):
+        open_app = create_app(settings_for(models_dir, api_keys=[]))
+        with TestClient(open_app) as client:
+            wait_ready_sync(client)
+            open_metrics = client.get("/metrics").text
+    assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+    assert "normgate_auth_enabled 0.0" in open_metrics
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normgate.app"):
+        locked_app = create_app(settings_for(models_dir, api_keys=[f"ops:{KEY_ONE}"]))
+        with TestClient(locked_app) as client:
+            locked_metrics = client.get("/metrics").text
+    assert not any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+    assert "normgate_auth_enabled 1.0" in locked_metrics
 
 
 # -- limits -------------------------------------------------------------------------------------------------

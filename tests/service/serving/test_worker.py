@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ import torch
 from PIL import Image
 
 from models.pointing_game import argmax_point
-from service.ingest.decode_pool import DecodeBacklogFull, DecodePool, decode_thread_count
+from service.ingest.decode_pool import decode_thread_count
 from service.serving.registry import resolve_device
 from service.serving.worker import heatmap_to_png
 
@@ -48,50 +45,6 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
-
-
-def test_decode_pool_refuses_beyond_its_capacity():
-    async def scenario():
-        pool = DecodePool(workers=1, max_waiting=1)
-        release = threading.Event()
-        first = asyncio.ensure_future(pool.run(release.wait, 30))
-        second = asyncio.ensure_future(pool.run(lambda: "second"))
-        await asyncio.sleep(0.05)
-        with pytest.raises(DecodeBacklogFull) as refused:
-            await pool.run(lambda: "third")
-        release.set()
-        results = await asyncio.gather(first, second)
-        after = await pool.run(lambda: "fits again")
-        pool.shutdown()
-        return refused.value, results, after
-
-    refused, results, after = asyncio.run(scenario())
-    assert (refused.status, refused.code) == (503, "overloaded")
-    assert refused.headers["Retry-After"] == "1"
-    assert results == [True, "second"] and after == "fits again"
-
-
-def _own_thread_niceness() -> tuple[int, int]:
-    tid = threading.get_native_id()
-    return tid, os.getpriority(os.PRIO_PROCESS, tid)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
-def test_decode_threads_run_at_lower_priority_and_the_rest_of_the_process_does_not():
-    async def niceness_in(pool: DecodePool) -> tuple[int, int]:
-        try:
-            return await pool.run(_own_thread_niceness)
-        finally:
-            pool.shutdown()
-
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    tid, lowered = asyncio.run(niceness_in(DecodePool(workers=1, max_waiting=1, nice=7)))
-    assert tid != threading.get_native_id()
-    assert lowered == min(base + 7, 19)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller's thread untouched
-    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == base  # and the main thread
-    _, unchanged = asyncio.run(niceness_in(DecodePool(workers=1, max_waiting=1, nice=0)))
-    assert unchanged == base
 
 
 @pytest.mark.parametrize("cpus, expected", [(1, 1), (2, 1), (4, 3), (16, 8)])
