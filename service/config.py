@@ -131,11 +131,19 @@ class Settings(BaseSettings):
         None, description="Authorization header value for the push server, e.g. 'Basic …' or 'Bearer …'."
     )
     dicomweb_push_queue_size: int = Field(
-        64, ge=1, description="Result sets waiting to be pushed; beyond it new ones are dropped (and counted)."
+        2000,
+        ge=1,
+        description="Result sets the durable outbox holds (about 3 MB each on disk); beyond it new ones are "
+        "dropped (and counted).",
     )
-    dicomweb_push_max_attempts: int = Field(5, ge=1, le=20, description="Tries per push before giving up.")
     dicomweb_push_backoff_s: float = Field(
-        0.5, ge=0, description="Wait before the second try; doubles after each failure (capped at 30 s)."
+        0.5, ge=0, description="Wait after the first failed delivery; doubles after each further failure."
+    )
+    dicomweb_push_backoff_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between delivery attempts (the cap of the doubling)."
+    )
+    dicomweb_push_max_age_s: float = Field(
+        86_400.0, gt=0, description="A result set not delivered this long after it was made is given up (logged)."
     )
     dicomweb_push_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one push request.")
     dicomweb_result_cache_mb: float = Field(

@@ -29,13 +29,15 @@ from service.config import Settings
 from service.dicomweb.multipart import (
     DICOM_JSON,
     DICOM_MEDIA_TYPE,
+    StowOutcome,
     build_multipart_related,
     parse_multipart_related,
     store_instances_response,
     stow_boundary,
     stow_status,
 )
-from service.dicomweb.push import DicomwebPusher
+from service.dicomweb.outbox import OutboxSender, open_outbox
+from service.dicomweb.push import DicomwebPush
 from service.dicomweb.stow import ResultStore, StowService
 from service.errors import ApiError
 from service.observability.phi_logging import install_dicom_log_redaction
@@ -60,31 +62,47 @@ class ResultNotFound(ApiError):
 
 
 async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
-    """The result store, the push client (when NORMGATE_DICOMWEB_PUSH_URL is set) and the STOW service."""
+    """The result store, the outbox and its STOW-RS sender (when NORMGATE_DICOMWEB_PUSH_URL is set) and the
+    STOW service."""
     install_dicom_log_redaction()  # pydicom quotes element values (birth dates, names) in its warnings
-    pusher = None
+    sender = None
     if settings.dicomweb_push_url:
         authorization = settings.dicomweb_push_authorization
-        pusher = DicomwebPusher(
+        push = DicomwebPush(
             settings.dicomweb_push_url,
-            queue_size=settings.dicomweb_push_queue_size,
-            max_attempts=settings.dicomweb_push_max_attempts,
-            backoff_s=settings.dicomweb_push_backoff_s,
             timeout_s=settings.dicomweb_push_timeout_s,
             authorization=authorization.get_secret_value() if authorization else None,
-            registry=app.state.metrics.registry,
         )
-        await pusher.start()
-    app.state.dicomweb_pusher = pusher
+        await push.start()
+        app.state.dicomweb_push = push
+        sender = OutboxSender(
+            open_outbox(settings),
+            "dicomweb",
+            push.deliver,
+            app.state.metrics,
+            backoff_s=settings.dicomweb_push_backoff_s,
+            backoff_max_s=settings.dicomweb_push_backoff_max_s,
+            max_age_s=settings.dicomweb_push_max_age_s,
+        )
+        await sender.start()
+    app.state.dicomweb_sender = sender
     app.state.stow = StowService(
-        app.state.assessor, ResultStore(int(settings.dicomweb_result_cache_mb * MIB)), pusher, app.version
+        app.state.assessor,
+        ResultStore(int(settings.dicomweb_result_cache_mb * MIB)),
+        sender,
+        app.version,
+        app.state.metrics,
     )
 
 
-async def stop_dicomweb(app: FastAPI, drain_timeout_s: float = 10.0) -> None:
-    pusher: DicomwebPusher | None = getattr(app.state, "dicomweb_pusher", None)
-    if pusher is not None:
-        await pusher.stop(drain_timeout_s)
+async def stop_dicomweb(app: FastAPI, timeout_s: float = 5.0) -> None:
+    sender: OutboxSender | None = getattr(app.state, "dicomweb_sender", None)
+    if sender is not None:
+        await sender.stop(timeout_s)
+        sender.outbox.close()
+    push: DicomwebPush | None = getattr(app.state, "dicomweb_push", None)
+    if push is not None:
+        await push.aclose()
 
 
 def _stow_service(request: Request) -> StowService:
@@ -190,8 +208,9 @@ async def _store(
         disconnected.cancel()
     stow = store_instances_response(outcomes, study_retrieve_url=None)
     status = stow_status(outcomes)
+    headers = _retry_after(outcomes)
     if not wrapper:
-        return JSONResponse(stow, status_code=status, media_type=DICOM_JSON)
+        return JSONResponse(stow, status_code=status, media_type=DICOM_JSON, headers=headers)
     results = []
     for outcome in outcomes:
         entry: dict[str, Any] = {
@@ -212,7 +231,18 @@ async def _store(
                 }
             )
         results.append(entry)
-    return JSONResponse({"stow": stow, "results": results}, status_code=status)
+    return JSONResponse({"stow": stow, "results": results}, status_code=status, headers=headers)
+
+
+# Seconds a sender should wait before resending instances refused for lack of resources (0xA700), by error.
+_RETRY_AFTER_S = {"overloaded": 1, "timeout": 1, "not_ready": 5}
+
+
+def _retry_after(outcomes: list[StowOutcome]) -> dict[str, str]:
+    """Retry-After when some instance was refused for a passing reason (queue full, deadline, warming up), as
+    /assess sends with its 503s: resending those instances later can succeed."""
+    waits = [_RETRY_AFTER_S[o.error] for o in outcomes if not o.stored and o.error in _RETRY_AFTER_S]
+    return {"Retry-After": str(max(waits))} if waits else {}
 
 
 @router.post(

@@ -38,9 +38,11 @@ from pydicom.uid import generate_uid
 
 from tests.helpers import REPO, make_checkpoint
 from tests.service.dicom_factory import PHI_ID, PHI_NAME, chest_like, dx_instance
+from tests.service.dicomweb.sr_reading import read_sr
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
 
 # Forward what modalities send (C-STORE) to NormGate; never what came back from it over DICOMweb.
@@ -155,6 +157,7 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
         "NORMGATE_DEVICE": "cpu",
         "NORMGATE_DICOMWEB_PUSH_URL": f"{orthanc}/dicom-web",
         "NORMGATE_DICOMWEB_PUSH_BACKOFF_S": "0.5",
+        "NORMGATE_STATE_DIR": str(tmp_path / "state"),
         "NORMGATE_API_KEYS": "",
     }
     attenuation = chest_like(512, 416, seed=7, bright_object=(300, 120))
@@ -192,15 +195,15 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
                     f"{orthanc}/tools/find",
                     json={"Level": "Instance", "Expand": True, "Query": {"StudyInstanceUID": study_uid}},
                 ).json()
-                return found if len(found) >= 3 else None
+                return found if len(found) >= 4 else None
 
-            instances = wait_until(study_instances, 90, "three instances in Orthanc's study", logs)
+            instances = wait_until(study_instances, 90, "four instances in Orthanc's study", logs)
 
             by_class = {}
             for instance in instances:
                 tags = http.get(f"{orthanc}/instances/{instance['ID']}/simplified-tags").json()
                 by_class[tags["SOPClassUID"]] = (instance["ID"], tags)
-            assert set(by_class) == {original.SOPClassUID, SC_CLASS, SR_CLASS}
+            assert set(by_class) == {original.SOPClassUID, SC_CLASS, SEG_CLASS, SR_CLASS}
 
             # The SR in Orthanc says what /assess says about the same file.
             direct = http.post(
@@ -209,15 +212,14 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
             sr_id, _ = by_class[SR_CLASS]
             sr = pydicom.dcmread(io.BytesIO(http.get(f"{orthanc}/instances/{sr_id}/file").content))
             assert sr.StudyInstanceUID == study_uid and sr.PatientID == PHI_ID
-            items = {
-                i.ConceptNameCodeSequence[0].CodeValue: i for i in sr.ContentSequence if "ConceptNameCodeSequence" in i
-            }
-            assert items["122157"].MeasuredValueSequence[0].FloatingPointValue == direct["probability"]
-            assert items["122411"].MeasuredValueSequence[0].FloatingPointValue == direct["threshold"]
-            assert items["121075"].ConceptCodeSequence[0].CodeValue == direct["decision"].upper()
-            peak = items["SALIENCY-PEAK"]
-            assert list(peak.GraphicData) == [direct["point"]["x"] + 0.5, direct["point"]["y"] + 0.5]
-            assert peak.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+            summary = read_sr(sr)
+            assert summary.probability == direct["probability"] and summary.threshold == direct["threshold"]
+            assert summary.recommendation == direct["decision"].upper()
+            assert summary.peak == [direct["point"]["x"] + 0.5, direct["point"]["y"] + 0.5]
+            assert summary.peak_image == original.SOPInstanceUID
+            seg_id, _ = by_class[SEG_CLASS]
+            seg = pydicom.dcmread(io.BytesIO(http.get(f"{orthanc}/instances/{seg_id}/file").content))
+            assert summary.segment_reference == (seg.SOPInstanceUID, 1)
 
             # The Secondary Capture is displayable: Orthanc renders it at its own size, in colour.
             sc_id, sc_tags = by_class[SC_CLASS]
