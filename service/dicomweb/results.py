@@ -57,6 +57,7 @@ import base64
 import copy
 import datetime as dt
 import io
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -72,6 +73,8 @@ from pydicom.uid import generate_uid
 
 from models.metadata import ModelMetadata
 from service.schemas import AssessResponse, UnassessableReason
+
+log = logging.getLogger("normgate.dicomweb")
 
 __all__ = [
     "COMPREHENSIVE_SR",
@@ -744,7 +747,16 @@ def build_results(
     if heatmap is not None:
         region = saliency_region(heatmap, int(source.Rows), int(source.Columns))
         if region.any():
-            seg = build_segmentation(source, region, answer, uids, naming, now, versions)
+            try:
+                seg = build_segmentation(source, region, answer, uids, naming, now, versions)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                # An original highdicom cannot derive a SEG from (e.g. a cross-sectional image without its
+                # Frame of Reference): the SC and the SR still carry the result.
+                log.warning(
+                    "no SEG for instance %s: %s (the SC and the SR are still made)",
+                    source.SOPInstanceUID,
+                    type(exc).__name__,
+                )
     evidence = [_without_patient_and_study(source), sc] + ([seg] if seg is not None else [])
     sr = build_structured_report(source, answer, positive_class, input_size, uids, naming, evidence, seg, now, versions)
     return DicomResults(secondary_capture=sc, segmentation=seg, structured_report=sr, uids=uids)
