@@ -7,6 +7,7 @@ build their own ``Settings(...)`` and hand it to ``create_app``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,8 @@ from service.keys import digests_of, normalise_entry
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
 PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
+# NORMGATE_DIMSE_RESULT_DESTINATION: AE title (1-16 characters, no backslash) @ host or [IPv6] : port.
+DIMSE_DESTINATION = re.compile(r"([^@\\]{1,16})@(\[[0-9a-fA-F:]+\]|[^:@\s]+):(\d{1,5})")
 # The checkout this package lives in: the shipped checkpoints are found from any working directory.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,6 +149,21 @@ class Settings(BaseSettings):
         86_400.0, gt=0, description="A result set not delivered this long after it was made is given up (logged)."
     )
     dicomweb_push_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one push request.")
+    # DICOM networking (docs/integration.md, "DIMSE"): a C-STORE listener and results sent back by C-STORE.
+    dimse_port: int | None = Field(
+        None, ge=1, le=65535, description="TCP port of the DICOM (C-STORE) listener; unset: no listener."
+    )
+    dimse_ae_title: str = Field(
+        "NORMGATE", min_length=1, max_length=16, description="NormGate's AE title (listener and result C-STORE)."
+    )
+    dimse_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated calling AE titles the listener accepts associations from; empty: any.",
+    )
+    dimse_result_destination: str | None = Field(
+        None,
+        description="AE@host:port that every result set (SC, SEG, SR) is sent to by C-STORE; unset: none.",
+    )
     dicomweb_result_cache_mb: float = Field(
         256.0,
         ge=0,
@@ -166,6 +184,22 @@ class Settings(BaseSettings):
     def _hash_keys(cls, value: list[str]) -> list[str]:
         # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key.
         return [normalise_entry(entry) for entry in value if entry.strip()]
+
+    @field_validator("dimse_allowed_aes", mode="before")
+    @classmethod
+    def _split_aes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("dimse_result_destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value:
+            match = DIMSE_DESTINATION.fullmatch(value.strip())
+            if not match or not 1 <= int(match.group(3)) <= 65535:
+                raise ValueError(f"expected AE@host:port (AE title 1-16 characters, port 1-65535), got {value!r}")
+        return value or None
 
     @field_validator("public_endpoints", mode="before")
     @classmethod

@@ -35,7 +35,7 @@ from service.observability.metrics import ServiceMetrics
 
 log = logging.getLogger("normgate.outbox")
 
-__all__ = ["OUTBOX_FILE", "Delivery", "Outbox", "OutboxItem", "OutboxSender", "SqliteOutbox", "open_outbox"]
+__all__ = ["OUTBOX_FILE", "Deliver", "Delivery", "Outbox", "OutboxItem", "OutboxSender", "SqliteOutbox", "open_outbox"]
 
 OUTBOX_FILE = "outbox.sqlite3"  # under NORMGATE_STATE_DIR
 

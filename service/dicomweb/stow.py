@@ -117,13 +117,13 @@ class StowService:
         self,
         assessor: Assessor,
         results: ResultStore,
-        sender: OutboxSender | None,
+        senders: list[OutboxSender],
         app_version: str,
         metrics: ServiceMetrics,
     ) -> None:
         self.assessor = assessor
         self.results = results
-        self.sender = sender
+        self.senders = senders  # one per configured destination: STOW-RS push, DIMSE C-STORE
         self.app_version = app_version
         self.metrics = metrics
 
@@ -250,16 +250,22 @@ class StowService:
         return {"assessment": answer, **described}
 
     async def _send(self, results: DicomResults, files: list[bytes]) -> str:
-        """Hand the result set to the outbox (durably, before the STOW answer): queued | dropped |
-        not_configured | failed (the outbox could not be written)."""
-        if self.sender is None:
+        """Hand the result set to the outbox of every configured destination (durably, before the answer):
+        queued (by all) | dropped (an outbox was full) | failed (an outbox could not be written) |
+        not_configured (no destination)."""
+        if not self.senders:
             return "not_configured"
         uids = [str(ds.SOPInstanceUID) for ds in results.datasets]
-        try:
-            return "queued" if await self.sender.submit(uids, files) else "dropped"
-        except Exception as exc:  # a full disk, a broken state volume: the assessment itself stands
-            log.error("outbox write for results %s failed: %s", ", ".join(uids), type(exc).__name__)
-            return "failed"
+        states = []
+        for sender in self.senders:
+            try:
+                states.append("queued" if await sender.submit(uids, files) else "dropped")
+            except Exception as exc:  # a full disk, a broken state volume: the assessment itself stands
+                log.error(
+                    "%s outbox write for results %s failed: %s", sender.channel, ", ".join(uids), type(exc).__name__
+                )
+                states.append("failed")
+        return next((state for state in ("failed", "dropped") if state in states), "queued")
 
     def _log_failure(self, request_id: str, outcome: StowOutcome) -> None:
         if outcome.error:

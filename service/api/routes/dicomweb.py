@@ -26,6 +26,7 @@ from models.saliency import DEFAULT_METHOD
 from service.api.deps import ApiKeyDep, SettingsDep
 from service.api.upload import read_limited_body, wait_for_disconnect
 from service.config import Settings
+from service.dicomweb.dimse import DimseListener, DimseStore, parse_destination
 from service.dicomweb.multipart import (
     DICOM_JSON,
     DICOM_MEDIA_TYPE,
@@ -36,7 +37,7 @@ from service.dicomweb.multipart import (
     stow_boundary,
     stow_status,
 )
-from service.dicomweb.outbox import OutboxSender, open_outbox
+from service.dicomweb.outbox import Deliver, OutboxSender, open_outbox
 from service.dicomweb.push import DicomwebPush
 from service.dicomweb.stow import ResultStore, StowService
 from service.errors import ApiError
@@ -62,10 +63,11 @@ class ResultNotFound(ApiError):
 
 
 async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
-    """The result store, the outbox and its STOW-RS sender (when NORMGATE_DICOMWEB_PUSH_URL is set) and the
-    STOW service."""
+    """The result store; the outbox and a sender per configured destination (NORMGATE_DICOMWEB_PUSH_URL: STOW-RS,
+    NORMGATE_DIMSE_RESULT_DESTINATION: C-STORE); the STOW service; the DIMSE listener (NORMGATE_DIMSE_PORT)."""
     install_dicom_log_redaction()  # pydicom quotes element values (birth dates, names) in its warnings
-    sender = None
+    senders: list[OutboxSender] = []
+    deliveries: list[tuple[str, Deliver]] = []
     if settings.dicomweb_push_url:
         authorization = settings.dicomweb_push_authorization
         push = DicomwebPush(
@@ -75,31 +77,59 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
         )
         await push.start()
         app.state.dicomweb_push = push
-        sender = OutboxSender(
-            open_outbox(settings),
-            "dicomweb",
-            push.deliver,
-            app.state.metrics,
-            backoff_s=settings.dicomweb_push_backoff_s,
-            backoff_max_s=settings.dicomweb_push_backoff_max_s,
-            max_age_s=settings.dicomweb_push_max_age_s,
+        deliveries.append(("dicomweb", push.deliver))
+    if settings.dimse_result_destination:
+        store = DimseStore(
+            parse_destination(settings.dimse_result_destination),
+            settings.dimse_ae_title,
+            timeout_s=settings.dicomweb_push_timeout_s,
         )
-        await sender.start()
-    app.state.dicomweb_sender = sender
-    app.state.stow = StowService(
+        deliveries.append(("dimse", store.deliver))
+    if deliveries:
+        outbox = open_outbox(settings)
+        for channel, deliver in deliveries:
+            sender = OutboxSender(
+                outbox,
+                channel,
+                deliver,
+                app.state.metrics,
+                backoff_s=settings.dicomweb_push_backoff_s,
+                backoff_max_s=settings.dicomweb_push_backoff_max_s,
+                max_age_s=settings.dicomweb_push_max_age_s,
+            )
+            await sender.start()
+            senders.append(sender)
+    app.state.result_senders = senders
+    stow = StowService(
         app.state.assessor,
         ResultStore(int(settings.dicomweb_result_cache_mb * MIB)),
-        sender,
+        senders,
         app.version,
         app.state.metrics,
     )
+    app.state.stow = stow
+    app.state.dimse_listener = None
+    if settings.dimse_port is not None:
+        listener = DimseListener(
+            stow,
+            host=settings.host,
+            port=settings.dimse_port,
+            ae_title=settings.dimse_ae_title,
+            allowed_aes=settings.dimse_allowed_aes,
+            timeout_s=settings.request_timeout_ms / 1000 + 30,
+        )
+        listener.start(asyncio.get_running_loop())
+        app.state.dimse_listener = listener
 
 
 async def stop_dicomweb(app: FastAPI, timeout_s: float = 5.0) -> None:
-    sender: OutboxSender | None = getattr(app.state, "dicomweb_sender", None)
-    if sender is not None:
-        await sender.stop(timeout_s)
-        sender.outbox.close()
+    listener: DimseListener | None = getattr(app.state, "dimse_listener", None)
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
+    senders: list[OutboxSender] = getattr(app.state, "result_senders", [])
+    await asyncio.gather(*(sender.stop(timeout_s) for sender in senders))  # at most timeout_s in all
+    if senders:
+        senders[0].outbox.close()  # one outbox file for every channel
     push: DicomwebPush | None = getattr(app.state, "dicomweb_push", None)
     if push is not None:
         await push.aclose()
