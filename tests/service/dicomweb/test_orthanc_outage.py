@@ -11,6 +11,8 @@ With short backoff settings (0.2 s doubling to at most 1 s) so that it stays qui
    instances NormGate announced for it (SC, SEG when there is one, SR) — no more, no fewer: the retries of
    the first process and the re-delivery by the second do not duplicate anything, because the results' UIDs
    are the same and Orthanc stores a SOP Instance once.
+4. One image is sent again: its results are delivered a second time (as after a crash between the archive's
+   answer and the outbox update) and Orthanc still holds each instance once.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ KILL_AFTER = 10
 ROLES = ("secondary_capture", "segmentation", "structured_report")
 
 
-def _stow_one(http: httpx.Client, normgate: NormGate, study_uid: str, seed: int) -> set[str]:
-    """Store one chest DX of a new study; the SOP Instance UIDs of the results NormGate made for it."""
-    instance = dx_instance(
-        chest_like(64, 64, seed=seed, bright_object=(20, 40)), study_uid=study_uid, body_part="CHEST"
-    )
+def _chest(study_uid: str, seed: int) -> bytes:
+    return dx_instance(chest_like(64, 64, seed=seed, bright_object=(20, 40)), study_uid=study_uid, body_part="CHEST")
+
+
+def _stow_one(http: httpx.Client, normgate: NormGate, study_uid: str, instance: bytes, seed: int) -> set[str]:
+    """Store one chest DX; the SOP Instance UIDs of the results NormGate made for it."""
     body, content_type = build_multipart_related([instance], f"outage{seed}")
     answer = http.post(
         f"{normgate.url}/dicomweb/studies/{study_uid}",
@@ -68,6 +71,7 @@ def test_results_reach_the_archive_after_an_outage_and_a_kill_9(tmp_path):
     second = NormGate(tmp_path, {**settings, "NORMGATE_DICOMWEB_PUSH_URL": f"{orthanc.url}/dicom-web"}, "normgate-2")
     logs = [first.log, second.log, orthanc.log]
     expected: dict[str, set[str]] = {}
+    originals: dict[str, bytes] = {}
 
     with httpx.Client(timeout=60) as http:
         try:
@@ -84,7 +88,9 @@ def test_results_reach_the_archive_after_an_outage_and_a_kill_9(tmp_path):
                     # The sets of the killed process are back, from the outbox file.
                     assert second.metric(http, 'normgate_dicomweb_push_queue_depth{channel="dicomweb"}') == KILL_AFTER
                 study_uid = generate_uid()
-                expected[study_uid] = _stow_one(http, first if n < KILL_AFTER else second, study_uid, seed=n)
+                originals[study_uid] = _chest(study_uid, seed=n)
+                target = first if n < KILL_AFTER else second
+                expected[study_uid] = _stow_one(http, target, study_uid, originals[study_uid], seed=n)
             time.sleep(1.5)  # a few failing rounds of the second process's sender
             assert second.metric(http, 'normgate_dicomweb_push_queue_depth{channel="dicomweb"}') == STUDIES
             assert second.metric(http, 'normgate_dicomweb_push_oldest_age_seconds{channel="dicomweb"}') > 1
@@ -107,6 +113,15 @@ def test_results_reach_the_archive_after_an_outage_and_a_kill_9(tmp_path):
             assert len(http.get(f"{orthanc.url}/studies").json()) == STUDIES
             assert second.metric(http, 'normgate_dicomweb_push_total{channel="dicomweb",outcome="pushed"}') == STUDIES
             assert second.metric(http, 'normgate_dicomweb_push_total{channel="dicomweb",outcome="expired"}') == 0
+
+            # A re-delivery (what a crash between "stored" and "removed from the outbox" causes): the first study's
+            # image sent again gives the same result UIDs, delivered again, and Orthanc still holds each once.
+            again_uid = next(iter(expected))
+            assert _stow_one(http, second, again_uid, originals[again_uid], seed=0) == expected[again_uid]
+            pushed = 'normgate_dicomweb_push_total{channel="dicomweb",outcome="pushed"}'
+            wait_until(lambda: second.metric(http, pushed) == STUDIES + 1, 30, "the repeat delivered", logs)
+            stored = [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.study_instances(http, again_uid)]
+            assert sorted(stored) == sorted(expected[again_uid])
         finally:
             orthanc.stop()
             second.stop()
