@@ -54,8 +54,8 @@ LABEL org.opencontainers.image.title="NormGate" \
 RUN groupadd --system --gid 10001 normgate \
  && useradd --system --uid 10001 --gid normgate --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin normgate \
- && mkdir -p /data \
- && chown normgate:normgate /data
+ && mkdir -p /data /state \
+ && chown normgate:normgate /data /state
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # The code, and with models/ the shipped default checkpoint models/checkpoints/default/ (model.safetensors +
@@ -69,11 +69,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     NORMGATE_DEVICE=auto \
     NORMGATE_MODELS_DIR=/app/models/checkpoints \
     NORMGATE_DATA_DIR=/data \
+    NORMGATE_STATE_DIR=/state \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \
     TORCH_HOME=/tmp/torch
 USER 10001:10001
 EXPOSE 8000
+# Healthy = ready: every model loaded and warmed up (/readyz), not merely a live process (/healthz).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NORMGATE_PORT', '8000'), timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('NORMGATE_PORT', '8000'), timeout=4)"]
 CMD ["python", "-m", "service"]

@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
         try:
             decode_pool.start()
             registry.start()
+            metrics.preinitialise_models(registry.workers)
             evaluate_routes.start_evaluation_runner(app, settings)
             await dicomweb_routes.start_dicomweb(app, settings)
             yield

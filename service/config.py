@@ -7,6 +7,7 @@ build their own ``Settings(...)`` and hand it to ``create_app``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,8 @@ from service.keys import ApiKey, parse_entries
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
 PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
+# NORMGATE_DIMSE_RESULT_DESTINATION: AE title (1-16 characters, no backslash) @ host or [IPv6] : port.
+DIMSE_DESTINATION = re.compile(r"([^@\\]{1,16})@(\[[0-9a-fA-F:]+\]|[^:@\s]+):(\d{1,5})")
 # The checkout this package lives in: the shipped checkpoints are found from any working directory.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,13 +174,36 @@ class Settings(BaseSettings):
         None, description="Authorization header value for the push server, e.g. 'Basic …' or 'Bearer …'."
     )
     dicomweb_push_queue_size: int = Field(
-        64, ge=1, description="Result sets waiting to be pushed; beyond it new ones are dropped (and counted)."
+        2000,
+        ge=1,
+        description="Result sets the durable outbox holds (about 3 MB each on disk); beyond it new ones are "
+        "dropped (and counted).",
     )
-    dicomweb_push_max_attempts: int = Field(5, ge=1, le=20, description="Tries per push before giving up.")
     dicomweb_push_backoff_s: float = Field(
-        0.5, ge=0, description="Wait before the second try; doubles after each failure (capped at 30 s)."
+        0.5, ge=0, description="Wait after the first failed delivery; doubles after each further failure."
+    )
+    dicomweb_push_backoff_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between delivery attempts (the cap of the doubling)."
+    )
+    dicomweb_push_max_age_s: float = Field(
+        86_400.0, gt=0, description="A result set not delivered this long after it was made is given up (logged)."
     )
     dicomweb_push_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout of one push request.")
+    # DICOM networking (docs/integration.md, "DIMSE"): a C-STORE listener and results sent back by C-STORE.
+    dimse_port: int | None = Field(
+        None, ge=1, le=65535, description="TCP port of the DICOM (C-STORE) listener; unset: no listener."
+    )
+    dimse_ae_title: str = Field(
+        "NORMGATE", min_length=1, max_length=16, description="NormGate's AE title (listener and result C-STORE)."
+    )
+    dimse_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated calling AE titles the listener accepts associations from; empty: any.",
+    )
+    dimse_result_destination: str | None = Field(
+        None,
+        description="AE@host:port that every result set (SC, SEG, SR) is sent to by C-STORE; unset: none.",
+    )
     dicomweb_result_cache_mb: float = Field(
         256.0,
         ge=0,
@@ -199,6 +225,22 @@ class Settings(BaseSettings):
         # Only digests are kept: the settings object (its repr, a crash dump) never holds a usable key. Every
         # entry is kept in its full form, ID:sha256:<hex>:scopes, so ids given by position stay with their key.
         return [key.entry for key in parse_entries(value)]
+
+    @field_validator("dimse_allowed_aes", mode="before")
+    @classmethod
+    def _split_aes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("dimse_result_destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value:
+            match = DIMSE_DESTINATION.fullmatch(value.strip())
+            if not match or not 1 <= int(match.group(3)) <= 65535:
+                raise ValueError(f"expected AE@host:port (AE title 1-16 characters, port 1-65535), got {value!r}")
+        return value or None
 
     @field_validator("public_endpoints", mode="before")
     @classmethod

@@ -1,64 +1,92 @@
-"""NormGate's answer about one DICOM image, as two DICOM instances a PACS can store and show.
+"""NormGate's answer about one DICOM image, as DICOM objects a PACS stores and a viewer shows, built with highdicom.
 
-* A **Secondary Capture** (PS3.3 A.8.1, SC Image Storage 1.2.840.10008.5.1.4.1.1.7): the radiograph as the
-  model saw it with the saliency heatmap overlaid (the viewer's colour map and transparency ramp), the
-  argmax point marked, and a banner above the image with the decision, the probability, the threshold, the
-  model and the saliency method burned in. RGB, 8 bits, uncompressed (Explicit VR Little Endian). Derived-image
-  attributes: Image Type ``DERIVED\\SECONDARY`` (C.7.6.1.1.2), Derivation Description, Source Image Sequence
-  (purpose DCM 121322 "Source image for image processing operation") and Referenced Image Sequence to the
-  original, Conversion Type ``WSD`` (C.8.6.1), Burned In Annotation ``YES``.
-* A **Comprehensive SR** (PS3.3 A.35.3, Comprehensive SR Storage 1.2.840.10008.5.1.4.1.1.88.33) with a simple
-  content tree (no template is claimed; codes from PS3.16 where one fits, else the local coding scheme
-  ``99NORMGATE`` that PS3.3 §8.1 reserves for private use)::
+For every assessed image, in the original's study, each in a new series of its own (one Modality per series):
 
-      CONTAINER (DCM 111050 "Quality Assessment"), SEPARATE
-        CONTAINS  CODE   (DCM 121075 "Recommendation")   = 99NORMGATE REACQUIRE | ACCEPT
-        CONTAINS  CODE   (DCM 121071 "Finding")          = SCT 19227008 "Foreign body" | 99NORMGATE <label>
-        CONTAINS  NUM    (DCM 122157 "Probability")      = P(positive class), UCUM "1"
-        CONTAINS  NUM    (DCM 122411 "Threshold Value")  = the model's decision threshold, UCUM "1"
-        CONTAINS  TEXT   (DCM 121077 "Conclusion")       = one sentence
-        CONTAINS  TEXT   (DCM 111001 "Algorithm Name")   = model name
-        CONTAINS  TEXT   (DCM 111003 "Algorithm Version") = model version
-        CONTAINS  TEXT   (DCM 111002 "Algorithm Parameters") = architecture, saliency method, input grid
-        CONTAINS  SCOORD (99NORMGATE SALIENCY-PEAK) POINT = saliency argmax
-                    SELECTED FROM  IMAGE → the original image
-        CONTAINS  IMAGE  (DCM 121324 "Source image")     → the original image
-        CONTAINS  IMAGE  (DCM 130404 "Saliency")         → the Secondary Capture
+* a **Secondary Capture** (SC Image Storage 1.2.840.10008.5.1.4.1.1.7, PS3.3 A.8.1;
+  ``highdicom.sc.SCImage``): the image as the model saw it with the saliency heatmap overlaid (the viewer's
+  colour map and transparency ramp), the peak marked, and a banner above the image with the decision, the
+  probability, the threshold, the model and the method burned in. RGB, 8 bits, Explicit VR Little Endian. Every
+  PACS viewer shows it; it is the object for a glance.
+* a **Segmentation** (Segmentation Storage 1.2.840.10008.5.1.4.1.1.66.4, PS3.3 A.51; ``highdicom.seg``): a
+  BINARY segment "saliency region" on the original's pixel grid — the pixels where the heatmap, stretched over
+  the whole image as in the /assess answer, reaches half of its range or more. Viewers that overlay DICOM SEG
+  on its source image (OHIF, 3D Slicer, most PACS viewers with an AI-results panel) draw it on the original.
+  Not written when there is no heatmap (an unassessable image the model never saw) or the region is empty.
+* a **Comprehensive SR** (1.2.840.10008.5.1.4.1.1.88.33, PS3.3 A.35.3; ``highdicom.sr``) following TID 1500
+  "Measurement Report" (PS3.16)::
 
-  SCOORD Graphic Data is (column, row) with sub-pixel resolution where (0.0, 0.0) is the top left corner of
-  the top left pixel (PS3.3 C.18.6.1.1), so the 0-based pixel (x, y) of the /assess answer is the point
-  (x + 0.5, y + 0.5). The NUM items carry the exact binary value in Floating Point Value (0040,A161) next to
-  the 16-character Numeric Value (0040,A30A) (C.18.1).
+      Imaging Measurement Report (DCM 126000), TID 1500
+        Language, Observation Context: device observer = the model (UID from its name and version)
+        Procedure Reported: plain radiography (CR/DX/DR) | magnetic resonance imaging (MR) | imaging procedure
+        Image Library → the original
+        Imaging Measurements
+          Measurement Group (TID 1501) "NormGate assessment"
+            Finding Type: the model's positive class (SCT 19227008 "Foreign body", or a 99NORMGATE code)
+            Algorithm Identification (TID 4019): model name, version, parameters
+            Source image for measurement group → the original
+            NUM  (DCM 122157 "Probability")      = P(positive class), UCUM "1"   (absent when never computed)
+            NUM  (DCM 122411 "Threshold Value")  = the decision threshold, UCUM "1"
+            CODE (DCM 121075 "Recommendation")   = (REACQUIRE | ACCEPT | UNASSESSABLE, 99NORMGATE)
+            CODE (UNASSESSABLE-WHY, 99NORMGATE)  = the reason's code          (unassessable only)
+          Measurement Group (TID 1410) "saliency peak"
+            Finding Type: (DCM 130404 "Saliency");  Algorithm Identification: the saliency method
+            SCOORD POINT on the original (Image Region) = (x + 0.5, y + 0.5)
+          Measurement Group (TID 1410) "saliency region"                       (when the SEG exists)
+            Finding Type: (DCM 130404 "Saliency");  Referenced Segment → segment 1 of the SEG
 
-Both copy the Patient and General Study attributes of the original (same Study Instance UID) and get their
-own new Series. Their UIDs are derived from the original SOP Instance UID, the model (name, version) and the
-saliency method, so sending the same image twice yields the same result instances (a PACS treats the second
-as a duplicate instead of piling up copies).
+  SCOORD Graphic Data is (column, row) where (0.0, 0.0) is the top left corner of the top left pixel (PS3.3
+  C.18.6.1.1), so the 0-based pixel (x, y) of the /assess answer is the point (x + 0.5, y + 0.5). NUM items
+  carry the exact binary value in Floating Point Value (0040,A161) besides the 16-character Numeric Value.
+
+Codes come from PS3.16 (DCM, SCT, UCUM) where one fits; the others are NormGate's local scheme ``99NORMGATE``
+(PS3.3 §8.1 reserves ``99`` prefixes for private schemes), declared in each SR's Coding Scheme Identification
+Sequence. Code values are at most 16 characters (SH) by construction: a fixed table for decisions and reasons,
+and class labels longer than that go to Long Code Value (0008,0119) — never truncated.
+
+Patient and Study attributes are copied from the original; Laterality (type 2C) and Patient Orientation are
+copied where the original has them and written empty where not. Series Number and Series Description come from
+the model's ``results`` block in model.json (``ResultNaming``; a default derived from the model name otherwise), so
+two models' result series never share a number. Every UID is derived from the original SOP Instance UID, the
+model (name, version) and the saliency method: the same image sent again yields the same instances, which an
+archive stores once.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import io
+import logging
+import zlib
 from dataclasses import dataclass
+from typing import Any, get_args
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.sequence import Sequence
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from models.imaging.assessability import UnassessableReason
+from models.metadata import ModelMetadata
 from service.schemas import AssessResponse
+
+log = logging.getLogger("normgate.dicomweb")
 
 __all__ = [
     "COMPREHENSIVE_SR",
+    "DECISION_CODES",
+    "LOCAL_SCHEME",
+    "REASON_CODES",
     "SC_MAX_SIDE",
     "SECONDARY_CAPTURE",
+    "SEGMENTATION",
     "DicomResults",
+    "ResultNaming",
     "ResultUids",
     "build_results",
     "dataset_bytes",
@@ -67,18 +95,49 @@ __all__ = [
 ]
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 LOCAL_SCHEME = "99NORMGATE"
 MANUFACTURER = "NormGate"
 # The Secondary Capture's long side, at most: it is a summary for a glance in the PACS, next to the original
 # (which stays the image to diagnose from); 1024 keeps an RGB instance near 3 MB whatever the detector size.
 SC_MAX_SIDE = 1024
-# Series Numbers of the result series, high so PACS viewers list them after the acquisition series.
-SC_SERIES_NUMBER = 9901
-SR_SERIES_NUMBER = 9902
+# The saliency region of the SEG: heatmap levels at or above this share of the 8-bit map's range.
+SALIENCY_REGION_LEVEL = 0.5
 
-# Patient (C.7.1.1), Patient Study (C.7.2.2) and General Study (C.7.2.1) attributes copied from the original;
-# the type 2 ones are written empty when the original lacks them.
+# The local codes, each value at most 16 characters (SH). A decision or reason without an entry fails the tests.
+DECISION_CODES: dict[str, Code] = {
+    "reacquire": Code("REACQUIRE", LOCAL_SCHEME, "Reacquire image"),
+    "accept": Code("ACCEPT", LOCAL_SCHEME, "Accept image"),
+    "unassessable": Code("UNASSESSABLE", LOCAL_SCHEME, "Image cannot be assessed"),
+}
+REASON_CODES: dict[str, Code] = {
+    "blank": Code("BLANK", LOCAL_SCHEME, "Blank image"),
+    "too_small": Code("TOO-SMALL", LOCAL_SCHEME, "Image too small"),
+    "low_dynamic_range": Code("LOW-DYN-RANGE", LOCAL_SCHEME, "Dynamic range too low"),
+    "no_frames": Code("NO-FRAMES", LOCAL_SCHEME, "No frames to assess"),
+    "unsupported_modality": Code("UNSUPP-MODALITY", LOCAL_SCHEME, "Modality not served by the model"),
+    "out_of_distribution": Code("OUT-OF-DISTRIB", LOCAL_SCHEME, "Image outside the training distribution"),
+}
+UNASSESSABLE_REASON = Code("UNASSESSABLE-WHY", LOCAL_SCHEME, "Reason the image cannot be assessed")
+SALIENCY = Code("130404", "DCM", "Saliency")
+THRESHOLD_VALUE = Code("122411", "DCM", "Threshold Value")
+_PROCEDURES = {
+    "CR": Code("168537006", "SCT", "Plain radiography"),
+    "DX": Code("168537006", "SCT", "Plain radiography"),
+    "DR": Code("168537006", "SCT", "Plain radiography"),
+    "MR": Code("113091000", "SCT", "Magnetic resonance imaging"),
+}
+_ANY_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+_CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=LOCAL_SCHEME,
+    name="NormGate local codes",
+    responsible_organization="NormGate",
+)
+
+# Patient (C.7.1.1), Patient Study (C.7.2.2) and General Study (C.7.2.1) attributes copied from the original
+# into the SC and the SEG (highdicom's SR copies its own from the first evidence item, the original); the
+# type 2 ones are written empty when the original lacks them.
 _PATIENT_STUDY_KEYWORDS = (
     "PatientName",
     "PatientID",
@@ -165,21 +224,72 @@ def _alpha_ramp(levels: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ResultNaming:
+    """Series Number and Series Description of one model's result series: the SC gets ``series_number``, the
+    SEG ``series_number + 1``, the SR ``series_number + 2``; each description is ``series_description`` plus
+    the object's role, at most 64 characters (LO)."""
+
+    series_number: int
+    series_description: str
+
+    @classmethod
+    def for_model(cls, meta: ModelMetadata) -> ResultNaming:
+        """From model.json's ``results`` block, or derived from the model name: numbers 9000–9980 in steps of
+        10 (CRC-32 of the name), description "NormGate <name>" — distinct models get distinct series."""
+        if meta.results is not None:
+            return cls(meta.results.series_number, meta.results.series_description)
+        return cls(9000 + 10 * (zlib.crc32(meta.name.encode()) % 99), f"NormGate {meta.name}")
+
+    def describe(self, role: str) -> str:
+        suffix = f" {role}"
+        return self.series_description[: 64 - len(suffix)] + suffix
+
+
+@dataclass(frozen=True)
 class ResultUids:
     sc_series: str
     sc_instance: str
+    seg_series: str
+    seg_instance: str
     sr_series: str
     sr_instance: str
+
+    @classmethod
+    def derive(cls, source_sop_instance_uid: str, model_name: str, model_version: str, method: str) -> ResultUids:
+        """UIDs that depend only on (original, model, method): a re-sent image maps onto the same results."""
+
+        def uid(role: str) -> str:
+            return str(
+                generate_uid(
+                    entropy_srcs=["normgate", source_sop_instance_uid, model_name, model_version, method, role]
+                )
+            )
+
+        return cls(
+            sc_series=uid("sc-series"),
+            sc_instance=uid("sc"),
+            seg_series=uid("seg-series"),
+            seg_instance=uid("seg"),
+            sr_series=uid("sr-series"),
+            sr_instance=uid("sr"),
+        )
 
 
 @dataclass(frozen=True)
 class DicomResults:
     secondary_capture: Dataset
+    segmentation: Dataset | None
     structured_report: Dataset
     uids: ResultUids
 
+    @property
+    def datasets(self) -> list[Dataset]:
+        """Every result object, in the order they are stored: SC, SEG (when there is one), SR."""
+        found = [self.secondary_capture, self.segmentation, self.structured_report]
+        return [ds for ds in found if ds is not None]
+
     def part10_files(self) -> list[bytes]:
-        return [dataset_bytes(self.secondary_capture), dataset_bytes(self.structured_report)]
+        return [dataset_bytes(ds) for ds in self.datasets]
 
 
 def read_source_header(body: bytes) -> Dataset:
@@ -189,14 +299,7 @@ def read_source_header(body: bytes) -> Dataset:
 
 
 def result_uids(source_sop_instance_uid: str, model_name: str, model_version: str, method: str) -> ResultUids:
-    """UIDs that depend only on (original instance, model, method): a re-sent image maps onto the same results."""
-
-    def uid(role: str) -> str:
-        return generate_uid(entropy_srcs=["normgate", source_sop_instance_uid, model_name, model_version, method, role])
-
-    return ResultUids(
-        sc_series=uid("sc-series"), sc_instance=uid("sc"), sr_series=uid("sr-series"), sr_instance=uid("sr")
-    )
+    return ResultUids.derive(source_sop_instance_uid, model_name, model_version, method)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,9 +369,14 @@ def burn_in_banner(picture: np.ndarray, lines: list[str], reacquire: bool) -> np
 
 def banner_lines(answer: AssessResponse, positive_class: str) -> list[str]:
     decision = answer.decision.upper()
+    if answer.decision == "unassessable":
+        first = f"NormGate: UNASSESSABLE ({answer.reason or 'no reason given'})"
+    else:
+        first = f"NormGate: {decision} ({answer.label})"
+    probability = "not computed" if answer.probability is None else f"{answer.probability:.3f}"
     return [
-        f"NormGate: {decision} ({answer.label})",
-        f"P({positive_class}) = {answer.probability:.3f}   threshold {answer.threshold:.3f}",
+        first,
+        f"P({positive_class}) = {probability}   threshold {answer.threshold:.3f}",
         f"model {answer.model.name} {answer.model.version} ({answer.model.arch})   "
         f"{answer.heatmap.method if answer.heatmap else 'no heatmap'}",
         "Quality gate output - not for diagnosis",
@@ -276,56 +384,75 @@ def banner_lines(answer: AssessResponse, positive_class: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The datasets
+# The objects
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
-
-
-def _from_codedict(code: Code) -> Dataset:
-    return _code(code.value, code.scheme_designator, code.meaning)
-
-
-def _sop_reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = sop_class_uid
-    item.ReferencedSOPInstanceUID = sop_instance_uid
-    return item
-
-
-def _new_file_dataset(sop_class_uid: str, sop_instance_uid: str, source: Dataset) -> FileDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    # In memory, read from nothing: pydicom accepts None here (no filename, no buffer) but does not annotate it.
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
+def _copy_patient_and_study(ds: Dataset, source: Dataset) -> None:
     # Copied values (patient name, …) keep their encoding; NormGate's own text is ASCII, valid in any of them.
     if "SpecificCharacterSet" in source:
         ds.SpecificCharacterSet = source.SpecificCharacterSet
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_instance_uid
     for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             ds[keyword] = source[keyword]
         elif keyword in _TYPE_2:
             setattr(ds, keyword, "")
-    return ds
 
 
-def _stamp(ds: Dataset, now: dt.datetime, software_versions: list[str]) -> None:
+def _without_patient_and_study(source: Dataset) -> Dataset:
+    """The original's header without its Patient and Study attributes (Study Instance UID kept), for
+    highdicom: it parses and validates what it copies (a malformed birth date in the original would fail the
+    result), while NormGate copies those values verbatim itself (``_copy_patient_and_study``)."""
+    stand_in = copy.deepcopy(source)
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        if keyword == "StudyInstanceUID":
+            continue
+        if keyword in _TYPE_2:
+            setattr(stand_in, keyword, "")
+        elif keyword in stand_in:
+            del stand_in[keyword]
+    return stand_in
+
+
+def _copy_image_context(ds: Dataset, source: Dataset, *, unknown_laterality_empty: bool) -> None:
+    """Laterality (General Series, type 2C: required for a paired body part), the body part and Patient
+    Orientation (General Image, type 2C) as the original has them.
+
+    Laterality is the original's Laterality or Image Laterality when that is R or L. Without one, but with the
+    body part named (Body Part Examined, Anatomic Region Sequence), it stays absent: the part is then unpaired
+    (a chest) or the original itself omits it. With neither, NormGate cannot know, and an image (the SC) gets
+    an empty Laterality — "unknown", which the IOD allows (dciodvfy warns; docs/integration.md); the SEG
+    leaves it out, as its IOD wants when nothing says the part is paired."""
+    laterality = str(source.get("Laterality") or source.get("ImageLaterality") or "")
+    body_part_known = False
+    for keyword in ("BodyPartExamined", "AnatomicRegionSequence"):
+        if source.get(keyword):
+            ds[keyword] = source[keyword]
+            body_part_known = True
+    if laterality in ("R", "L"):
+        ds.Laterality = laterality
+    elif not body_part_known and unknown_laterality_empty:
+        ds.Laterality = ""
+    elif "Laterality" in ds:
+        del ds.Laterality
+    orientation = source.get("PatientOrientation")
+    ds.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+
+
+def _stamp(ds: Dataset, now: dt.datetime, software_versions: list[str], model_name: str) -> None:
     ds.InstanceCreationDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = ds.ContentTime = now.strftime("%H%M%S.%f")
-    ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = "NormGate quality gate"
+    ds.SeriesDate = ds.ContentDate
+    ds.SeriesTime = ds.ContentTime
+    ds.ManufacturerModelName = f"NormGate quality gate ({model_name})"[:64]
     ds.SoftwareVersions = software_versions
-    ds.InstanceNumber = 1
+
+
+def _source_reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = str(source.SOPClassUID)
+    item.ReferencedSOPInstanceUID = str(source.SOPInstanceUID)
+    return item
 
 
 def build_secondary_capture(
@@ -333,105 +460,129 @@ def build_secondary_capture(
     picture: np.ndarray,
     answer: AssessResponse,
     uids: ResultUids,
+    naming: ResultNaming,
     now: dt.datetime,
     software_versions: list[str],
-) -> FileDataset:
-    ds = _new_file_dataset(SECONDARY_CAPTURE, uids.sc_instance, source)
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.Modality = "OT"  # General Series (C.7.3.1): SC images of a non-acquisition origin
-    ds.SeriesInstanceUID = uids.sc_series
-    ds.SeriesNumber = SC_SERIES_NUMBER
-    ds.SeriesDescription = "NormGate saliency overlay"
-    ds.ConversionType = "WSD"  # SC Equipment (C.8.6.1): workstation
-    _stamp(ds, now, software_versions)
-    ds.PatientOrientation = source.get("PatientOrientation", "") or ""
-    ds.BurnedInAnnotation = "YES"
+) -> Dataset:
+    sc = hd.sc.SCImage(
+        pixel_array=np.ascontiguousarray(picture, dtype=np.uint8),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        # PATIENT with a placeholder orientation; the original's (or an empty) Patient Orientation replaces it.
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "F"),
+        study_instance_uid=str(source.StudyInstanceUID),
+        series_instance_uid=uids.sc_series,
+        series_number=naming.series_number,
+        sop_instance_uid=uids.sc_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=naming.describe("overlay"),
+    )
+    _copy_patient_and_study(sc, source)
+    _copy_image_context(sc, source, unknown_laterality_empty=True)
+    _stamp(sc, now, software_versions, answer.model.name)
+    sc.ConversionType = "WSD"  # SC Equipment (C.8.6.1): a workstation made it
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "YES"
+    sc.LossyImageCompression = "00"
     method = answer.heatmap.method if answer.heatmap else "none"
-    ds.DerivationDescription = (
+    probability = "not computed" if answer.probability is None else f"{answer.probability:.4f}"
+    sc.DerivationDescription = (
         f"NormGate {answer.model.name} {answer.model.version}: {method} saliency heatmap overlaid on the "
-        f"windowed original, argmax marked, decision {answer.decision} (P={answer.probability:.4f}) burned in"
+        f"windowed original, peak marked, decision {answer.decision} (P={probability}) burned in"
     )[:1024]
-    source_ref = _sop_reference(str(source.SOPClassUID), str(source.SOPInstanceUID))
-    source_ref.PurposeOfReferenceCodeSequence = [_from_codedict(codes.DCM.SourceImageForImageProcessingOperation)]
-    ds.SourceImageSequence = [source_ref]
-    ds.ReferencedImageSequence = [_sop_reference(str(source.SOPClassUID), str(source.SOPInstanceUID))]
-    rows, columns, _ = picture.shape
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, columns
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.LossyImageCompression = "00"
-    ds.PixelData = np.ascontiguousarray(picture, dtype=np.uint8).tobytes()
-    return ds
+    source_item = _source_reference(source)
+    source_item.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+    ]
+    sc.SourceImageSequence = [source_item]
+    sc.ReferencedImageSequence = [_source_reference(source)]
+    return sc
 
 
-def _content_item(relationship: str, value_type: str, concept: Dataset) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = [concept]
-    return item
+def saliency_region(heatmap: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """bool [rows, columns]: the 8-bit ``heatmap`` stretched over the original's grid (bilinear, as the
+    viewer and the SC stretch it), at or above ``SALIENCY_REGION_LEVEL`` of its range."""
+    stretched = np.asarray(Image.fromarray(heatmap, mode="L").resize((columns, rows), Image.Resampling.BILINEAR))
+    return np.asarray(stretched >= round(SALIENCY_REGION_LEVEL * 255))
 
 
-def _text(concept: Dataset, text: str) -> Dataset:
-    item = _content_item("CONTAINS", "TEXT", concept)
-    item.TextValue = text
-    return item
+def build_segmentation(
+    source: Dataset,
+    region: np.ndarray,
+    answer: AssessResponse,
+    uids: ResultUids,
+    naming: ResultNaming,
+    now: dt.datetime,
+    software_versions: list[str],
+) -> Dataset:
+    method = answer.heatmap.method if answer.heatmap else "none"
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"NormGate {answer.model.name}"[:64],
+        version=answer.model.version[:64],
+        family=codes.DCM.ArtificialIntelligence,
+        parameters={"saliency": method, "region": f">= {SALIENCY_REGION_LEVEL:g} of the map's range"},
+    )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="saliency region",
+        segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
+        segmented_property_type=SALIENCY,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=[_without_patient_and_study(source)],
+        pixel_array=region.astype(np.uint8)[None, ...],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=uids.seg_series,
+        series_number=naming.series_number + 1,
+        sop_instance_uid=uids.seg_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=f"NormGate quality gate ({answer.model.name})"[:64],
+        software_versions=software_versions[0],  # the full list is set by _stamp below
+        device_serial_number=answer.model.version[:64],
+        series_description=naming.describe("saliency region"),
+    )
+    _copy_patient_and_study(seg, source)
+    _copy_image_context(seg, source, unknown_laterality_empty=False)
+    _stamp(seg, now, software_versions, answer.model.name)
+    return seg
 
 
-def _coded(concept: Dataset, value: Dataset) -> Dataset:
-    item = _content_item("CONTAINS", "CODE", concept)
-    item.ConceptCodeSequence = [value]
-    return item
+def _code(value: str, scheme: str, meaning: str) -> hd.sr.CodedConcept:
+    # highdicom writes a value over 16 characters as Long Code Value (0008,0119): never truncated.
+    return hd.sr.CodedConcept(value, scheme, meaning)
 
 
-def _numeric(concept: Dataset, value: float) -> Dataset:
-    measured = Dataset()
-    measured.NumericValue = _decimal_string(value)
-    measured.FloatingPointValue = float(value)
-    measured.MeasurementUnitsCodeSequence = [_from_codedict(codes.UCUM.NoUnits)]
-    item = _content_item("CONTAINS", "NUM", concept)
-    item.MeasuredValueSequence = [measured]
-    return item
-
-
-def _decimal_string(value: float) -> str:
-    """The closest DS (at most 16 characters, PS3.5 6.2) to ``value``."""
-    for digits in range(15, 0, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    return "0"
-
-
-def _image(relationship: str, concept: Dataset | None, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = "IMAGE"
-    if concept is not None:
-        item.ConceptNameCodeSequence = [concept]
-    item.ReferencedSOPSequence = [_sop_reference(sop_class_uid, sop_instance_uid)]
-    return item
-
-
-def _finding_code(label: str) -> Dataset:
+def finding_code(label: str) -> hd.sr.CodedConcept:
+    """The code of a class label: SCT "Foreign body" for foreign_object, else the label in 99NORMGATE."""
     if label == "foreign_object":
-        return _from_codedict(codes.SCT.ForeignBody)
-    return _code(label.upper()[:16], LOCAL_SCHEME, label.replace("_", " "))
+        return hd.sr.CodedConcept.from_code(codes.SCT.ForeignBody)
+    return _code(label.upper(), LOCAL_SCHEME, label.replace("_", " "))
 
 
-def _evidence(study_uid: str, series_uid: str, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
-    """An item of a Hierarchical SOP Instance Reference Macro (C.17.2.1): study → series → instance."""
-    series = Dataset()
-    series.SeriesInstanceUID = series_uid
-    series.ReferencedSOPSequence = [_sop_reference(sop_class_uid, sop_instance_uid)]
-    study = Dataset()
-    study.StudyInstanceUID = study_uid
-    study.ReferencedSeriesSequence = [series]
-    return study
+def _source_for(cls: Any, source: Dataset) -> Any:
+    return cls(referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID))
+
+
+def _library_entry(source: Dataset) -> Dataset:
+    """The original as highdicom's Image Library (TID 1601) sees it. The modality-specific descriptors (TID 1603
+    projection radiography: Patient Orientation, Imager Pixel Spacing; TID 1604 cross-sectional: orientation,
+    position, spacing) are written when the original has what they need; otherwise the entry keeps the
+    modality (from the SOP Class), Rows and Columns only."""
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(source)
+        return source
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        entry = Dataset()
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
+            entry[keyword] = source[keyword]
+        entry.Modality = ""  # only picks highdicom's modality-specific descriptors: none
+        return entry
 
 
 def build_structured_report(
@@ -440,72 +591,123 @@ def build_structured_report(
     positive_class: str,
     input_size: list[int],
     uids: ResultUids,
+    naming: ResultNaming,
+    evidence: list[Dataset],
+    segmentation: Dataset | None,
     now: dt.datetime,
     software_versions: list[str],
-) -> FileDataset:
-    ds = _new_file_dataset(COMPREHENSIVE_SR, uids.sr_instance, source)
-    ds.Modality = "SR"
-    ds.SeriesInstanceUID = uids.sr_series
-    ds.SeriesNumber = SR_SERIES_NUMBER
-    ds.SeriesDescription = "NormGate quality assessment"
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2, no MPPS known
-    _stamp(ds, now, software_versions)
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = Sequence()  # type 2
-    source_class, source_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
-    study_uid = str(source.StudyInstanceUID)
-    # The original is the evidence of the requested procedure; the SC is other evidence this report cites.
-    ds.CurrentRequestedProcedureEvidenceSequence = [
-        _evidence(study_uid, str(source.SeriesInstanceUID), source_class, source_instance)
-    ]
-    ds.PertinentOtherEvidenceSequence = [_evidence(study_uid, uids.sc_series, SECONDARY_CAPTURE, uids.sc_instance)]
-
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [_from_codedict(codes.DCM.QualityAssessment)]
-    ds.ContinuityOfContent = "SEPARATE"
-    reacquire = answer.decision == "reacquire"
-    if answer.decision == "unassessable":
-        recommendation = _code("UNASSESSABLE", LOCAL_SCHEME, "Image cannot be assessed")
-        conclusion = f"unassessable: {answer.reason}"
-    else:
-        recommendation = (
-            _code("REACQUIRE", LOCAL_SCHEME, "Reacquire image")
-            if reacquire
-            else _code("ACCEPT", LOCAL_SCHEME, "Accept image")
-        )
-        relation = ">=" if reacquire else "<"
-        conclusion = (
-            f"{answer.decision}: P({positive_class}) = {answer.probability:.4f} {relation} threshold "
-            f"{answer.threshold:g}"
-        )
+) -> Dataset:
     method = answer.heatmap.method if answer.heatmap else "none"
-    content = [_coded(_from_codedict(codes.DCM.Recommendation), recommendation)]
-    if answer.label is not None:
-        content.append(_coded(_from_codedict(codes.DCM.Finding), _finding_code(answer.label)))
-    if answer.probability is not None:
-        content.append(_numeric(_from_codedict(codes.DCM.Probability), answer.probability))
-    content += [
-        _numeric(_from_codedict(codes.DCM.ThresholdValue), answer.threshold),
-        _text(_from_codedict(codes.DCM.Conclusion), conclusion),
-        _text(_from_codedict(codes.DCM.AlgorithmName), answer.model.name),
-        _text(_from_codedict(codes.DCM.AlgorithmVersion), answer.model.version),
-        _text(
-            _from_codedict(codes.DCM.AlgorithmParameters),
-            f"arch={answer.model.arch}; saliency={method}; input={input_size[0]}x{input_size[1]}; "
+    model = answer.model
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"NormGate {model.name}",
+        version=model.version,
+        parameters=[
+            f"arch={model.arch}",
+            f"input={input_size[0]}x{input_size[1]}",
             f"positive_class={positive_class}",
+            f"calibration={answer.calibration or 'none'}",
+        ],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=str(generate_uid(entropy_srcs=["normgate-device", model.name, model.version])),
+            name=f"NormGate {model.name}",
+            manufacturer_name=MANUFACTURER,
+            model_name=model.arch,
         ),
+    )
+    measurements = []
+    if answer.probability is not None:
+        measurements.append(
+            hd.sr.Measurement(name=codes.DCM.Probability, value=answer.probability, unit=codes.UCUM.NoUnits)
+        )
+    measurements.append(hd.sr.Measurement(name=THRESHOLD_VALUE, value=answer.threshold, unit=codes.UCUM.NoUnits))
+    evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Recommendation, value=DECISION_CODES[answer.decision])]
+    if answer.decision == "unassessable" and answer.reason is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=UNASSESSABLE_REASON, value=REASON_CODES[answer.reason]))
+    groups: list[Any] = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=str(generate_uid(entropy_srcs=["normgate-track", uids.sr_instance, "assessment"])),
+                identifier="NormGate assessment",
+            ),
+            finding_type=finding_code(positive_class),
+            algorithm_id=algorithm,
+            source_images=[_source_for(hd.sr.SourceImageForMeasurementGroup, source)],
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        )
     ]
+    saliency_algorithm = hd.sr.AlgorithmIdentification(name=method, version=model.version)
     if answer.point is not None:
-        peak = _content_item("CONTAINS", "SCOORD", _code("SALIENCY-PEAK", LOCAL_SCHEME, "Saliency map maximum"))
-        peak.GraphicType = "POINT"
-        peak.GraphicData = [answer.point.x + 0.5, answer.point.y + 0.5]
-        peak.ContentSequence = [_image("SELECTED FROM", None, source_class, source_instance)]
-        content.append(peak)
-    content.append(_image("CONTAINS", _from_codedict(codes.DCM.SourceImage), source_class, source_instance))
-    content.append(_image("CONTAINS", _from_codedict(codes.DCM.Saliency), SECONDARY_CAPTURE, uids.sc_instance))
-    ds.ContentSequence = content
-    return ds
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=str(generate_uid(entropy_srcs=["normgate-track", uids.sr_instance, "peak"])),
+                    identifier="saliency peak",
+                ),
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POINT,
+                    graphic_data=np.array([[answer.point.x + 0.5, answer.point.y + 0.5]]),
+                    source_image=_source_for(hd.sr.SourceImageForRegion, source),
+                ),
+                finding_type=SALIENCY,
+                algorithm_id=saliency_algorithm,
+            )
+        )
+    if segmentation is not None:
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=str(generate_uid(entropy_srcs=["normgate-track", uids.sr_instance, "region"])),
+                    identifier="saliency region",
+                ),
+                referenced_segment=hd.sr.ReferencedSegmentationFrame(
+                    sop_class_uid=SEGMENTATION,
+                    sop_instance_uid=uids.seg_instance,
+                    frame_number=1,
+                    segment_number=1,
+                    source_image=_source_for(hd.sr.SourceImageForSegmentation, source),
+                ),
+                finding_type=SALIENCY,
+                algorithm_id=saliency_algorithm,
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURES.get(str(source.get("Modality", "")).upper(), _ANY_PROCEDURE),
+        imaging_measurements=groups,
+        referenced_images=[_library_entry(source)],
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=uids.sr_series,
+        series_number=naming.series_number + 2,
+        sop_instance_uid=uids.sr_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=naming.describe("report"),
+        coding_schemes=[_CODING_SCHEME],
+    )
+    _copy_patient_and_study(sr, source)
+    _stamp(sr, now, software_versions, model.name)
+    _frame_or_segment_number(sr)
+    return sr
+
+
+def _frame_or_segment_number(ds: Dataset) -> None:
+    """Image references name a SEG frame or a segment, not both (PS3.3 C.18.4: Referenced Segment Number only
+    when no Referenced Frame Number is present). highdicom writes both; the one frame of NormGate's SEG is
+    its one segment, so the frame number alone says it."""
+    for item in ds.get("ContentSequence", []):
+        for reference in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in reference and "ReferencedSegmentNumber" in reference:
+                del reference.ReferencedSegmentNumber
+        _frame_or_segment_number(item)
 
 
 def dataset_bytes(ds: Dataset) -> bytes:
@@ -521,27 +723,50 @@ def build_results(
     positive_class: str,
     input_size: list[int],
     app_version: str,
+    naming: ResultNaming,
     now: dt.datetime | None = None,
 ) -> DicomResults:
-    """The Secondary Capture and the SR for one assessed image.
+    """The SC, the SEG (when there is a heatmap with a region) and the SR for one assessed image.
 
     ``source``: the original's header (``read_source_header``); ``display``: the decoded pixels the model saw
-    (``DecodedImage.pixels``); ``answer``: the /assess answer for them, with its heatmap."""
+    (``DecodedImage.pixels``); ``answer``: the /assess answer for them."""
     now = now or dt.datetime.now()
     method = answer.heatmap.method if answer.heatmap else "none"
-    uids = result_uids(str(source.SOPInstanceUID), answer.model.name, answer.model.version, method)
+    uids = ResultUids.derive(str(source.SOPInstanceUID), answer.model.name, answer.model.version, method)
     heatmap = None
     if answer.heatmap is not None:
         heatmap = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.heatmap.png_base64))).convert("L"))
-    else:
-        heatmap = np.zeros((8, 8), dtype=np.uint8)
     point = (answer.point.x, answer.point.y) if answer.point else None
     picture = burn_in_banner(
-        heatmap_overlay(display, heatmap, point),
+        heatmap_overlay(display, heatmap if heatmap is not None else np.zeros((8, 8), np.uint8), point),
         banner_lines(answer, positive_class),
         reacquire=answer.decision == "reacquire",
     )
     versions = [f"NormGate {app_version}", f"model {answer.model.name} {answer.model.version}"]
-    sc = build_secondary_capture(source, picture, answer, uids, now, versions)
-    sr = build_structured_report(source, answer, positive_class, input_size, uids, now, versions)
-    return DicomResults(secondary_capture=sc, structured_report=sr, uids=uids)
+    sc = build_secondary_capture(source, picture, answer, uids, naming, now, versions)
+    seg = None
+    if heatmap is not None:
+        region = saliency_region(heatmap, int(source.Rows), int(source.Columns))
+        if region.any():
+            try:
+                seg = build_segmentation(source, region, answer, uids, naming, now, versions)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                # An original highdicom cannot derive a SEG from (e.g. a cross-sectional image without its
+                # Frame of Reference): the SC and the SR still carry the result.
+                log.warning(
+                    "no SEG for instance %s: %s (the SC and the SR are still made)",
+                    source.SOPInstanceUID,
+                    type(exc).__name__,
+                )
+    evidence = [_without_patient_and_study(source), sc] + ([seg] if seg is not None else [])
+    sr = build_structured_report(source, answer, positive_class, input_size, uids, naming, evidence, seg, now, versions)
+    return DicomResults(secondary_capture=sc, segmentation=seg, structured_report=sr, uids=uids)
+
+
+def _every_reason_has_a_code() -> None:
+    missing = set(get_args(UnassessableReason)) - set(REASON_CODES)
+    if missing:  # a new reason in the API contract needs a code here (and a line in docs/integration.md)
+        raise RuntimeError(f"no 99NORMGATE code for unassessable reason(s) {sorted(missing)}")
+
+
+_every_reason_has_a_code()

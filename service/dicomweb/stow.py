@@ -8,7 +8,8 @@ concurrent /assess requests):
 2. ``Assessor.assess_keeping_image`` — exactly the /assess path: decode in the decode pool, the model's
    queue and batches, the default saliency method, a heatmap;
 3. the Secondary Capture and the SR (``service.dicomweb.results``), built in a worker thread, kept for WADO-RS
-   retrieval (``ResultStore``) and queued for the push server when one is configured.
+   retrieval (``ResultStore``) and written to the durable outbox for the push server when one is configured
+   (before the STOW answer goes out: what the sender was told was stored has its results on disk).
 
 Failures become the instance's Failure Reason (``service.dicomweb.FailureReason``); nothing an instance
 carries can fail the whole request. Logs name request ids and SOP Instance UIDs only — never a patient
@@ -31,8 +32,8 @@ from service.dicomweb.multipart import (
     StowOutcome,
     read_instance_ids,
 )
-from service.dicomweb.push import DicomwebPusher, PushJob
-from service.dicomweb.results import DicomResults, build_results, read_source_header
+from service.dicomweb.outbox import OutboxSender
+from service.dicomweb.results import DicomResults, ResultNaming, build_results, read_source_header
 from service.errors import (
     ApiError,
     BadImage,
@@ -45,6 +46,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.ingest.upload import Upload
+from service.observability.metrics import ServiceMetrics
 from service.serving.assessment import Assessor, AssessParams
 from service.serving.worker import ModelWorker
 
@@ -112,12 +114,18 @@ def _failure_for(exc: Exception) -> tuple[int, str]:
 
 class StowService:
     def __init__(
-        self, assessor: Assessor, results: ResultStore, pusher: DicomwebPusher | None, app_version: str
+        self,
+        assessor: Assessor,
+        results: ResultStore,
+        senders: list[OutboxSender],
+        app_version: str,
+        metrics: ServiceMetrics,
     ) -> None:
         self.assessor = assessor
         self.results = results
-        self.pusher = pusher
+        self.senders = senders  # one per configured destination: STOW-RS push, DIMSE C-STORE
         self.app_version = app_version
+        self.metrics = metrics
 
     async def store(
         self,
@@ -197,6 +205,7 @@ class StowService:
                     meta.positive_class,
                     list(meta.input_size),
                     self.app_version,
+                    ResultNaming.for_model(meta),
                 )
             )
             files = await asyncio.to_thread(results.part10_files)
@@ -206,6 +215,7 @@ class StowService:
             self._log_failure(request_id, outcome)
             return outcome
         outcome.extras = self._publish(ids, answer.model_dump(mode="json"), results, files, retrieve_base)
+        outcome.extras["push"] = await self._send(results, files)
         log.info(
             "stow %s: instance %s assessed: %s (SC %s, SR %s)",
             request_id,
@@ -219,19 +229,15 @@ class StowService:
     def _publish(
         self, ids: InstanceIds, answer: dict[str, Any], results: DicomResults, files: list[bytes], retrieve_base: str
     ) -> dict[str, Any]:
-        """Keep the results for WADO-RS, queue them for the push server; the instance's JSON result."""
+        """Keep the results for WADO-RS; the instance's JSON result."""
         study = ids.study_instance_uid
         assert study is not None  # _refusal turned away readable instances without one
-        described = {}
-        pushed_uids: list[str] = []
-        for role, ds, part10 in (
-            ("secondary_capture", results.secondary_capture, files[0]),
-            ("structured_report", results.structured_report, files[1]),
-        ):
+        described: dict[str, Any] = {"segmentation": None}
+        roles = {"OT": "secondary_capture", "SEG": "segmentation", "SR": "structured_report"}
+        for ds, part10 in zip(results.datasets, files):
             item = StoredResult(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), part10)
             kept = self.results.put(item)
-            pushed_uids.append(item.sop_instance_uid)
-            described[role] = {
+            described[roles[str(ds.Modality)]] = {
                 "sop_class_uid": str(ds.SOPClassUID),
                 "sop_instance_uid": item.sop_instance_uid,
                 "series_instance_uid": item.series_instance_uid,
@@ -242,20 +248,29 @@ class StowService:
                 if kept
                 else None,
             }
-        if self.pusher is None:
-            push = "not_configured"
-        else:
-            queued = self.pusher.submit(
-                PushJob(
-                    instances=files,
-                    sop_instance_uids=pushed_uids,
-                )
-            )
-            push = "queued" if queued else "dropped"
-        return {"assessment": answer, **described, "push": push}
+        return {"assessment": answer, **described}
 
-    @staticmethod
-    def _log_failure(request_id: str, outcome: StowOutcome) -> None:
+    async def _send(self, results: DicomResults, files: list[bytes]) -> str:
+        """Hand the result set to the outbox of every configured destination (durably, before the answer):
+        queued (by all) | dropped (an outbox was full) | failed (an outbox could not be written) |
+        not_configured (no destination)."""
+        if not self.senders:
+            return "not_configured"
+        uids = [str(ds.SOPInstanceUID) for ds in results.datasets]
+        states = []
+        for sender in self.senders:
+            try:
+                states.append("queued" if await sender.submit(uids, files) else "dropped")
+            except Exception as exc:  # a full disk, a broken state volume: the assessment itself stands
+                log.error(
+                    "%s outbox write for results %s failed: %s", sender.channel, ", ".join(uids), type(exc).__name__
+                )
+                states.append("failed")
+        return next((state for state in ("failed", "dropped") if state in states), "queued")
+
+    def _log_failure(self, request_id: str, outcome: StowOutcome) -> None:
+        if outcome.error:
+            self.metrics.rejected.labels(outcome.error).inc()
         log.warning(
             "stow %s: instance %s (part %d) failed: %s, 0x%04X",
             request_id,

@@ -6,9 +6,35 @@ builds many — without "Duplicated timeseries" errors, and ``/metrics`` shows e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import get_args
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+from models.imaging.assessability import UnassessableReason
+
+__all__ = ["CONTENT_TYPE_LATEST", "PUSH_CHANNELS", "PUSH_OUTCOMES", "REJECTION_REASONS", "ServiceMetrics"]
+
+# Every label value a labelled counter can take is exported as 0 from the start: rate()/increase() only see a
+# series' first increment when an earlier sample exists (docs/operations.md, "Alerts").
+# normgate_rejected_total{reason}: the API's error codes (docs/api.md, "Errors") plus STOW's study_mismatch.
+REJECTION_REASONS = (
+    "bad_image",
+    "bad_parameter",
+    "too_large",
+    "unsupported_media_type",
+    "unauthorized",
+    "request_timeout",
+    "not_acceptable",
+    "study_mismatch",
+    "overloaded",
+    "not_ready",
+    "timeout",
+    "internal",
+    "client_disconnected",
+)
+PUSH_CHANNELS = ("dicomweb", "dimse")  # result delivery: STOW-RS push, C-STORE to the DIMSE destination
+PUSH_OUTCOMES = ("pushed", "partial", "failed", "expired", "dropped")
 
 # Latency buckets from 5 ms (a cached small model) to 30 s (a large image on a busy CPU).
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -95,6 +121,53 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "normgate_model_info", "Loaded models (value 1).", ["name", "version", "arch"], registry=r
         )
+        # Result delivery through the durable outbox (service/dicomweb/outbox.py).
+        self.push_outcomes = Counter(
+            "normgate_dicomweb_push_total",
+            "Result sets (SC, SEG, SR of one image) leaving the outbox, by channel and final outcome: pushed, "
+            "partial (some instances refused), failed (refused, not retried), expired (older than the max age), "
+            "dropped (outbox full).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.push_retries = Counter(
+            "normgate_dicomweb_push_retries_total",
+            "Delivery attempts that failed and will be retried (archive down, timeout, 5xx, 429).",
+            ["channel"],
+            registry=r,
+        )
+        self.push_queue_depth = Gauge(
+            "normgate_dicomweb_push_queue_depth", "Result sets pending in the outbox.", ["channel"], registry=r
+        )
+        self.push_oldest_age = Gauge(
+            "normgate_dicomweb_push_oldest_age_seconds",
+            "Age of the oldest result set pending in the outbox (0 when none).",
+            ["channel"],
+            registry=r,
+        )
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+        for channel in PUSH_CHANNELS:
+            for outcome in PUSH_OUTCOMES:
+                self.push_outcomes.labels(channel, outcome)
+            self.push_retries.labels(channel)
+            self.push_queue_depth.labels(channel).set(0)
+            self.push_oldest_age.labels(channel).set(0)
+
+    def preinitialise_models(self, names: Iterable[str]) -> None:
+        """Export 0 for every model-labelled counter of each model (called once the models are known)."""
+        for name in names:
+            for decision in ("reacquire", "accept"):
+                self.decisions.labels(name, decision, "none")
+            for reason in get_args(UnassessableReason):
+                self.decisions.labels(name, "unassessable", reason)
+            self.worker_restarts.labels(name)
+            self.out_of_memory.labels(name)
+
+    def watch_push_backlog(self, channel: str, depth: Callable[[], float], oldest_age: Callable[[], float]) -> None:
+        """The outbox gauges of ``channel`` read the sender's numbers at each scrape."""
+        self.push_queue_depth.labels(channel).set_function(depth)
+        self.push_oldest_age.labels(channel).set_function(oldest_age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,22 +39,17 @@ CORE_METRICS = {
     "normgate_decisions_total": "counter",
     "normgate_model_info": "gauge",
 }
-# The core NORMGATE_* settings (README, "Configuration"); the deploy files set no others.
-CORE_SETTINGS = {
-    "NORMGATE_HOST",
-    "NORMGATE_PORT",
-    "NORMGATE_MODELS_DIR",
-    "NORMGATE_DEFAULT_MODEL",
-    "NORMGATE_DEVICE",
-    "NORMGATE_MAX_BATCH_SIZE",
-    "NORMGATE_MAX_BATCH_WAIT_MS",
-    "NORMGATE_MAX_QUEUE_SIZE",
-    "NORMGATE_REQUEST_TIMEOUT_MS",
-    "NORMGATE_MAX_BODY_MB",
-    "NORMGATE_MAX_PIXELS",
-    "NORMGATE_API_KEYS",
-    "NORMGATE_DATA_DIR",
-}
+
+
+# Every NORMGATE_* setting there is (service/config.py, README "Configuration"): the deploy files may set these
+# and no others (a typo would be ignored by the service without a word).
+def _settings() -> set[str]:
+    from service.config import Settings
+
+    return {"NORMGATE_" + name.upper() for name in Settings.model_fields}
+
+
+SETTINGS = _settings()
 
 
 def require_binary(name: str) -> str:

@@ -5,13 +5,14 @@ Prometheus scraping the names and ports compose gives the containers."""
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.conftest import CORE_SETTINGS, DEPLOY, REPO, require_binary, run_tool
+from tests.deploy.conftest import DEPLOY, REPO, SETTINGS, require_binary, run_tool
 
 COMPOSE_PATH = REPO / "docker-compose.yml"
 CPU_OVERRIDE_PATH = DEPLOY / "compose" / "cpu.yml"
@@ -51,8 +52,11 @@ def test_check_jsonschema_validates_the_compose_file():
 def test_cpu_override_matches_the_compose_schema():
     override = yaml.load(CPU_OVERRIDE_PATH.read_text(), Loader=ComposeLoader)
     jsonschema.validate(override, compose_schema())
-    assert "deploy" in override["services"]["normgate"] and override["services"]["normgate"]["deploy"] is None
-    assert override["services"]["normgate"]["build"]["args"]["DEVICE"] == "cpu"
+    normgate = override["services"]["normgate"]
+    # !override: the CPU limits replace the whole deploy block, GPU reservation included
+    assert normgate["deploy"] == {"resources": {"limits": {"cpus": "4", "memory": "8g"}}}
+    assert normgate["build"]["args"]["DEVICE"] == "cpu"
+    assert cpu_budget(normgate["environment"]) <= float(normgate["deploy"]["resources"]["limits"]["cpus"])
     assert override["services"]["dcgm-exporter"]["profiles"] == ["gpu"]
 
 
@@ -63,8 +67,20 @@ def test_schema_check_can_fail():
         jsonschema.validate(broken, compose_schema())
 
 
-def test_the_four_services_are_there():
-    assert {"normgate", "prometheus", "grafana", "dcgm-exporter"} <= set(SERVICES)
+def compose_default(value: str) -> str:
+    """The default of a ``${VAR:-default}`` value (or the value itself)."""
+    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def cpu_budget(environment: dict) -> float:
+    """CPUs the service keeps busy: torch threads + decode workers + 1 (event loop, result building)."""
+    threads = int(compose_default(environment["NORMGATE_TORCH_THREADS"]))
+    return threads + int(compose_default(environment["NORMGATE_DECODE_WORKERS"])) + 1
+
+
+def test_the_services_are_there():
+    assert {"normgate", "prometheus", "alertmanager", "grafana", "dcgm-exporter"} <= set(SERVICES)
 
 
 def test_normgate_service():
@@ -74,10 +90,14 @@ def test_normgate_service():
     device = gpu_reservation(svc)
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
     # Falls back to the CPU when no GPU is visible (and deploy/compose/cpu.yml drops the reservation).
-    assert svc["environment"]["NORMGATE_DEVICE"] == "auto"
-    assert set(svc["environment"]) <= CORE_SETTINGS
+    assert compose_default(svc["environment"]["NORMGATE_DEVICE"]) == "auto"
+    # Every setting passes through (a value or a ${VAR:-default} here, or empty = taken from the shell/.env).
+    assert set(svc["environment"]) == SETTINGS, set(svc["environment"]) ^ SETTINGS
+    assert svc["environment"]["NORMGATE_DICOMWEB_PUSH_URL"] is None  # set it in the shell or .env
+    assert svc["environment"]["NORMGATE_STATE_DIR"] == "/state" and "normgate-state:/state" in svc["volumes"]
+    assert cpu_budget(svc["environment"]) <= float(svc["deploy"]["resources"]["limits"]["cpus"])
     test = svc["healthcheck"]["test"]
-    assert test[0] == "CMD" and any("/healthz" in part for part in test)
+    assert test[0] == "CMD" and any("/readyz" in part for part in test)
     assert svc["read_only"] is True and any(t.startswith("/tmp") for t in svc["tmpfs"])
     assert svc["user"].split(":")[0] not in ("0", "root")
     assert svc["ports"][0].endswith(":" + svc["environment"]["NORMGATE_PORT"])
@@ -120,3 +140,14 @@ def test_dcgm_exporter_gets_the_gpus_and_grafana_is_provisioned():
     grafana = SERVICES["grafana"]
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_alertmanager_gets_the_config_prometheus_sends_to():
+    svc = SERVICES["alertmanager"]
+    mounts = dict(v.split(":")[:2] for v in svc["volumes"])
+    assert mounts["./deploy/alertmanager"] == "/etc/alertmanager"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in svc["command"]
+    assert (DEPLOY / "alertmanager" / "alertmanager.yml").is_file()
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [target] = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093" and svc["ports"][0].endswith(":9093")

@@ -1,6 +1,6 @@
 """Dockerfile and .dockerignore. No Docker engine runs here, so the image cannot be built in the tests: hadolint
 lints the file, and a small parser checks what the issue asks of the image (multi-stage, CUDA runtime base with a
-CPU build arg, pinned installs, no build tools in the final stage, non-root, healthcheck on /healthz, the default
+CPU build arg, pinned installs, no build tools in the final stage, non-root, healthcheck on /readyz, the default
 checkpoint inside) and that the build context keeps exactly what the image needs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.deploy.conftest import CORE_SETTINGS, REPO, require_binary, run_tool
+from tests.deploy.conftest import REPO, SETTINGS, require_binary, run_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -145,12 +145,13 @@ def test_final_image_has_no_build_tools_and_installs_nothing():
     assert any("rm -rf /var/lib/apt/lists/*" in r for r in os_stage.all("RUN"))
 
 
-def test_runs_as_non_root_with_a_healthcheck_on_healthz():
+def test_runs_as_non_root_with_a_healthcheck_on_readyz():
     (user,) = FINAL.all("USER")
     assert user.split(":")[0] not in ("root", "0")
     assert any(re.search(r"useradd .*--uid 10001", r) for r in FINAL.all("RUN"))
     (health,) = FINAL.all("HEALTHCHECK")
-    assert "/healthz" in health and "NORMGATE_PORT" in health and "CMD" in health
+    # healthy = every model loaded and warmed up, not merely a live process
+    assert "/readyz" in health and "/healthz" not in health and "NORMGATE_PORT" in health and "CMD" in health
     (cmd,) = FINAL.all("CMD")
     assert cmd == '["python", "-m", "service"]'
     assert FINAL.all("EXPOSE") == ["8000"]
@@ -161,9 +162,12 @@ def test_environment_uses_core_settings_and_the_shipped_checkpoint():
     for line in FINAL.all("ENV"):
         env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
     normgate = {k for k in env if k.startswith("NORMGATE_")}
-    assert normgate <= CORE_SETTINGS, normgate - CORE_SETTINGS
+    assert normgate <= SETTINGS, normgate - SETTINGS
     assert env["NORMGATE_HOST"] == "0.0.0.0" and env["NORMGATE_PORT"] == "8000"
     assert env["NORMGATE_MODELS_DIR"] == "/app/models/checkpoints"
+    # the one writable folder for state (the result outbox), created for user 10001
+    assert env["NORMGATE_STATE_DIR"] == "/state"
+    assert any("/state" in r and "chown normgate:normgate" in r for r in FINAL.all("RUN"))
     # models/ (with checkpoints/default, see .dockerignore) and service/ land in the working directory.
     assert FINAL.all("WORKDIR") == ["/app"]
     copies = FINAL.all("COPY")

@@ -5,6 +5,7 @@ the wiring between objects: probes, GPU, security, Service/PDB selectors, HPA me
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 import shutil
@@ -15,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import CORE_METRICS, CORE_SETTINGS, DEPLOY, metric_families, run_tool
+from tests.deploy.conftest import CORE_METRICS, DEPLOY, SETTINGS, metric_families, run_tool
 
 K8S = DEPLOY / "k8s"
 KUSTOMIZATIONS = [K8S, K8S / "evaluation"]
@@ -91,7 +92,8 @@ def test_deployment_probes_gpu_resources_and_security():
     port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert port_names["http"] == int(env["NORMGATE_PORT"]) and env["NORMGATE_HOST"] == "0.0.0.0"
-    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # Traffic and the end of the start-up grace wait for warm-up; only liveness asks "is the process alive".
+    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -107,12 +109,50 @@ def test_deployment_probes_gpu_resources_and_security():
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    # With a read-only root, the writable paths are emptyDirs: /tmp and the data dir.
+    # With a read-only root, the writable paths are emptyDirs: /tmp, the data dir and the state dir (outbox).
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    for path in ("/tmp", env["NORMGATE_DATA_DIR"]):
+    for path in ("/tmp", env["NORMGATE_DATA_DIR"], env["NORMGATE_STATE_DIR"]):
         assert "emptyDir" in volumes[mounts[path]], path
-    assert set(env) <= CORE_SETTINGS, set(env) - CORE_SETTINGS
+    assert set(env) <= SETTINGS, set(env) - SETTINGS
+
+
+def _cpus(quantity) -> float:
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_termination_grace_covers_prestop_drain_outbox_and_worker_shutdown():
+    """preStop + NORMGATE_SHUTDOWN_GRACE_S + the outbox sender's stop + worker shutdown (request timeout + 5 s)
+    + 5 s of margin, with the numbers the manifest sets (the service's own defaults where it sets none)."""
+    from service.api.routes.dicomweb import stop_dicomweb
+    from service.config import Settings
+
+    pod = find("Deployment", "normgate")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    defaults = Settings()
+    grace_s = float(env.get("NORMGATE_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s))
+    timeout_s = float(env.get("NORMGATE_REQUEST_TIMEOUT_MS", defaults.request_timeout_ms)) / 1000
+    outbox_stop_s = inspect.signature(stop_dicomweb).parameters["timeout_s"].default
+    pre_stop_s = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    needed = pre_stop_s + grace_s + outbox_stop_s + (timeout_s + 5) + 5
+    assert pod["terminationGracePeriodSeconds"] >= needed, (pod["terminationGracePeriodSeconds"], needed)
+
+
+def test_cpu_requests_and_limits_match_the_threads():
+    (c,) = find("Deployment", "normgate")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    limit, request = _cpus(c["resources"]["limits"]["cpu"]), _cpus(c["resources"]["requests"]["cpu"])
+    threads = int(env["NORMGATE_TORCH_THREADS"]) + int(env["NORMGATE_DECODE_WORKERS"]) + 1  # + the event loop
+    assert request == limit == threads, (request, limit, threads)
+
+
+def test_the_api_keys_secret_is_required():
+    (c,) = find("Deployment", "normgate")["spec"]["template"]["spec"]["containers"]
+    [keys] = [e for e in c["env"] if e["name"] == "NORMGATE_API_KEYS"]
+    reference = keys["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == "normgate-api-keys" and reference.get("optional", False) is False
 
 
 def test_service_and_pdb_select_the_deployment_pods():

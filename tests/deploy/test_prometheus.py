@@ -4,6 +4,7 @@ and a real Prometheus server that scrapes a live NormGate on loopback and answer
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +27,24 @@ from tests.deploy.conftest import (
 PROM_DIR = DEPLOY / "prometheus"
 RULE_FILES = [PROM_DIR / "recording_rules.yml", PROM_DIR / "alert_rules.yml"]
 UNIT_TESTS = sorted((PROM_DIR / "tests").glob("*_test.yml"))
-REQUIRED_ALERTS = {"NormGateHighP99Latency", "NormGateHigh503Rate", "NormGateNotReady", "NormGateQueueDepthHigh"}
+REQUIRED_ALERTS = {
+    "NormGateHighP99Latency",
+    "NormGateHigh503Rate",
+    "NormGateNotReady",
+    "NormGateQueueDepthHigh",
+    "NormGateQueueSaturated",
+    "NormGateDown",
+    "NormGatePushBacklogOld",
+    "NormGateResultsLost",
+    "NormGateWorkerRestarts",
+    "NormGateOutOfMemory",
+    "NormGateContainerRestarts",
+    "NormGateContainerOOMKilled",
+    "NormGateAuthFailures",
+    "NormGateUnassessableSpike",
+    "NormGateReacquireRateDrift",
+}
+OPERATIONS = (DEPLOY.parent / "docs" / "operations.md").read_text()
 
 
 def _rules(path: Path) -> list[dict]:
@@ -66,6 +84,30 @@ def test_every_alert_has_unit_tests_that_fire_and_that_stay_silent():
                 (fires if case.get("exp_alerts") else silent).add(case["alertname"])
     assert alerts <= fires, f"alerts never expected to fire in a unit test: {alerts - fires}"
     assert alerts <= silent, f"alerts never expected to stay silent in a unit test: {alerts - silent}"
+
+
+def test_no_rule_names_a_scrape_job():
+    """The job label is the deployment's business (compose, a PodMonitor, annotation discovery): rules find
+    NormGate targets by their own metrics instead."""
+    for path in RULE_FILES:
+        for rule in _rules(path):
+            assert "job=" not in rule["expr"].replace(" ", ""), rule.get("alert") or rule.get("record")
+
+
+def test_every_alert_has_a_severity_a_runbook_section_and_a_row_in_the_alert_table():
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in OPERATIONS.splitlines()
+        if line.startswith("#")
+    }
+    for rule in _rules(PROM_DIR / "alert_rules.yml"):
+        if "alert" not in rule:
+            continue
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        anchor = rule["annotations"]["runbook"].split("#", 1)[1]
+        assert anchor == name.lower() and anchor in headings, f"{name}: no section '### {name}' in docs/operations.md"
+        assert re.search(rf"^\| \[`?{name}`?\]", OPERATIONS, flags=re.MULTILINE), f"{name}: not in the alert table"
 
 
 @pytest.mark.parametrize("unit_test", UNIT_TESTS, ids=lambda p: p.name)

@@ -9,6 +9,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage (only for routing tests: NormGate serves no CT)
 
 # Patient data the logs must never show (test_dicomweb's PHI test looks for these strings).
 PHI_NAME = "Sentinel^Patricia^Quinn"
@@ -39,6 +40,9 @@ def dx_instance(
     sop_uid: str | None = None,
     patient_name: str = PHI_NAME,
     patient_id: str = PHI_ID,
+    modality: str = "DX",
+    sop_class_uid: str = DX_FOR_PRESENTATION,
+    body_part: str | None = None,
 ) -> bytes:
     """A DX For Presentation Part 10 file of ``attenuation`` (uint16, 12 bits stored).
 
@@ -47,12 +51,12 @@ def dx_instance(
     """
     sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
@@ -64,7 +68,9 @@ def dx_instance(
     ds.StudyDate, ds.StudyTime = "20260102", "101500"
     ds.StudyID = "S1"
     ds.ReferringPhysicianName = "Referrer^Rita"
-    ds.Modality = "DX"
+    ds.Modality = modality
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"]

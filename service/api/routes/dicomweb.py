@@ -26,16 +26,19 @@ from models.saliency import DEFAULT_METHOD
 from service.api.deps import AssessCaller, SettingsDep
 from service.api.upload import read_limited_body, wait_for_disconnect
 from service.config import Settings
+from service.dicomweb.dimse import DimseListener, DimseStore, parse_destination
 from service.dicomweb.multipart import (
     DICOM_JSON,
     DICOM_MEDIA_TYPE,
+    StowOutcome,
     build_multipart_related,
     parse_multipart_related,
     store_instances_response,
     stow_boundary,
     stow_status,
 )
-from service.dicomweb.push import DicomwebPusher
+from service.dicomweb.outbox import Deliver, OutboxSender, open_outbox
+from service.dicomweb.push import DicomwebPush
 from service.dicomweb.stow import ResultStore, StowService
 from service.errors import ApiError
 from service.observability.phi_logging import install_dicom_log_redaction
@@ -60,31 +63,76 @@ class ResultNotFound(ApiError):
 
 
 async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
-    """The result store, the push client (when NORMGATE_DICOMWEB_PUSH_URL is set) and the STOW service."""
+    """The result store; the outbox and a sender per configured destination (NORMGATE_DICOMWEB_PUSH_URL: STOW-RS,
+    NORMGATE_DIMSE_RESULT_DESTINATION: C-STORE); the STOW service; the DIMSE listener (NORMGATE_DIMSE_PORT)."""
     install_dicom_log_redaction()  # pydicom quotes element values (birth dates, names) in its warnings
-    pusher = None
+    senders: list[OutboxSender] = []
+    deliveries: list[tuple[str, Deliver]] = []
     if settings.dicomweb_push_url:
         authorization = settings.dicomweb_push_authorization
-        pusher = DicomwebPusher(
+        push = DicomwebPush(
             settings.dicomweb_push_url,
-            queue_size=settings.dicomweb_push_queue_size,
-            max_attempts=settings.dicomweb_push_max_attempts,
-            backoff_s=settings.dicomweb_push_backoff_s,
             timeout_s=settings.dicomweb_push_timeout_s,
             authorization=authorization.get_secret_value() if authorization else None,
-            registry=app.state.metrics.registry,
         )
-        await pusher.start()
-    app.state.dicomweb_pusher = pusher
-    app.state.stow = StowService(
-        app.state.assessor, ResultStore(int(settings.dicomweb_result_cache_mb * MIB)), pusher, app.version
+        await push.start()
+        app.state.dicomweb_push = push
+        deliveries.append(("dicomweb", push.deliver))
+    if settings.dimse_result_destination:
+        store = DimseStore(
+            parse_destination(settings.dimse_result_destination),
+            settings.dimse_ae_title,
+            timeout_s=settings.dicomweb_push_timeout_s,
+        )
+        deliveries.append(("dimse", store.deliver))
+    if deliveries:
+        outbox = open_outbox(settings)
+        for channel, deliver in deliveries:
+            sender = OutboxSender(
+                outbox,
+                channel,
+                deliver,
+                app.state.metrics,
+                backoff_s=settings.dicomweb_push_backoff_s,
+                backoff_max_s=settings.dicomweb_push_backoff_max_s,
+                max_age_s=settings.dicomweb_push_max_age_s,
+            )
+            await sender.start()
+            senders.append(sender)
+    app.state.result_senders = senders
+    stow = StowService(
+        app.state.assessor,
+        ResultStore(int(settings.dicomweb_result_cache_mb * MIB)),
+        senders,
+        app.version,
+        app.state.metrics,
     )
+    app.state.stow = stow
+    app.state.dimse_listener = None
+    if settings.dimse_port is not None:
+        listener = DimseListener(
+            stow,
+            host=settings.host,
+            port=settings.dimse_port,
+            ae_title=settings.dimse_ae_title,
+            allowed_aes=settings.dimse_allowed_aes,
+            timeout_s=settings.request_timeout_ms / 1000 + 30,
+        )
+        listener.start(asyncio.get_running_loop())
+        app.state.dimse_listener = listener
 
 
-async def stop_dicomweb(app: FastAPI, drain_timeout_s: float = 10.0) -> None:
-    pusher: DicomwebPusher | None = getattr(app.state, "dicomweb_pusher", None)
-    if pusher is not None:
-        await pusher.stop(drain_timeout_s)
+async def stop_dicomweb(app: FastAPI, timeout_s: float = 5.0) -> None:
+    listener: DimseListener | None = getattr(app.state, "dimse_listener", None)
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
+    senders: list[OutboxSender] = getattr(app.state, "result_senders", [])
+    await asyncio.gather(*(sender.stop(timeout_s) for sender in senders))  # at most timeout_s in all
+    if senders:
+        senders[0].outbox.close()  # one outbox file for every channel
+    push: DicomwebPush | None = getattr(app.state, "dicomweb_push", None)
+    if push is not None:
+        await push.aclose()
 
 
 def _stow_service(request: Request) -> StowService:
@@ -192,8 +240,9 @@ async def _store(
         disconnected.cancel()
     stow = store_instances_response(outcomes, study_retrieve_url=None)
     status = stow_status(outcomes)
+    headers = _retry_after(outcomes)
     if not wrapper:
-        return JSONResponse(stow, status_code=status, media_type=DICOM_JSON)
+        return JSONResponse(stow, status_code=status, media_type=DICOM_JSON, headers=headers)
     results = []
     for outcome in outcomes:
         entry: dict[str, Any] = {
@@ -214,7 +263,18 @@ async def _store(
                 }
             )
         results.append(entry)
-    return JSONResponse({"stow": stow, "results": results}, status_code=status)
+    return JSONResponse({"stow": stow, "results": results}, status_code=status, headers=headers)
+
+
+# Seconds a sender should wait before resending instances refused for lack of resources (0xA700), by error.
+_RETRY_AFTER_S = {"overloaded": 1, "timeout": 1, "not_ready": 5}
+
+
+def _retry_after(outcomes: list[StowOutcome]) -> dict[str, str]:
+    """Retry-After when some instance was refused for a passing reason (queue full, deadline, warming up), as
+    /assess sends with its 503s: resending those instances later can succeed."""
+    waits = [_RETRY_AFTER_S[o.error] for o in outcomes if not o.stored and o.error in _RETRY_AFTER_S]
+    return {"Retry-After": str(max(waits))} if waits else {}
 
 
 @router.post(

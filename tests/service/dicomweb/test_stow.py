@@ -8,7 +8,6 @@ installed, with ``dsrdump``/``dcmdump``.
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import io
 import json
@@ -16,8 +15,8 @@ import logging
 import shutil
 import subprocess
 import threading
+import time
 
-import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -36,13 +35,14 @@ from service.dicomweb.multipart import (
     stow_boundary,
     stow_status,
 )
-from service.dicomweb.push import DicomwebPusher, PushJob
 from service.errors import ApiError
 from tests.helpers import png_bytes, settings_for, wait_ready_sync
 from tests.service.dicom_factory import DX_FOR_PRESENTATION, PHI_ID, PHI_NAME, chest_like, dx_instance
+from tests.service.dicomweb.sr_reading import read_sr
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
 
 
@@ -250,7 +250,7 @@ def test_secondary_capture_attributes_and_pixels(client, stored_pair):
     assert np.abs(image[..., 0] - image[..., 2]).max() > 30  # the heatmap colours part of the image
 
 
-def test_structured_report_content_tree(client, stored_pair):
+def test_structured_report_is_a_tid_1500_measurement_report(client, stored_pair):
     study, files, answer = stored_pair
     original = pydicom.dcmread(io.BytesIO(files[0]))
     result = answer["results"][0]
@@ -258,54 +258,68 @@ def test_structured_report_content_tree(client, stored_pair):
     sr = retrieve(client, result["structured_report"]["retrieve_url"])
     assert sr.SOPClassUID == SR_CLASS and sr.Modality == "SR" and sr.StudyInstanceUID == study
     assert sr.PatientName == original.PatientName and sr.CompletionFlag == "COMPLETE"
-    assert sr.ValueType == "CONTAINER" and sr.ConceptNameCodeSequence[0].CodeValue == "111050"
-    by_concept = {
-        item.ConceptNameCodeSequence[0].CodeValue: item
-        for item in sr.ContentSequence
-        if "ConceptNameCodeSequence" in item
+    assert sr.ValueType == "CONTAINER" and sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    summary = read_sr(sr)
+    assert summary.template == "1500"
+    assert summary.groups == ["NormGate assessment", "saliency peak", "saliency region"]
+    assert summary.probability == assessed["probability"] and summary.threshold == assessed["threshold"]
+    assert summary.recommendation == assessed["decision"].upper() and summary.reason is None
+    assert summary.finding_type == ("19227008", "SCT")
+    assert summary.peak == [assessed["point"]["x"] + 0.5, assessed["point"]["y"] + 0.5]
+    assert summary.peak_image == original.SOPInstanceUID
+    assert summary.segment_reference == (result["segmentation"]["sop_instance_uid"], 1)
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99NORMGATE"
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
     }
-    probability = by_concept["122157"].MeasuredValueSequence[0]
-    assert probability.FloatingPointValue == assessed["probability"]
-    assert abs(float(probability.NumericValue) - assessed["probability"]) < 1e-12
-    assert by_concept["122411"].MeasuredValueSequence[0].FloatingPointValue == assessed["threshold"]
-    expected_code = "REACQUIRE" if assessed["decision"] == "reacquire" else "ACCEPT"
-    assert by_concept["121075"].ConceptCodeSequence[0].CodeValue == expected_code
-    assert by_concept["111001"].TextValue == "default" and by_concept["111003"].TextValue == "test-1"
-    peak = by_concept["SALIENCY-PEAK"]
-    assert peak.GraphicType == "POINT"
-    assert list(peak.GraphicData) == [assessed["point"]["x"] + 0.5, assessed["point"]["y"] + 0.5]
-    selected_from = peak.ContentSequence[0]
-    assert selected_from.RelationshipType == "SELECTED FROM" and selected_from.ValueType == "IMAGE"
-    assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
-    assert (
-        by_concept["130404"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        == result["secondary_capture"]["sop_instance_uid"]
-    )
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
-    assert (
-        evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        == original.SOPInstanceUID
-    )
+    assert evidence == {
+        original.SOPInstanceUID,
+        result["secondary_capture"]["sop_instance_uid"],
+        result["segmentation"]["sop_instance_uid"],
+    }
+
+
+def test_segmentation_marks_the_saliency_region_on_the_original(client, stored_pair):
+    _, files, answer = stored_pair
+    original = pydicom.dcmread(io.BytesIO(files[0]))
+    result = answer["results"][0]
+    seg = retrieve(client, result["segmentation"]["retrieve_url"])
+    assert seg.SOPClassUID == SEG_CLASS and seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
+    assert (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+    source = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert source.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    mask = seg.pixel_array.astype(bool)
+    point = result["assessment"]["point"]
+    assert mask[point["y"], point["x"]]  # the heatmap's maximum lies in its own region
+    assert 0 < mask.mean() < 1
+    assert seg.SegmentSequence[0].SegmentLabel == "saliency region"
 
 
 @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk not installed (.ci/run installs it)")
-def test_dcmtk_parses_both_results(client, stored_pair, tmp_path):
+def test_dcmtk_parses_the_results(client, stored_pair, tmp_path):
     result = stored_pair[2]["results"][0]
-    sr_path, sc_path = tmp_path / "sr.dcm", tmp_path / "sc.dcm"
-    for path, role in ((sr_path, "structured_report"), (sc_path, "secondary_capture")):
-        retrieve(client, result[role]["retrieve_url"]).save_as(path, enforce_file_format=True)
-    dumped = subprocess.run(["dsrdump", "-Ec", str(sr_path)], capture_output=True, text=True, timeout=30)
+    paths = {}
+    for role in ("structured_report", "secondary_capture", "segmentation"):
+        paths[role] = tmp_path / f"{role}.dcm"
+        retrieve(client, result[role]["retrieve_url"]).save_as(paths[role], enforce_file_format=True)
+    dumped = subprocess.run(
+        ["dsrdump", "-Ec", str(paths["structured_report"])], capture_output=True, text=True, timeout=30
+    )
     assert dumped.returncode == 0, dumped.stderr
     assert "Comprehensive SR Document" in dumped.stdout and "SCOORD" in dumped.stdout
     assert f'"Probability")="{float(result["assessment"]["probability"]):.15g}"'[:24] in dumped.stdout
-    listed = subprocess.run(["dcmdump", "-E", str(sc_path)], capture_output=True, text=True, timeout=30)
-    assert listed.returncode == 0 and "SecondaryCaptureImageStorage" in listed.stdout
+    for role, name in (("secondary_capture", "SecondaryCaptureImageStorage"), ("segmentation", "SegmentationStorage")):
+        listed = subprocess.run(["dcmdump", "-E", str(paths[role])], capture_output=True, text=True, timeout=30)
+        assert listed.returncode == 0 and name in listed.stdout, listed.stderr
 
 
 def test_resending_an_instance_gives_the_same_result_uids(client, stored_pair):
     study, files, answer = stored_pair
     again = stow(client, files[:1], study=study).json()["results"][0]
-    for role in ("secondary_capture", "structured_report"):
+    for role in ("secondary_capture", "segmentation", "structured_report"):
         assert again[role]["sop_instance_uid"] == answer["results"][0][role]["sop_instance_uid"]
 
 
@@ -432,98 +446,7 @@ def test_logs_name_uids_never_patient_data(models_dir, caplog, recwarn, capfd):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _run(coroutine):
-    return asyncio.run(coroutine)
-
-
-class ScriptedServer:
-    """An httpx transport answering from a list of statuses (or exceptions), recording each request."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.script.pop(0)
-        if isinstance(step, Exception):
-            raise step
-        body = {REFERENCED: {"vr": "SQ", "Value": []}}
-        if step == 202:
-            body[FAILED] = {"vr": "SQ", "Value": [{REASON: {"vr": "US", "Value": [0xA700]}}]}
-        return httpx.Response(step, json=body)
-
-
-def _pusher(server: ScriptedServer, **kw) -> DicomwebPusher:
-    options = {"max_attempts": 4, "backoff_s": 0.01, "authorization": "Bearer s3cret"}
-    options.update(kw)
-    return DicomwebPusher("http://pacs.invalid/dicom-web/", transport=httpx.MockTransport(server), **options)
-
-
-def test_push_retries_transient_failures_with_backoff_then_stores():
-    server = ScriptedServer([httpx.ConnectError("refused"), 503, 200])
-    pusher = _pusher(server)
-
-    async def scenario():
-        await pusher.start()
-        try:
-            return await pusher.push(PushJob([b"SC-BYTES", b"SR-BYTES"], ["1.2.3", "1.2.4"]))
-        finally:
-            await pusher.stop()
-
-    assert _run(scenario()) == "pushed"
-    assert len(server.requests) == 3
-    last = server.requests[-1]
-    assert str(last.url) == "http://pacs.invalid/dicom-web/studies"
-    assert last.headers["accept"] == "application/dicom+json" and last.headers["authorization"] == "Bearer s3cret"
-    parts = parse_multipart_related(last.content, stow_boundary(last.headers["content-type"]), max_parts=4)
-    assert [p.body for p in parts] == [b"SC-BYTES", b"SR-BYTES"]
-
-
-@pytest.mark.parametrize(
-    "script, outcome, attempts",
-    [
-        ([400], "failed", 1),  # a refusal is final
-        ([409], "failed", 1),
-        ([202], "partial", 1),
-        ([500, 500, 500, 500], "failed", 4),  # transient, but out of attempts
-    ],
-)
-def test_push_outcomes(script, outcome, attempts):
-    server = ScriptedServer(script)
-    pusher = _pusher(server)
-
-    async def scenario():
-        await pusher.start()
-        try:
-            return await pusher.push(PushJob([b"x"], ["1.2.3"]))
-        finally:
-            await pusher.stop()
-
-    assert _run(scenario()) == outcome and len(server.requests) == attempts
-
-
-def test_full_push_queue_drops_without_waiting_and_counts():
-    server = ScriptedServer([200, 200])
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
-    pusher = _pusher(server, queue_size=1, registry=registry)
-
-    async def scenario():
-        await pusher.start()
-        accepted = [pusher.submit(PushJob([b"x"], [f"1.2.{i}"])) for i in range(3)]
-        await pusher.stop(drain_timeout_s=5)
-        return accepted
-
-    accepted = _run(scenario())
-    # The sender may take the first set off the queue before the third submit; at least one is dropped.
-    assert accepted[0] is True and accepted.count(False) >= 1
-    assert registry.get_sample_value("normgate_dicomweb_push_total", {"outcome": "dropped"}) == accepted.count(False)
-    assert registry.get_sample_value("normgate_dicomweb_push_total", {"outcome": "pushed"}) == accepted.count(True)
-
-
-def test_stow_pushes_results_to_the_configured_server(models_dir):
+def test_stow_pushes_results_to_the_configured_server(models_dir, tmp_path):
     received: list[tuple[str, bytes, str]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -544,11 +467,20 @@ def test_stow_pushes_results_to_the_configured_server(models_dir):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        app = create_app(settings_for(models_dir, dicomweb_push_url=f"http://127.0.0.1:{server.server_port}/dw"))
-        with TestClient(app) as client:  # leaving the block drains the push queue
+        app = create_app(
+            settings_for(
+                models_dir, dicomweb_push_url=f"http://127.0.0.1:{server.server_port}/dw", state_dir=tmp_path / "state"
+            )
+        )
+        with TestClient(app) as client:
             wait_ready_sync(client)
-            answer = stow(client, [dx_instance(chest_like(40, 40))]).json()
+            answer = stow(client, [dx_instance(chest_like(40, 40, bright_object=(20, 20)))]).json()
             assert answer["results"][0]["push"] == "queued"
+            pushed_line = 'normgate_dicomweb_push_total{channel="dicomweb",outcome="pushed"} 1.0'
+            deadline = time.monotonic() + 30
+            while pushed_line not in client.get("/metrics").text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            metrics = client.get("/metrics").text
     finally:
         server.shutdown()
         server.server_close()
@@ -556,8 +488,10 @@ def test_stow_pushes_results_to_the_configured_server(models_dir):
     assert path == "/dw/studies"
     parts = parse_multipart_related(body, stow_boundary(content_type), max_parts=4)
     pushed = [pydicom.dcmread(io.BytesIO(p.body)) for p in parts]
-    assert [d.SOPClassUID for d in pushed] == [SC_CLASS, SR_CLASS]
-    assert pushed[0].SOPInstanceUID == answer["results"][0]["secondary_capture"]["sop_instance_uid"]
+    assert [d.SOPClassUID for d in pushed] == [SC_CLASS, SEG_CLASS, SR_CLASS]
+    for dataset, role in zip(pushed, ("secondary_capture", "segmentation", "structured_report")):
+        assert dataset.SOPInstanceUID == answer["results"][0][role]["sop_instance_uid"]
+    assert pushed_line in metrics and 'normgate_dicomweb_push_queue_depth{channel="dicomweb"} 0.0' in metrics
 
 
 def test_response_builder_and_status():
