@@ -58,9 +58,11 @@ def _service_families() -> dict[str, str]:
 
 
 SERVICE_METRICS = {**_service_families(), **CORE_METRICS}
+# Series recorded by either rule file (the decision-rate records live beside their alerts in alert_rules.yml).
 RECORDED = {
     rule["record"]
-    for group in yaml.safe_load((DEPLOY / "prometheus" / "recording_rules.yml").read_text())["groups"]
+    for name in ("recording_rules.yml", "alert_rules.yml")
+    for group in yaml.safe_load((DEPLOY / "prometheus" / name).read_text())["groups"]
     for rule in group["rules"]
     if "record" in rule
 }

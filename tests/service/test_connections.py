@@ -75,6 +75,7 @@ def test_connections_time_out_and_sigterm_drains(models_dir, tmp_path, fault_row
         "max_batch_wait_ms": 0,
         "torch_threads": 1,
         "api_keys": "",
+        "min_image_side": 16,  # the test images are small; too_small would answer before the model runs
         "test_batch_seconds": 1.0,  # tests/service/fault_server.py: every batch of the model takes 1 s longer
     }
     with served(models_dir, tmp_path / "server.log", command=(sys.executable, *FAULT_SERVER), **settings) as server:

@@ -88,9 +88,16 @@ def _study_datetime(patient: Patient) -> dt.datetime:
 
 
 def _window(frames: Sequence[Frame]) -> tuple[str, str]:
-    values = np.concatenate([f.pixels.ravel() for f in frames])
-    lo, hi = np.percentile(values, [1.0, 99.5])
-    return _ds(float((lo + hi) / 2), 1), _ds(float(max(hi - lo, 1.0)), 1)
+    """The display window written with the frames: the whole 12-bit range (LINEAR, centre 2048, width 4096).
+
+    A decoder applies the window (PS3.3 C.11.2.1.2.1: (x - 2047.5) / 4095 + 0.5 = x / 4095), so a DICOM frame
+    decodes (models.imaging) to the same [0, 1] image as its 16-bit PNG frame (x · 65535 / 4095, rounded): the model
+    trained on the PNG layout sees the same input when the cine is served as DICOM. A tighter percentile window
+    would look nicer in a PACS but would stretch the contrast the model never saw in training.
+    """
+    del frames  # the window does not depend on the content, by design
+    full_scale = 1 << BITS_STORED
+    return _ds(full_scale / 2, 1), _ds(float(full_scale), 1)
 
 
 def _common(ds: Dataset, patient: Patient, series_number: int, sop_class: str, sop_instance: str) -> None:
