@@ -23,8 +23,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from models.datasets import DatasetError, Sample, read_split
-from models.pointing_game import PointingGameResult, argmax_point, pointing_game_hit
 from models.imaging.grid import original_box_to_grid
+from models.pointing_game import PointingGameResult, argmax_point, pointing_game_hit
 
 PAPER_TOLERANCE = 15.0 / 224.0  # τ = 15 px on the 2023 paper's 224 × 224 LVOT grid
 TIGHT_TOLERANCE = 0.025
