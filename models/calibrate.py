@@ -470,9 +470,10 @@ def run_calibration(args: argparse.Namespace) -> CalibrationRun:
         fitted = cases_from_split(model, meta, data, args.split, args.batch_size, args.progress)
     held_out = None
     if args.eval_split:
-        if data is None or args.labels:
-            raise CalibrationError("--eval-split needs --data ROOT of a data set (and no --labels)")
-        held_out = cases_from_split(model, meta, data, args.eval_split, args.batch_size, args.progress)
+        eval_root = Path(args.eval_data) if args.eval_data else None if args.labels else data
+        if eval_root is None:
+            raise CalibrationError("--eval-split needs a data set: --eval-data ROOT (or --data ROOT without --labels)")
+        held_out = cases_from_split(model, meta, eval_root, args.eval_split, args.batch_size, args.progress)
 
     # "Before" is what the service answers today: uncalibrated (T = 1), whatever block the checkpoint had.
     temperature_before = 1.0
@@ -640,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="dev", help="split of --data to fit on (default dev)")
     p.add_argument("--labels", help="the CSV GET /audit exports (Accept: text/csv): the site's verdict-labelled cases")
-    p.add_argument("--eval-split", help="also report before/after on this split of --data (e.g. test), not fitted on")
+    p.add_argument("--eval-split", help="also report before/after on this split (e.g. test), not fitted on")
+    p.add_argument("--eval-data", help="data set root of --eval-split (default: --data)")
     target = p.add_mutually_exclusive_group()
     target.add_argument(
         "--target-sensitivity",
