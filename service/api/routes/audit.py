@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from service.api.deps import ApiKeyDep, MetricsDep
+from service.api.deps import AssessCaller, AuditCaller, MetricsDep
 from service.config import Settings
 from service.db import queries
 from service.db.audit import SPOOL_FILE, AuditTrail, retention_loop
@@ -175,12 +175,12 @@ _UID = Annotated[str | None, Query(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$"
     ),
     responses={
         200: {"content": {"application/json": {}, "text/csv": {}}},
-        **{s: {"model": ErrorResponse} for s in (401, 422, 503)},
+        **{s: {"model": ErrorResponse} for s in (401, 403, 422, 503)},
     },
 )
 async def query_audit(
     request: Request,
-    _auth: ApiKeyDep,
+    _caller: AuditCaller,
     since: Annotated[datetime | None, Query(description="Earliest decision time (inclusive).")] = None,
     until: Annotated[datetime | None, Query(description="Latest decision time (exclusive).")] = None,
     decision: Annotated[Decision | None, Query()] = None,
@@ -226,9 +226,9 @@ _ASSESSMENT_ID = Annotated[str, PathParam(max_length=128, pattern=r"^[A-Za-z0-9_
     "/audit/{assessment_id}",
     response_model=AuditRecordDetail,
     summary="One decision of the audit trail, with every verdict",
-    responses={s: {"model": ErrorResponse} for s in (401, 404, 503)},
+    responses={s: {"model": ErrorResponse} for s in (401, 403, 404, 503)},
 )
-async def audit_record(request: Request, _auth: ApiKeyDep, assessment_id: _ASSESSMENT_ID) -> AuditRecordDetail:
+async def audit_record(request: Request, _caller: AuditCaller, assessment_id: _ASSESSMENT_ID) -> AuditRecordDetail:
     store = _store(request)
     engine = await _in_thread(store.require)
     record = await _in_thread(queries.get_record, engine, assessment_id)
@@ -253,18 +253,18 @@ async def audit_record(request: Request, _auth: ApiKeyDep, assessment_id: _ASSES
         "The newest verdict counts for the decision; earlier ones are kept (GET /audit/{assessment_id} lists "
         "them). Counted in normgate_verdicts_total{model, verdict}."
     ),
-    responses={s: {"model": ErrorResponse} for s in (401, 404, 422, 503)},
+    responses={s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 503)},
 )
 async def record_verdict(
     request: Request,
     metrics: MetricsDep,
-    _auth: ApiKeyDep,
+    caller: AssessCaller,
     assessment_id: _ASSESSMENT_ID,
     body: VerdictRequest,
 ) -> VerdictResponse:
     store = _store(request)
     engine = await _in_thread(store.require)
-    key_id: str | None = getattr(request.state, "key_id", None)
+    key_id = caller.key_id
     client = request.client.host if request.client else None
     now = datetime.now(UTC)
     stored = await _in_thread(queries.add_verdict, engine, assessment_id, body.verdict, body.note, now, key_id, client)

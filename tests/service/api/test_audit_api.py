@@ -221,3 +221,34 @@ def _accepting(server) -> bool:
         return True
     except psycopg.OperationalError:
         return False
+
+
+def test_audit_needs_the_audit_scope_and_records_key_ids(models_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 'normgate.sqlite3'}"
+    keys = ["pacs:pacs-secret-1:assess", "qa:qa-secret-1:audit", "all:all-secret-1:assess+evaluate+audit"]
+    app = create_app(settings_for(models_dir, database_url=url, api_keys=keys))
+    pacs, qa, every = ({"authorization": f"Bearer {k}"} for k in ("pacs-secret-1", "qa-secret-1", "all-secret-1"))
+
+    async def scenario():
+        async with running_app(app) as client:
+            answer = await client.post("/assess", content=png_bytes(radiograph(64, 64)), headers={**PNG, **pacs})
+            assert answer.status_code == 200
+            assessment = answer.json()["assessment_id"]
+            assert (await client.get("/audit")).status_code == 401
+            refused = await client.get("/audit", headers=pacs)
+            assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+            assert (await client.get(f"/audit/{assessment}", headers=pacs)).status_code == 403
+            records = (await client.get("/audit", headers=qa)).json()["records"]
+            assert [(r["assessment_id"], r["key_id"]) for r in records] == [(assessment, "pacs")]
+            # A verdict is given by whoever may assess; the audit scope alone does not allow it.
+            verdict = {"verdict": "agree"}
+            assert (
+                await client.post(f"/assessments/{assessment}/verdict", json=verdict, headers=qa)
+            ).status_code == 403
+            given = await client.post(f"/assessments/{assessment}/verdict", json=verdict, headers=every)
+            assert given.status_code == 201 and given.json()["verdict"]["key_id"] == "all"
+            exported = await client.get("/audit", headers={**qa, "accept": "text/csv"})
+            row = next(csv.DictReader(io.StringIO(exported.text)))
+            assert (row["key_id"], row["verdict_key_id"]) == ("pacs", "all")
+
+    asyncio.run(scenario())
