@@ -105,6 +105,13 @@ async def count_audit_records(url: str) -> int:
         return max(0, len(exported.text.strip().splitlines()) - 1)
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models-dir", default=str(REPO / "models" / "checkpoints"))
@@ -180,7 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {
         "benchmark": "audit_overhead",
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("out", "models_dir")},
+            "models_dir": _relative(Path(args.models_dir)),
+        },
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "results": summary,
         "p50_added_ms": summary["on"]["p50_ms"] - summary["off"]["p50_ms"],

@@ -253,7 +253,7 @@ async def audit_record(request: Request, _caller: AuditCaller, assessment_id: _A
         "The newest verdict counts for the decision; earlier ones are kept (GET /audit/{assessment_id} lists "
         "them). Counted in normgate_verdicts_total{model, verdict}."
     ),
-    responses={s: {"model": ErrorResponse} for s in (401, 403, 404, 422, 503)},
+    responses={s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 422, 503)},
 )
 async def record_verdict(
     request: Request,

@@ -430,7 +430,7 @@ def test_verdicts_by_keyboard_are_recorded_with_history(page, server, images):
 
     # Tab from the image reaches the verdict buttons; Enter records the focused one.
     page.locator("#viewport").focus()
-    for _ in range(12):
+    for _ in range(40):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.dataset.verdict") == "agree":
             break
