@@ -101,8 +101,9 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
             await sender.start()
             senders.append(sender)
     app.state.result_senders = senders
-    store = getattr(app.state, "store", None)
-    shared = StoreResults(store) if store is not None and settings.dicomweb_result_retention_hours > 0 else None
+    database = getattr(app.state, "store", None)
+    keep = settings.dicomweb_result_retention_hours > 0
+    shared = StoreResults(database) if database is not None and keep else None
     stow = StowService(
         app.state.assessor,
         ResultStore(int(settings.dicomweb_result_cache_mb * MIB), shared),
