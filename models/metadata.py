@@ -120,6 +120,19 @@ class Calibration(_Strict):
     target: str = Field(description="What the threshold was chosen for, e.g. 'sensitivity 0.95'.")
     fitted_on: str = Field(description="The labelled set: 'dev split' or a verdict export, with its size.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="ECE, Brier before/after, with CIs.")
+    earlier_temperatures: dict[str, float] = Field(
+        default_factory=dict,
+        description="Temperature of each earlier calibration version of these weights, so probabilities recorded "
+        "under it (the audit export) can be turned back into logits when the site calibrates again.",
+    )
+
+    @field_validator("earlier_temperatures")
+    @classmethod
+    def _positive_temperatures(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {version: t for version, t in value.items() if not t > 0}
+        if bad:
+            raise ValueError(f"temperatures must be positive, got {bad!r}")
+        return value
 
 
 class OodCheck(_Strict):

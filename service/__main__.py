@@ -8,6 +8,7 @@ from pathlib import Path
 
 from service.api.server import serve
 from service.config import get_settings
+from service.db.engine import StoreConfigError, make_engine
 from service.serving.registry import ConfigurationError, discover_checkpoints
 
 
@@ -17,7 +18,8 @@ def main() -> int:
     try:
         # Checked before uvicorn starts, so a bad checkpoint is one line on stderr, not a lifespan traceback.
         discover_checkpoints(Path(settings.models_dir), settings.default_model)
-    except ConfigurationError as exc:
+        make_engine(settings.store_url).dispose()  # a malformed or unsupported NORMGATE_DATABASE_URL
+    except (ConfigurationError, StoreConfigError) as exc:
         print(f"normgate: error: {exc}", file=sys.stderr)
         return 2
     serve("service.app:create_app", settings)

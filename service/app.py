@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.imaging.limits import MIB
 from service.api import openapi as service_openapi
 from service.api.errors import install_error_handlers
-from service.api.routes import assess, docs, health, models, viewer
+from service.api.routes import assess, audit, docs, health, models, viewer
 from service.api.routes import dicomweb as dicomweb_routes
 from service.api.routes import evaluate as evaluate_routes
 from service.config import Settings, get_settings
@@ -211,6 +211,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
         if not settings.api_key_table:
             log.warning(AUTH_OFF_WARNING)
         try:
+            await audit.start_store(app, settings)
             decode_pool.start()
             registry.start()
             metrics.preinitialise_models(registry.workers)
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
             evaluate_routes.stop_evaluation_runner(app)
             registry.stop(timeout_s=settings.request_timeout_ms / 1000.0 + 5.0)
             decode_pool.shutdown()
+            await audit.stop_store(app)  # last: decisions answered during the shutdown are recorded too
 
     # /docs is served from the package (service/api/routes/docs.py), not from a CDN; /redoc needs a CDN: off.
     app = FastAPI(
@@ -242,6 +244,7 @@ def create_app(settings: Settings | None = None, *, batch_hook: BatchHook | None
     app.include_router(docs.router)
     app.include_router(evaluate_routes.router)
     app.include_router(dicomweb_routes.router)
+    app.include_router(audit.router)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_concurrent_requests=settings.max_concurrent_requests
     )

@@ -25,6 +25,8 @@ PUBLIC_ENDPOINT_NAMES = frozenset({"healthz", "readyz", "metrics", "models"})
 DIMSE_DESTINATION = re.compile(r"([^@\\]{1,16})@(\[[0-9a-fA-F:]+\]|[^:@\s]+):(\d{1,5})")
 # The checkout this package lives in: the shipped checkpoints are found from any working directory.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The store's SQLite file in NORMGATE_STATE_DIR when NORMGATE_DATABASE_URL is unset.
+DATABASE_FILE = "normgate.sqlite3"
 
 
 class Settings(BaseSettings):
@@ -161,6 +163,25 @@ class Settings(BaseSettings):
         "default), the result outbox, spools. state/ of the checkout for make run; a volume in compose and "
         "Kubernetes (their root filesystem is read-only).",
     )
+    # The store: audit trail, verdicts, shared result instances (docs/operations.md, "Audit and calibration").
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the store: unset = SQLite file normgate.sqlite3 in state_dir (one replica); "
+        "postgresql+psycopg://user:password@host/db for several replicas. Migrations run at start-up.",
+    )
+    audit_enabled: bool = Field(True, description="Record every decision in the audit trail (false: none recorded).")
+    audit_buffer_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Decisions waiting in memory for the audit writer; beyond it they go straight to the spool "
+        "file, so none is lost and /assess never waits for the database.",
+    )
+    audit_retention_days: float = Field(
+        365.0,
+        ge=0,
+        description="Audit records (and their verdicts) older than this are deleted by an hourly task; 0 keeps them.",
+    )
     # DICOMweb (POST /dicomweb/studies, docs/integration.md).
     dicomweb_max_instances: int = Field(
         32, ge=1, le=1024, description="Most instances (multipart parts) one STOW-RS request may carry (413 beyond)."
@@ -209,6 +230,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for recent result instances served by WADO-RS GET /dicomweb/…/instances/"
         "{uid}; oldest dropped first; 0 disables.",
+    )
+    dicomweb_result_retention_hours: float = Field(
+        24.0,
+        ge=0,
+        description="Result instances are also kept this long in the store, so any replica serves them by "
+        "WADO-RS; 0: only this process's memory cache.",
     )
 
     @field_validator("api_keys", mode="before")
@@ -259,6 +286,13 @@ class Settings(BaseSettings):
             self._api_key_table = parse_entries(self.api_keys)
             self._api_key_entries = list(self.api_keys)
         return self._api_key_table
+
+    @property
+    def store_url(self) -> str:
+        """The store's SQLAlchemy URL: NORMGATE_DATABASE_URL, or SQLite in state_dir."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(Path(self.state_dir) / DATABASE_FILE).resolve()}"
 
     @property
     def max_body_bytes(self) -> int:

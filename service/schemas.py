@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -157,3 +158,71 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     models: dict[str, str] = Field(description="Model name → state.")
+
+
+# -- the audit trail and radiographer verdicts (docs/api.md, "Audit trail and verdicts") -----------------------
+
+VerdictName = Literal["agree", "reacquired_anyway", "accepted_anyway", "wrong_location"]
+
+
+class VerdictRequest(BaseModel):
+    """A radiographer's verdict on one decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: VerdictName = Field(
+        description="agree: the decision was right; reacquired_anyway: accepted by the gate but re-taken; "
+        "accepted_anyway: the gate said re-acquire but the image was kept; wrong_location: the heatmap pointed at "
+        "the wrong place."
+    )
+    note: str | None = Field(None, max_length=2000, description="Free text; no patient data.")
+
+
+class VerdictEntry(BaseModel):
+    verdict: VerdictName
+    note: str | None
+    time: datetime = Field(description="When it was recorded (UTC).")
+    key_id: str | None = Field(description="Id of the API key that recorded it, or null.")
+
+
+class VerdictResponse(BaseModel):
+    assessment_id: str
+    verdict: VerdictEntry = Field(description="The verdict just recorded; it now counts for this decision.")
+    supersedes: VerdictEntry | None = Field(description="The verdict it replaces (kept in the history), or null.")
+
+
+class AuditRecord(BaseModel):
+    """One decision as the audit trail holds it: identifiers only, never names or other patient data."""
+
+    time: datetime
+    assessment_id: str
+    request_id: str
+    source: str = Field(description="Which door the image came in by: assess, stow, …")
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    model_name: str
+    model_version: str
+    weights_sha256: str | None
+    method: str | None
+    probability: float | None
+    threshold: float
+    calibration: str | None
+    decision: str
+    reason: str | None
+    point_x: int | None
+    point_y: int | None
+    ood_score: float | None
+    latency_ms: float
+    key_id: str | None
+    client: str | None
+    verdict: VerdictEntry | None = Field(description="The current (newest) verdict, or null.")
+
+
+class AuditRecordDetail(AuditRecord):
+    verdicts: list[VerdictEntry] = Field(description="Every verdict given, oldest first.")
+
+
+class AuditPage(BaseModel):
+    records: list[AuditRecord] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")

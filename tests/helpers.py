@@ -6,8 +6,11 @@ Fixtures live in the conftest.py files; plain functions and classes live here so
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import io
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +56,17 @@ def make_checkpoint(
     return save_checkpoint(model, meta, folder)
 
 
+_STATE_ROOT: list[Path] = []
+
+
+def _state_root() -> Path:
+    """One temporary folder per test process for the apps' state folders, removed when the process ends."""
+    if not _STATE_ROOT:
+        _STATE_ROOT.append(Path(tempfile.mkdtemp(prefix="normgate-state-")))
+        atexit.register(shutil.rmtree, _STATE_ROOT[0], True)
+    return _STATE_ROOT[0]
+
+
 def settings_for(models_dir: Path, **overrides):
     from service.config import Settings
 
@@ -67,6 +81,8 @@ def settings_for(models_dir: Path, **overrides):
         "decode_workers": 2,
         "api_keys": [],
         "min_image_side": TEST_MIN_IMAGE_SIDE,
+        # Each app its own store (SQLite in a fresh folder), never the checkout's state/.
+        "state_dir": Path(tempfile.mkdtemp(dir=_state_root())),
     }
     values.update(overrides)
     return Settings(**values)

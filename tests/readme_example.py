@@ -39,7 +39,7 @@ def example_answers() -> list[dict[str, Any]]:
 
         async def assess_all() -> list[dict[str, Any]]:
             out = []
-            async with running_app(create_app(Settings())) as client:
+            async with running_app(create_app(Settings(state_dir=Path(tmp) / "state"))) as client:
                 for sample in samples:
                     response = await client.post(
                         "/assess", content=sample.image_path.read_bytes(), headers={"content-type": "image/png"}

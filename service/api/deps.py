@@ -98,6 +98,8 @@ def require_scope(scope: str) -> Callable[[Request, Settings, HTTPAuthorizationC
 # The routes' callers: /assess, /render and /dicomweb need "assess"; /evaluate needs "evaluate".
 AssessCaller = Annotated[Caller, Depends(require_scope("assess"))]
 EvaluateCaller = Annotated[Caller, Depends(require_scope("evaluate"))]
+# GET /audit and GET /audit/{id} need "audit" (a verdict is given by an "assess" caller, like the image).
+AuditCaller = Annotated[Caller, Depends(require_scope("audit"))]
 # Before scopes every protected route took this; it now means the "assess" scope (routes that take images).
 ApiKeyDep = AssessCaller
 

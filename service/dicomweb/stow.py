@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from service.dicomweb.multipart import (
     DICOM_MEDIA_TYPE,
@@ -52,7 +52,7 @@ from service.serving.worker import ModelWorker
 
 log = logging.getLogger("normgate.dicomweb")
 
-__all__ = ["ResultStore", "StoredResult", "StowService"]
+__all__ = ["ResultStore", "SharedResults", "StoredResult", "StowService"]
 
 
 @dataclass(frozen=True)
@@ -63,20 +63,37 @@ class StoredResult:
     part10: bytes
 
 
-class ResultStore:
-    """Recent result instances by SOP Instance UID, bounded by total bytes (oldest dropped first).
+class SharedResults(Protocol):
+    """Where result instances are kept for every replica (the store, ``service.db.results``). Blocking calls:
+    ``ResultStore`` runs them in a thread."""
 
-    Lives on the event loop thread only, so it needs no lock. ``capacity_bytes == 0`` keeps nothing.
+    def save(self, study_uid: str, series_uid: str, sop_uid: str, part10: bytes) -> None: ...
+
+    def load(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes | None: ...
+
+
+class ResultStore:
+    """Recent result instances by SOP Instance UID, bounded by total bytes (oldest dropped first), in front of
+    ``shared`` (when given) that every replica reads: ``put`` also saves there in the background, ``lookup``
+    asks it when this process's memory does not hold the instance.
+
+    The memory part lives on the event loop thread only, so it needs no lock. ``capacity_bytes == 0`` keeps
+    nothing in memory.
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(self, capacity_bytes: int, shared: SharedResults | None = None) -> None:
         self.capacity_bytes = capacity_bytes
         self.size_bytes = 0
         self._items: OrderedDict[str, StoredResult] = OrderedDict()
+        self.shared = shared
+        self._saving: set[asyncio.Future[None]] = set()
 
     def put(self, item: StoredResult) -> bool:
+        """Keep ``item``; True when it can be retrieved (from memory or the shared store)."""
+        if self.shared is not None:
+            self._save_shared(item)
         if len(item.part10) > self.capacity_bytes:
-            return False
+            return self.shared is not None
         old = self._items.pop(item.sop_instance_uid, None)
         if old is not None:
             self.size_bytes -= len(old.part10)
@@ -92,6 +109,42 @@ class ResultStore:
         if item is None or (item.study_instance_uid, item.series_instance_uid) != (study_uid, series_uid):
             return None
         return item
+
+    async def lookup(self, study_uid: str, series_uid: str, sop_uid: str) -> StoredResult | None:
+        """``get``, then the shared store (another replica may have made it); None when neither has it."""
+        item = self.get(study_uid, series_uid, sop_uid)
+        if item is not None or self.shared is None:
+            return item
+        try:
+            part10 = await asyncio.to_thread(self.shared.load, study_uid, series_uid, sop_uid)
+        except Exception as exc:
+            log.warning("result store unreachable for %s (%s)", sop_uid, type(exc).__name__)
+            return None
+        return StoredResult(study_uid, series_uid, sop_uid, part10) if part10 is not None else None
+
+    def _save_shared(self, item: StoredResult) -> None:
+        assert self.shared is not None
+        future = asyncio.get_running_loop().run_in_executor(
+            None,
+            self.shared.save,
+            item.study_instance_uid,
+            item.series_instance_uid,
+            item.sop_instance_uid,
+            item.part10,
+        )
+        self._saving.add(future)
+        future.add_done_callback(self._saved)
+
+    def _saved(self, future: asyncio.Future[None]) -> None:
+        self._saving.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            # Only this replica's memory has it now; WADO-RS elsewhere answers 404 for it.
+            log.warning("a result instance could not be saved to the store (%s)", type(future.exception()).__name__)
+
+    async def drain(self) -> None:
+        """Wait for the saves still in flight (shutdown)."""
+        if self._saving:
+            await asyncio.gather(*list(self._saving), return_exceptions=True)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -39,6 +39,8 @@ PUSH_OUTCOMES = ("pushed", "partial", "failed", "expired", "dropped")
 # Latency buckets from 5 ms (a cached small model) to 30 s (a large image on a busy CPU).
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+# P(positive class) in steps of 0.05: fine enough to see a drifting distribution and the share above a threshold.
+_PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 class ServiceMetrics:
@@ -143,6 +145,25 @@ class ServiceMetrics:
             "normgate_dicomweb_push_oldest_age_seconds",
             "Age of the oldest result set pending in the outbox (0 when none).",
             ["channel"],
+            registry=r,
+        )
+        self.probability = Histogram(
+            "normgate_probability",
+            "P(positive class) of each decision that has one (calibrated when the model is), by model: the "
+            "distribution drift panels watch.",
+            ["model"],
+            buckets=_PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "normgate_verdicts_total",
+            "Radiographer verdicts recorded (agree, reacquired_anyway, accepted_anyway, wrong_location), by model.",
+            ["model", "verdict"],
+            registry=r,
+        )
+        self.audit_spool_depth = Gauge(
+            "normgate_audit_spool_depth",
+            "Audit records waiting in the spool file for the database (0 while it is reachable and caught up).",
             registry=r,
         )
         for reason in REJECTION_REASONS:

@@ -218,6 +218,8 @@ class Assessor:
         """Count the decision, log it with the caller's key id (never the key), and hand its record to every
         listener (the audit trail)."""
         self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
+        if response.probability is not None:
+            self.metrics.probability.labels(response.model.name).observe(response.probability)
         log.info(
             "decision %s: %s%s by model %s %s, key %s",
             response.assessment_id,

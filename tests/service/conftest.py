@@ -37,3 +37,30 @@ def pytest_sessionfinish(session, exitstatus):
 
     if exitstatus == 0:  # a table from a failing run would show outcomes the suite did not accept
         write_if_requested()
+
+
+# -- the store's databases: SQLite in a temporary folder, and a real PostgreSQL (tests/postgres.py) ------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.postgres import PostgresServer, require_postgres
+
+    server = PostgresServer(require_postgres())
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty PostgreSQL database of the session's server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """Each test that takes it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'normgate.sqlite3'}"
+    return request.getfixturevalue("postgres_url")

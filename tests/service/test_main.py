@@ -21,3 +21,17 @@ def test_server_runs_the_c_http_parser_and_uvloop():
         loop.close()
     assert (config.host, config.port, config.timeout_graceful_shutdown) == ("127.0.0.1", 8123, 30.0)
     assert config.timeout_keep_alive == 5 and config.http_protocol_class.timeout == 10
+
+
+def test_an_unusable_database_url_is_one_line_before_the_server_starts(monkeypatch, capsys):
+    from service.__main__ import main
+    from service.config import get_settings
+
+    monkeypatch.setenv("NORMGATE_DATABASE_URL", "mysql://normgate:s3cret@db/normgate")
+    get_settings.cache_clear()
+    try:
+        assert main() == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith("normgate: error: unsupported database 'mysql'") and "s3cret" not in err

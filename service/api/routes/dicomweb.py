@@ -26,6 +26,7 @@ from models.saliency import DEFAULT_METHOD
 from service.api.deps import AssessCaller, SettingsDep
 from service.api.upload import read_limited_body, wait_for_disconnect
 from service.config import Settings
+from service.db.results import StoreResults
 from service.dicomweb.dimse import DimseListener, DimseStore, parse_destination
 from service.dicomweb.multipart import (
     DICOM_JSON,
@@ -100,9 +101,12 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
             await sender.start()
             senders.append(sender)
     app.state.result_senders = senders
+    database = getattr(app.state, "store", None)
+    keep = settings.dicomweb_result_retention_hours > 0
+    shared = StoreResults(database) if database is not None and keep else None
     stow = StowService(
         app.state.assessor,
-        ResultStore(int(settings.dicomweb_result_cache_mb * MIB)),
+        ResultStore(int(settings.dicomweb_result_cache_mb * MIB), shared),
         senders,
         app.version,
         app.state.metrics,
@@ -123,6 +127,12 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
 
 
 async def stop_dicomweb(app: FastAPI, timeout_s: float = 5.0) -> None:
+    stow: StowService | None = getattr(app.state, "stow", None)
+    if stow is not None:
+        try:
+            await asyncio.wait_for(stow.results.drain(), timeout_s)
+        except TimeoutError:
+            pass  # the store is hanging; those results stay in this process's memory only
     listener: DimseListener | None = getattr(app.state, "dimse_listener", None)
     if listener is not None:
         await asyncio.to_thread(listener.stop)
@@ -320,7 +330,8 @@ async def store_study_instances(
     response_class=Response,
     description="One of NormGate's recent result instances (Secondary Capture or SR) as "
     '`multipart/related; type="application/dicom"` (PS3.18 §10.4). Only results are kept, '
-    "never the received originals, and only while NORMGATE_DICOMWEB_RESULT_CACHE_MB holds them.",
+    "never the received originals: from this process's memory (NORMGATE_DICOMWEB_RESULT_CACHE_MB) or the "
+    "store shared by every replica (NORMGATE_DICOMWEB_RESULT_RETENTION_HOURS).",
     responses={
         200: {"content": {'multipart/related; type="application/dicom"': {}}},
         401: {"model": ErrorResponse, "description": "unauthorized"},
@@ -340,7 +351,7 @@ async def retrieve_result_instance(
     accepted = [p.split(";", 1)[0].strip().lower() for p in accept.split(",")]
     if not any(t in ("multipart/related", "multipart/*", "*/*") for t in accepted):
         raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
-    item = _stow_service(request).results.get(study_uid, series_uid, sop_uid)
+    item = await _stow_service(request).results.lookup(study_uid, series_uid, sop_uid)
     if item is None:
         raise ResultNotFound(
             f"no NormGate result instance {sop_uid} in series {series_uid} of study {study_uid} "

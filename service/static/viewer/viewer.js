@@ -88,6 +88,8 @@ const el = {
   levelSlider: $("level-slider"), levelValue: $("level-value"),
   wlReset: $("wl-reset"), wlInvert: $("wl-invert"),
   heatmapCaption: $("heatmap-caption"), history: $("history"), historyEmpty: $("history-empty"),
+  verdictButtons: Array.from(document.querySelectorAll(".verdict-button")),
+  verdictNote: $("verdict-note"), verdictStatus: $("verdict-status"),
   d: {
     file: $("d-file"), label: $("d-label"), prob: $("d-prob"), ood: $("d-ood"), point: $("d-point"), size: $("d-size"),
     model: $("d-model"), method: $("d-method"), time: $("d-time"), request: $("d-request"),
@@ -397,6 +399,7 @@ function showEntry(id, { refit = false } = {}) {
   applyOverlaySettings();
   showResultText(entry);
   renderHistory();
+  renderVerdict();
 }
 
 function clearImage() {
@@ -411,6 +414,7 @@ function clearImage() {
   el.pixelReadout.textContent = "";
   el.cornerFile.textContent = "";
   el.heatmapCaption.textContent = DEFAULT_CAPTION;
+  renderVerdict();
 }
 
 function setBanner(kind, decision, line, meta) {
@@ -548,6 +552,65 @@ function flip(delta) {
   if (next === index) return;
   hideError();
   showEntry(state.entries[next].id, { refit: true });
+}
+
+// ------------------------------------------------------------------------------------- verdicts
+
+const VERDICT_TEXT = {
+  agree: "Agree",
+  reacquired_anyway: "Re-took anyway",
+  accepted_anyway: "Kept anyway",
+  wrong_location: "Wrong location",
+};
+
+function renderVerdict() {
+  // The buttons belong to the decision on screen: disabled without one, the recorded verdict pressed.
+  const entry = currentEntry();
+  const usable = Boolean(entry && entry.result.assessment_id);
+  for (const button of el.verdictButtons) {
+    button.disabled = !usable || Boolean(entry && entry.verdictPending);
+    button.setAttribute("aria-pressed", String(usable && entry.verdict === button.dataset.verdict));
+  }
+  el.verdictNote.disabled = !usable;
+  if (!usable) el.verdictNote.value = "";
+  el.verdictStatus.textContent = !usable ? ""
+    : entry.verdictMessage || (entry.verdict ? `Recorded: ${VERDICT_TEXT[entry.verdict]}.` : "No verdict yet.");
+}
+
+async function sendVerdict(verdict) {
+  const entry = currentEntry();
+  if (!entry || !entry.result.assessment_id || entry.verdictPending || !VERDICT_TEXT[verdict]) return;
+  const note = el.verdictNote.value.trim();
+  entry.verdictPending = true;
+  entry.verdictMessage = `Recording ${VERDICT_TEXT[verdict]}…`;
+  renderVerdict();
+  try {
+    let response;
+    try {
+      response = await fetch(`/assessments/${encodeURIComponent(entry.result.assessment_id)}/verdict`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...authHeaders() },
+        body: JSON.stringify(note ? { verdict, note } : { verdict }),
+      });
+    } catch {
+      throw new ServerError(0, "network", `Could not reach the NormGate server at ${location.origin}.`);
+    }
+    if (!response.ok) throw await readServerError(response);
+    const body = await response.json();
+    const previous = body.supersedes ? ` (replaces ${VERDICT_TEXT[body.supersedes.verdict] || body.supersedes.verdict})` : "";
+    entry.verdict = verdict;
+    entry.verdictMessage = `Recorded: ${VERDICT_TEXT[verdict]}${previous}.`;
+    el.verdictNote.value = "";
+  } catch (err) {
+    const why = err instanceof ServerError ? (err.detail || err.code) : String(err);
+    entry.verdictMessage = `Not recorded: ${why}`;
+    if (err instanceof ServerError && (err.code === "unauthorized" || err.code === "forbidden")) {
+      el.apiKeyForm.hidden = false;
+    }
+  } finally {
+    entry.verdictPending = false;
+    if (entry === currentEntry()) renderVerdict();
+  }
 }
 
 // ------------------------------------------------------------------------------- window / level
@@ -801,6 +864,10 @@ function onKeyDown(event) {
       break;
     }
     case "j": case "J": flip(+1); break;
+    case "a": case "A": sendVerdict("agree"); break;
+    case "t": case "T": sendVerdict("reacquired_anyway"); break;
+    case "c": case "C": sendVerdict("accepted_anyway"); break;
+    case "w": case "W": sendVerdict("wrong_location"); break;
     case "k": case "K": flip(-1); break;
     case "Escape": hideError(); break;
     case "ArrowLeft": case "ArrowRight": case "ArrowUp": case "ArrowDown": {
@@ -831,6 +898,9 @@ function bindEvents() {
   });
   el.retryButton.addEventListener("click", () => { if (state.pending) submit(state.pending); });
   el.errorDismiss.addEventListener("click", hideError);
+  for (const button of el.verdictButtons) {
+    button.addEventListener("click", () => sendVerdict(button.dataset.verdict));
+  }
 
   el.heatmapToggle.addEventListener("change", () => { state.heatmapOn = el.heatmapToggle.checked; applyOverlaySettings(); });
   el.markerToggle.addEventListener("change", () => { state.markerOn = el.markerToggle.checked; applyOverlaySettings(); });
@@ -935,7 +1005,9 @@ loadModels();
 window.normgateViewer = Object.freeze({
   current: () => {
     const entry = currentEntry();
-    return entry ? { fileName: entry.fileName, result: entry.result, view: { ...state.view } } : null;
+    return entry
+      ? { fileName: entry.fileName, result: entry.result, view: { ...state.view }, verdict: entry.verdict || null }
+      : null;
   },
   count: () => state.entries.length,
 });

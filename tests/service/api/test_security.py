@@ -270,6 +270,13 @@ SCOPED_ENDPOINTS = {
     ),
     "POST /evaluate": (("POST", "/evaluate", b'{"data": "x"}', {"content-type": "application/json"}), "evaluate", 422),
     "GET /evaluate/{id}": (("GET", "/evaluate/0123", None, {}), "evaluate", 404),
+    "GET /audit": (("GET", "/audit", None, {}), "audit", 200),
+    "GET /audit/{id}": (("GET", "/audit/0123", None, {}), "audit", 404),
+    "POST /assessments/{id}/verdict": (
+        ("POST", "/assessments/0123/verdict", b'{"verdict": "agree"}', {"content-type": "application/json"}),
+        "assess",
+        404,
+    ),
 }
 SCOPES_OF = {"reader": {"assess"}, "evaluator": {"evaluate"}, "auditor": {"audit"}, "legacy": {"assess", "evaluate"}}
 

@@ -135,9 +135,11 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path) -> str:
-    """``python -m service`` on a free loopback port (one decode worker: the suite shares two cores)."""
-    with served(models_dir, ARTIFACTS / "server.log", ready_timeout_s=90, decode_workers=1) as running:
+def server(models_dir: Path, tmp_path_factory) -> str:
+    """``python -m service`` on a free loopback port (one decode worker: the suite shares two cores), its state
+    (the audit store) in a temporary folder."""
+    state = tmp_path_factory.mktemp("viewer-state")
+    with served(models_dir, ARTIFACTS / "server.log", ready_timeout_s=90, decode_workers=1, state_dir=state) as running:
         yield running.url
 
 
@@ -414,6 +416,54 @@ def test_keyboard_alone(page, server, images):
     keys = page.locator("#shortcut-summary").inner_text()
     for word in ("open image", "heatmap", "opacity", "zoom", "pan", "window", "level", "previous / next"):
         assert word in keys
+
+
+def test_verdicts_by_keyboard_are_recorded_with_history(page, server, images):
+    buttons = page.locator(".verdict-button")
+    assert buttons.count() == 4
+    for i in range(4):  # nothing to judge before a decision is on screen
+        assert buttons.nth(i).is_disabled()
+    upload(page, images["chest_a.png"]["path"])
+    assessment_id = page.evaluate("() => window.normgateViewer.current().result.assessment_id")
+    status = page.locator("#verdict-status")
+    sync_api.expect(status).to_have_text("No verdict yet.")
+
+    # Tab from the image reaches the verdict buttons; Enter records the focused one.
+    page.locator("#viewport").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.verdict") == "agree":
+            break
+    assert page.evaluate("document.activeElement.dataset.verdict") == "agree"
+    page.keyboard.press("Enter")
+    sync_api.expect(status).to_have_text("Recorded: Agree.")
+    sync_api.expect(page.locator(".verdict-button[data-verdict='agree']")).to_have_attribute("aria-pressed", "true")
+
+    # Letters typed into the note are text, not shortcuts; Escape leaves the field, W records with the note.
+    page.locator("#verdict-note").focus()
+    page.keyboard.type("coin at left")
+    sync_api.expect(status).to_have_text("Recorded: Agree.")
+    page.keyboard.press("Escape")
+    page.keyboard.press("w")
+    sync_api.expect(status).to_have_text("Recorded: Wrong location (replaces Agree).")
+    pressed = page.locator(".verdict-button[aria-pressed='true']")
+    sync_api.expect(pressed).to_have_count(1)
+    assert pressed.get_attribute("data-verdict") == "wrong_location"
+    assert page.locator("#verdict-note").input_value() == ""
+
+    record = httpx.get(f"{server}/audit/{assessment_id}", timeout=30).json()
+    assert [v["verdict"] for v in record["verdicts"]] == ["agree", "wrong_location"]
+    assert record["verdict"]["note"] == "coin at left"
+    assert page.evaluate("() => window.normgateViewer.current().verdict") == "wrong_location"
+    assert "verdict" in page.locator("#shortcut-summary").inner_text()
+
+    # Another image starts without a verdict; flipping back shows the one recorded.
+    upload(page, images["chest_b.png"]["path"])
+    sync_api.expect(status).to_have_text("No verdict yet.")
+    sync_api.expect(page.locator(".verdict-button[aria-pressed='true']")).to_have_count(0)
+    page.locator("#viewport").focus()
+    page.keyboard.press("j")
+    sync_api.expect(status).to_contain_text("Wrong location")
 
 
 def test_history_flips_with_j_and_k(page, server, images):

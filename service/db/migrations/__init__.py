@@ -1,0 +1,1 @@
+"""Alembic migrations of the store (``service.db.migrate`` runs them; no alembic.ini needed)."""
