@@ -170,7 +170,13 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
 
     # --- breast shadows (a tempting soft-tissue edge, in either class) -----------------------------------
     breast = np.zeros((hc, wc), np.float32)
-    notes: dict = {}
+    # Landmarks for later layers (generator v2 draws its bright anatomy on them); recording them draws nothing.
+    notes: dict = {
+        "shoulder_y": float(shoulder_y),
+        "thorax_half": float(thorax_half),
+        "heart": (float(heart_cx), float(heart_cy), float(heart_w)),
+        "diaphragm_y": float(bottom),
+    }
     if rng.random() < 0.4:
         notes["breast_shadows"] = True
         for side in (-1, 1):
@@ -233,10 +239,12 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             2,
         )
     fine -= 0.16 * _blur(trachea, 0.3 * ppc)
+    notes["trachea"] = (float(tx), float(trachea_w), float(carina_y))
 
     # Spine: vertebral bodies with denser end plates, disc spaces, pedicle rings; stacked top to bottom.
     spine = np.zeros((H, W), np.float32)
     vert_w = rng.uniform(3.8, 4.8) * ppc
+    notes["vertebra_width"] = float(vert_w)
     y = -rng.uniform(0, 3.0) * ppc
     while y < H:
         vh = (2.0 + 1.0 * np.clip(y / H, 0, 1)) * ppc  # vertebrae grow downwards
@@ -327,6 +335,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         cxs = cx + side * (1.5 * ppc + c * length)
         cys = clav_y + 0.8 * ppc - c * rng.uniform(2.0, 4.0) * ppc + 0.7 * ppc * np.sin(c * 2 * np.pi)
         _bone_polyline(clav, np.stack([cxs, cys], 1), rng.uniform(1.2, 1.6) * ppc, marrow=0.6)
+        notes.setdefault("clavicles", []).append(np.stack([cxs, cys], 1))
     fine += rng.uniform(0.22, 0.32) * _blur(clav, 0.2 * ppc)
 
     # Scapular medial borders and humeral heads at the shoulders: dense bone edges near the lung apices.

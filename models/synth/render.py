@@ -15,7 +15,7 @@ split is the same whatever the split sizes are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -29,9 +29,25 @@ SPLIT_CODES = {"train": 0, "dev": 1, "test": 2}
 POSITIVE_RATE = 0.5
 
 
+@dataclass(frozen=True)
+class RenderedObject:
+    """One object of a rendered image: its density patch (top-left pixel at ``x0, y0``) and its annotation, or
+    ``None`` for an object that the annotation rule leaves unannotated (outside the lung fields)."""
+
+    kind: str
+    density: np.ndarray
+    x0: int
+    y0: int
+    annotation: Annotation | None
+
+
 @dataclass
 class Rendered:
-    """One synthetic radiograph: float32 brightness in [0, 1] and what is in it."""
+    """One synthetic radiograph: float32 brightness in [0, 1] and what is in it.
+
+    ``objects`` (styles v2 and heldout) lists every drawn object, annotated or not, and ``lung_field`` is the
+    lung-field mask the annotation rule was applied with; ``settings`` holds the image's acquisition draws.
+    """
 
     image: np.ndarray
     label: int
@@ -39,6 +55,14 @@ class Rendered:
     object_kinds: tuple[str, ...]
     lookalikes: tuple[str, ...]
     lung_mask_name: str
+    style: str = "v1"
+    objects: tuple[RenderedObject, ...] = ()
+    lung_field: np.ndarray | None = None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def unannotated_kinds(self) -> tuple[str, ...]:
+        return tuple(o.kind for o in self.objects if o.annotation is None)
 
 
 def sample_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
