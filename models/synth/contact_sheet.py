@@ -37,7 +37,7 @@ def contact_sheet(
         h, w = r.image.shape
         scale = tile / max(h, w)
         im = Image.fromarray(np.round(r.image * 255).astype(np.uint8)).convert("RGB")
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
         ox = (k % cols) * tile + (tile - im.width) // 2
         oy = (k // cols) * (tile + caption_h)
         sheet.paste(im, (ox, oy))
@@ -84,7 +84,7 @@ def object_gallery(
             h, w = r.image.shape
             box = (int(max(0, cx - half)), int(max(0, cy - half)), int(min(w, cx + half)), int(min(h, cy + half)))
             im = Image.fromarray(np.round(r.image * 255).astype(np.uint8)).crop(box)
-            found[kind] = im.resize((crop, crop), Image.LANCZOS)
+            found[kind] = im.resize((crop, crop), Image.Resampling.LANCZOS)
     kinds = [k for k in wanted if k in found]
     strip = Image.new("RGB", (len(kinds) * crop, crop + 16), (24, 24, 24))
     draw = ImageDraw.Draw(strip)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -81,7 +82,7 @@ def generate(
     lung_masks: str = "auto",
     progress: bool = False,
     style: str = DEFAULT_STYLE,
-) -> dict:
+) -> dict[str, Any]:
     """Write the data set; returns the summary also saved as ``OUT/synth.json``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -125,7 +126,7 @@ def generate(
                 bar.update()
     if bar:
         bar.close()
-    summary: dict = {
+    summary: dict[str, Any] = {
         "generator": "models.synth",
         "style": style,
         "seed": seed,

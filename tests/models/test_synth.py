@@ -270,3 +270,21 @@ def test_unknown_style_is_refused(tmp_path: Path):
         render_sample(0, "train", 0, 128, style="v3")
     with pytest.raises(ValueError, match="style"):
         generate(tmp_path, 1, 0, 0, size=128, style="v3")
+
+
+def test_missing_mask_archive_is_reported_once_and_procedural_lungs_are_drawn(monkeypatch):
+    import warnings
+
+    from models.synth import lungs
+
+    monkeypatch.setattr(lungs, "find_v7_zip", lambda: None)
+    monkeypatch.setattr(lungs, "_missing_masks_reported", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        banks = [LungMaskBank("auto") for _ in range(3)]
+        LungMaskBank("procedural")  # asked for: nothing to report
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "torchxrayvision is not installed" in messages[0] and "procedural" in messages[0]
+    assert all(b.source == "procedural" for b in banks)
+    r = render_sample(2, "train", 0, SIZE, bank=banks[0])
+    assert r.lung_mask_name == "procedural"

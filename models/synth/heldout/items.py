@@ -17,6 +17,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,9 +52,9 @@ class Patch:
         self.y = ys + self.top
 
 
-def cover(sdf: FloatArray) -> FloatArray:
+def cover(sdf: npt.NDArray[np.floating[Any]]) -> FloatArray:
     """Coverage from a signed distance (negative inside), a one-pixel linear ramp at the boundary."""
-    return np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(0.5 - sdf, 0.0, 1.0), np.float32)
 
 
 def sd_disc(p: Patch, c: Point, r: float) -> FloatArray:

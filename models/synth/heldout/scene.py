@@ -207,7 +207,8 @@ def render_heldout(
     counts = primary + scatter
     nrng = np.random.default_rng(noise_seq)
     z = nrng.standard_normal((H, W)).astype(np.float32)
-    z = cv2.GaussianBlur(z, (0, 0), float(rng.uniform(0.3, 0.8))) if rng.random() < 0.6 else z
+    if rng.random() < 0.6:  # detector crosstalk: neighbouring pixels share some noise
+        z = np.asarray(cv2.GaussianBlur(z, (0, 0), float(rng.uniform(0.3, 0.8))), np.float32)
     z /= max(float(z.std()), 1e-6)
     counts = np.maximum(counts + np.sqrt(counts) * z, 0.5)
     log_image = -np.log(counts / dose)  # bright = dense, as displayed

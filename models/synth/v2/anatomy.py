@@ -133,9 +133,9 @@ def bright_anatomy(chest: Chest, rng: np.random.Generator, projection: str) -> t
         names.append("scapulae")
         for side in (-1, 1):
             s = np.linspace(0.0, 1.0, 14)
-            bx = cx + side * ((x2 - x1) / 2 * rng.uniform(0.6, 0.85) + 1.5 * ppc * np.sin(s * np.pi))
-            by = y1 + rng.uniform(0.0, 0.08) * (y2 - y1) + s * rng.uniform(0.35, 0.5) * (y2 - y1)
-            pts = np.round(np.stack([bx, by], 1) * 4).astype(np.int32)
+            edge_x = cx + side * ((x2 - x1) / 2 * rng.uniform(0.6, 0.85) + 1.5 * ppc * np.sin(s * np.pi))
+            edge_y = y1 + rng.uniform(0.0, 0.08) * (y2 - y1) + s * rng.uniform(0.35, 0.5) * (y2 - y1)
+            pts = np.round(np.stack([edge_x, edge_y], 1) * 4).astype(np.int32)
             cv2.polylines(soft, [pts], False, rng.uniform(0.08, 0.16), max(1, round(0.35 * ppc)), cv2.LINE_8, 2)
 
     if projection == "AP" and "heart" in notes:  # magnified cardiac silhouette

@@ -371,8 +371,7 @@ def _polyline_distance(shape_hw: tuple[int, int], line: Points) -> npt.NDArray[n
     canvas = np.full((h, w), 255, np.uint8)
     pts = np.round(line * 4).astype(np.int32).reshape(-1, 1, 2)
     cv2.polylines(canvas, [pts], False, 0, 1, cv2.LINE_8, 2)
-    dist: npt.NDArray[np.float32] = cv2.distanceTransform(canvas, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return dist
+    return np.asarray(cv2.distanceTransform(canvas, cv2.DIST_L2, cv2.DIST_MASK_PRECISE), np.float32)
 
 
 def finish(drawn: Drawn, peak: float, blur: float, slack: float) -> Placed:
@@ -381,7 +380,7 @@ def finish(drawn: Drawn, peak: float, blur: float, slack: float) -> Placed:
     density = np.pad(drawn.density, pad)
     x0, y0 = drawn.x0 - pad, drawn.y0 - pad
     if blur > 0.05:
-        density = cv2.GaussianBlur(density, (0, 0), blur)
+        density = np.asarray(cv2.GaussianBlur(density, (0, 0), blur), np.float32)
     top = float(density.max())
     density = density / max(top, 1e-12)
     density[density < SUPPORT_CUT] = 0.0

@@ -129,15 +129,14 @@ def _frame(rng: Rng, chest: Chest, H: int, W: int, angle: float) -> tuple[npt.ND
     ox = rng.uniform(lo_x, hi_x) if lo_x <= hi_x else (Wc - W) / 2.0
     oy = rng.uniform(lo_y, hi_y) if lo_y <= hi_y else (Hc - H) / 2.0
     ox_i, oy_i = round(ox), round(oy)
-    affine = rot.copy()
+    affine = np.asarray(rot, np.float64).copy()
     affine[0, 2] -= ox_i
     affine[1, 2] -= oy_i
     return affine, ox_i, oy_i
 
 
 def _warp(img: FloatArray, affine: npt.NDArray[np.float64], H: int, W: int, border: int) -> FloatArray:
-    out: FloatArray = cv2.warpAffine(img, affine, (W, H), flags=cv2.INTER_LINEAR, borderMode=border)
-    return out
+    return np.asarray(cv2.warpAffine(img, affine, (W, H), flags=cv2.INTER_LINEAR, borderMode=border), np.float32)
 
 
 def _map_point(affine: npt.NDArray[np.float64], x: float, y: float) -> tuple[float, float]:
@@ -213,8 +212,7 @@ def _lung_distance(scene: Scene) -> FloatArray:
         interpolation=cv2.INTER_NEAREST,
     )
     dist = cv2.distanceTransform(small, cv2.DIST_L2, 3) * 4.0
-    out: FloatArray = cv2.resize(dist, (scene.width, scene.height), interpolation=cv2.INTER_LINEAR)
-    return out
+    return np.asarray(cv2.resize(dist, (scene.width, scene.height), interpolation=cv2.INTER_LINEAR), np.float32)
 
 
 def _random_point(rng: Rng, region: BoolArray) -> tuple[float, float] | None:
@@ -426,16 +424,15 @@ def _text_overlay(rng: Rng, H: int, W: int, ppc: float, keep_clear: list[tuple[i
         names.append("side_marker")
         letter = "L" if rng.random() < 0.5 else "R"
         size = rng.uniform(1.2, 2.0) * ppc
-        x = rng.uniform(0.04, 0.16) * W if rng.random() < 0.5 else rng.uniform(0.78, 0.9) * W
-        y = rng.uniform(0.04, 0.25) * H
+        mx = rng.uniform(0.04, 0.16) * W if rng.random() < 0.5 else rng.uniform(0.78, 0.9) * W
+        my = rng.uniform(0.04, 0.25) * H
         layer = np.zeros((H, W), np.uint8)
-        scale = size / 22.0
         cv2.putText(
             layer,
             letter,
-            (int(x), int(y + size)),
+            (int(mx), int(my + size)),
             cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
+            size / 22.0,
             255,
             max(1, round(0.2 * ppc)),
             cv2.LINE_AA,
@@ -443,13 +440,12 @@ def _text_overlay(rng: Rng, H: int, W: int, ppc: float, keep_clear: list[tuple[i
         if rng.random() < 0.5:  # the marker's plastic frame
             cv2.rectangle(
                 layer,
-                (int(x - 0.2 * size), int(y - 0.1 * size)),
-                (int(x + 0.9 * size), int(y + 1.2 * size)),
+                (int(mx - 0.2 * size), int(my - 0.1 * size)),
+                (int(mx + 0.9 * size), int(my + 1.2 * size)),
                 140,
                 max(1, round(0.08 * ppc)),
             )
-        layer = cv2.GaussianBlur(layer, (3, 3), 0.6)
-        stamp(layer, rng.uniform(0.8, 1.0))
+        stamp(np.asarray(cv2.GaussianBlur(layer, (3, 3), 0.6), np.uint8), rng.uniform(0.8, 1.0))
     return Overlay(mask, value, names)
 
 
@@ -567,7 +563,9 @@ def render_v2(
     positive = bool(rng.random() < POSITIVE_RATE) if label is None else bool(label)
     scene = build_scene(rng, H, W, bank or default_bank())
     d = draw_display(rng, H)
-    anatomy = cv2.GaussianBlur(scene.density, (0, 0), d.blur) if d.blur > 0.05 else scene.density
+    anatomy = scene.density
+    if d.blur > 0.05:
+        anatomy = np.asarray(cv2.GaussianBlur(scene.density, (0, 0), d.blur), np.float32)
     _unannotated_objects(scene, np.random.default_rng(scene_seq), d.blur)
     if positive:
         _annotated_objects(scene, np.random.default_rng(objects_seq), d.blur)
