@@ -33,13 +33,15 @@ POSITIVE_RATE = 0.5
 @dataclass(frozen=True)
 class RenderedObject:
     """One object of a rendered image: its density patch (top-left pixel at ``x0, y0``) and its annotation, or
-    ``None`` for an object that the annotation rule leaves unannotated (outside the lung fields)."""
+    ``None`` for an object that the annotation rule leaves unannotated (outside the lung fields, or a support
+    device: electrodes, leads and tubes are never annotated)."""
 
     kind: str
     density: np.ndarray
     x0: int
     y0: int
     annotation: Annotation | None
+    support_device: bool = False
 
 
 @dataclass

@@ -58,8 +58,12 @@ def render_sample(
         image, scene, overlay, display, positive = render_v2(
             sequence, size, with_objects=with_objects, bank=bank, label=label
         )
+        from models.synth.v2.objects import SUPPORT_DEVICES
+
         objects = tuple(
-            RenderedObject(o.kind, o.density, o.x0, o.y0, o.annotation if annotated else None)
+            RenderedObject(
+                o.kind, o.density, o.x0, o.y0, o.annotation if annotated else None, o.kind in SUPPORT_DEVICES
+            )
             for annotated, group in ((True, scene.annotated), (False, scene.unannotated))
             for o in group
         )

@@ -182,7 +182,7 @@ def styled(request) -> tuple[str, list]:
 
 def test_annotated_objects_lie_over_the_lung_fields_and_the_others_outside(styled):
     style, rendered = styled
-    annotated = unannotated = 0
+    annotated = unannotated = support_devices = over_lungs = 0
     for r in rendered:
         assert r.style == style and r.lung_field is not None and r.lung_field.shape == r.image.shape
         assert r.label == (1 if r.annotations else 0)  # positives carry ≥ 1 annotation, negatives none
@@ -191,13 +191,15 @@ def test_annotated_objects_lie_over_the_lung_fields_and_the_others_outside(style
             share = _share_over(r.lung_field, o.density, o.x0, o.y0)
             if o.annotation is None:
                 unannotated += 1
-                assert share <= 0.1, (o.kind, share)
+                support_devices += o.support_device
+                over_lungs += o.support_device and share >= 0.6
+                assert share <= 0.1 or o.support_device, (o.kind, share)  # support devices: never annotated
             else:
                 annotated += 1
-                assert share >= 0.6, (o.kind, share)
+                assert share >= 0.6 and not o.support_device, (o.kind, share)
                 x1, y1, x2, y2 = o.annotation.box
                 assert r.lung_field[int(y1) : int(y2) + 1, int(x1) : int(x2) + 1].any()
-    assert annotated >= 12 and unannotated >= 12
+    assert annotated >= 12 and unannotated >= 12 and support_devices >= 6 and over_lungs >= 1
 
 
 def test_unannotated_metal_occurs_in_negatives_and_the_rule_is_about_place_not_kind(styled):
@@ -208,7 +210,7 @@ def test_unannotated_metal_occurs_in_negatives_and_the_rule_is_about_place_not_k
     assert all(r.annotations == () for r in negatives)
     assert len(with_metal) >= 0.3 * len(negatives), f"{len(with_metal)} of {len(negatives)} negatives carry metal"
     annotated_kinds = {o.kind for r in rendered for o in r.objects if o.annotation is not None}
-    other_kinds = {o.kind for r in rendered for o in r.objects if o.annotation is None}
+    other_kinds = {o.kind for r in rendered for o in r.objects if o.annotation is None and not o.support_device}
     assert annotated_kinds & other_kinds, (annotated_kinds, other_kinds)  # same kinds, unannotated elsewhere
 
 

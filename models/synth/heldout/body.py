@@ -296,7 +296,7 @@ def _calcifications(
             r = float(rng.gamma(3.0, 0.07)) * cm + 0.5
             y0, y1, x0, x1 = int(max(0, y - r - 3)), int(y + r + 4), int(max(0, x - r - 3)), int(x + r + 4)
             d = np.hypot(xx[y0:y1, x0:x1] - x, yy[y0:y1, x0:x1] - y)
-            out[y0:y1, x0:x1] += float(rng.uniform(0.25, 1.1)) * np.clip(r + 0.5 - d, 0.0, 1.0)
+            out[y0:y1, x0:x1] += float(rng.uniform(0.2, 0.8)) * np.clip(r + 0.5 - d, 0.0, 1.0)
     if rng.random() < 0.3:
         findings.append("costal_cartilage_calcification")
         ys, xs = np.nonzero(lungs[::3, ::3])

@@ -304,6 +304,9 @@ def buckle(rng: Rng, c: Point, cm: float) -> Item | None:
 
 Maker = Callable[[Rng, Point, float], "Item | None"]
 
+# Support devices: never annotated (Object-CXR), drawn over the lungs and elsewhere in both classes.
+SUPPORT_DEVICES = frozenset({"electrode", "lead_wire"})
+
 # Kinds over the lung fields (annotated) and their weights in this style's own table.
 LUNG_KINDS: dict[str, tuple[float, Maker]] = {
     "button": (0.24, shirt_button),
@@ -313,7 +316,6 @@ LUNG_KINDS: dict[str, tuple[float, Maker]] = {
     "hair_clip": (0.05, hair_clip),
     "paper_clip": (0.07, paper_clip),
     "hook_and_eye": (0.06, hook_and_eye),
-    "electrode": (0.1, electrode_pad),
     "wire": (0.12, wire),
     "bead_string": (0.07, bead_string),
     "buckle": (0.05, buckle),

@@ -8,10 +8,11 @@ v2's display-domain grain. The log of the counts is then processed as a CR/DR wo
 contrast enhancement (adding back a high-pass of the log image), a window from the image's own histogram and a
 sigmoid look-up table. Burned-in text uses other fonts and places, sometimes on a dark label box.
 
-The annotation rule is Object-CXR's, as in v2 (it is the data set's rule, not a style): an object is annotated iff
-at least 60 % of its density lies over the lung fields; label-blind objects outside them (here: ECG limb-lead
-electrodes at the standard torso sites with their wires, chains with pendants, hair clips above the shoulders,
-belt buckles and keys under the diaphragm, snaps on the shoulders) are kept only if at most 10 % does.
+The annotation rule is Object-CXR's, as in v2 (it is the data set's rule, not a style): a foreign object is
+annotated iff at least 60 % of its density lies over the lung fields; label-blind foreign objects outside them
+(chains with pendants, hair clips above the shoulders, belt buckles and keys under the diaphragm, snaps on the
+shoulders) are kept only if at most 10 % does; support devices (ECG electrodes at the standard limb-lead sites and
+the precordial V1–V6 sites, with their wires) are never annotated, wherever they lie.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def _objects_elsewhere(rng: Rng, body: Body, cm: float) -> list[it.Item]:
     out: list[it.Item] = []
 
     def keep(item: it.Item | None) -> bool:
-        if item is not None and _share(item, body.lungs) <= UNANNOTATED_MAX_SHARE:
+        if item is None:
+            return False
+        if item.kind in it.SUPPORT_DEVICES or _share(item, body.lungs) <= UNANNOTATED_MAX_SHARE:
             out.append(item)
             return True
         return False
@@ -126,6 +129,18 @@ def _objects_elsewhere(rng: Rng, body: Body, cm: float) -> list[it.Item]:
                     heading = math.atan2(-1.0 if y < apex + 5 * cm else 1.0, side * 1.0) + float(rng.normal(0, 0.3))
                     curve = it.wander(rng, c, float(rng.gamma(6.0, 2.5)) * cm, heading, 0.2, 6)
                     keep(it.wire(rng, c, cm, curve, "lead_wire"))
+        if rng.random() < 0.4:  # precordial leads V1–V6: across the left chest, over the heart and the left lung
+            y4 = base - float(rng.normal(7.0, 1.0)) * cm
+            sites = [(-1.5, 0.0), (1.5, 0.0), (4.0, 1.0), (7.0, 1.5), (10.0, 1.5), (12.5, 1.5)]
+            for dx, dy in sites:
+                c = (mid + dx * cm + float(rng.normal(0, 0.5)) * cm, y4 + dy * cm + float(rng.normal(0, 0.5)) * cm)
+                if keep(it.electrode_pad(rng, c, cm)) and rng.random() < 0.85:
+                    heading = -math.pi / 2 + float(rng.normal(0, 0.5))
+                    keep(
+                        it.wire(
+                            rng, c, cm, it.wander(rng, c, float(rng.gamma(6.0, 2.5)) * cm, heading, 0.2, 6), "lead_wire"
+                        )
+                    )
     if rng.random() < 0.18:  # chain with a pendant, around the neck
         t = np.linspace(-1.0, 1.0, 9)
         depth = float(rng.gamma(4.0, 1.2)) * cm
@@ -231,7 +246,7 @@ def render_heldout(
     image = unit.astype(np.float32)
 
     objects = tuple(RenderedObject(o.kind, o.density, o.left, o.top, o.annotation) for o in annotated) + tuple(
-        RenderedObject(o.kind, o.density, o.left, o.top, None) for o in elsewhere
+        RenderedObject(o.kind, o.density, o.left, o.top, None, o.kind in it.SUPPORT_DEVICES) for o in elsewhere
     )
     annotations: tuple[Annotation, ...] = tuple(o.annotation for o in annotated)
     return Rendered(

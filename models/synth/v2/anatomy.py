@@ -59,7 +59,7 @@ def bright_anatomy(chest: Chest, rng: np.random.Generator, projection: str) -> t
         for _ in range(int(rng.integers(1, 7))):
             y, x = lung_pts[rng.integers(len(lung_pts))] + rng.uniform(0, 4, 2)
             r = rng.uniform(0.1, 0.4) * ppc
-            value = rng.uniform(0.3, 1.0)
+            value = rng.uniform(0.25, 0.7)  # calcium: dense, yet below metal (0.8 and up)
             _disc(sharp, x, y, r, value)
             for _ in range(int(rng.integers(0, 3))):  # "popcorn" calcification: a few fused lumps
                 a = rng.uniform(0, 2 * np.pi)

@@ -5,7 +5,8 @@ round things (studs and small buttons ~0.4–0.8 cm, i.e. about 1 % of a 40 cm i
 coins, rings and earrings, ECG electrodes (faint foam pad, dense stud) with lead wires and clip connectors, thin
 long wires, paper clips, safety pins, hair pins, bra hook-and-eye clasps, zippers, chains and necklaces, and
 tubing with a radiopaque stripe. Annotation types follow the challenge: ellipses for round things, rectangles for
-clips, pins and clasps, polygons for wires, chains, zippers and tubes.
+clips, pins and clasps, polygons for wires, chains, zippers and tubes. Support devices (electrodes, leads, tubes)
+are drawn but never annotated (:data:`SUPPORT_DEVICES`), as in Object-CXR.
 
 Every object is drawn 4× supersampled in its own small patch (:class:`models.synth.objects._Canvas`) with unit
 peak. :func:`finish` then applies the image's own blur (detector and motion unsharpness, the same σ as the
@@ -424,23 +425,25 @@ def _outline(path: Points, density: FloatArray, x0: int, y0: int) -> Annotation:
 
 Drawer = Callable[[Rng, tuple[float, float], float], Drawn]
 
-# Objects over the lung fields (annotated): kind → (weight, drawer). Weights favour the small round things that
-# dominate Object-CXR, then wires/leads, clips and pins.
+# Object-CXR excludes support devices from annotation: ECG electrodes, their leads and tubes are never annotated,
+# over the lungs or elsewhere (they are drawn in both classes by the label-blind layer).
+SUPPORT_DEVICES = frozenset({"ecg_electrode", "ecg_lead", "tube"})
+
+# Foreign objects that are annotated when over the lung fields: kind → (weight, drawer). Weights favour the small
+# round things that dominate Object-CXR, then wires, clips, pins and chains.
 ANNOTATED_KINDS: dict[str, tuple[float, Drawer]] = {
-    "button": (0.20, button),
-    "stud": (0.10, stud),
-    "snap": (0.08, snap),
-    "coin": (0.05, coin),
-    "ring": (0.04, ring),
+    "button": (0.22, button),
+    "stud": (0.12, stud),
+    "snap": (0.09, snap),
+    "coin": (0.06, coin),
+    "ring": (0.05, ring),
     "earring": (0.03, earring),
-    "ecg_electrode": (0.10, electrode),
-    "wire": (0.08, loose_wire),
-    "paper_clip": (0.06, paper_clip),
-    "safety_pin": (0.05, safety_pin),
-    "hook_clasp": (0.04, hook_clasp),
-    "zipper": (0.04, zipper),
-    "chain": (0.05, chain),
-    "tube": (0.03, tube),
+    "wire": (0.09, loose_wire),
+    "paper_clip": (0.07, paper_clip),
+    "safety_pin": (0.06, safety_pin),
+    "hook_clasp": (0.05, hook_clasp),
+    "zipper": (0.05, zipper),
+    "chain": (0.06, chain),
     "hair_pin": (0.03, hair_pin),
     "pendant": (0.02, lambda rng, c, ppc: coin(rng, c, ppc, "pendant", 0.7)),
 }

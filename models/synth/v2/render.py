@@ -1,15 +1,15 @@
 """Generator v2: one synthetic radiograph under Object-CXR's annotation rule, randomised across acquisition.
 
 **Annotation rule** (Object-CXR: only foreign objects projecting over the lung fields are annotated, and only
-they make an image positive). Every object is drawn alone first, so its exact pixels are known; its *lung share*
-is the part of its density that lies over the lung-field mask. An object is annotated iff its lung share is at
-least :data:`ANNOTATED_MIN_LUNG_SHARE`; objects meant to stay unannotated are only kept when their share is at most
-:data:`UNANNOTATED_MAX_LUNG_SHARE` (leads are cut where they would enter the lungs). The gap between the two keeps
-the rule unambiguous. Unannotated objects of the same kinds — ECG electrodes with their leads and clips,
-necklaces with pendants, earrings, gown snaps, shirt buttons down the midline, bra hooks over the spine, feeding
-and oxygen tubes, hair pins, pocket contents under the diaphragm — plus lead side markers and burned-in text
-occur in positives and negatives at the same rates (they are drawn from a random stream that does not know the
-label). Positives carry 1–6 annotated objects (60 % of them one).
+they make an image positive; support devices are never annotated). Every object is drawn alone first, so its exact
+pixels are known; its *lung share* is the part of its density that lies over the lung-field mask. A foreign object
+is annotated iff its lung share is at least :data:`ANNOTATED_MIN_LUNG_SHARE`; foreign objects meant to stay
+unannotated are only kept when their share is at most :data:`UNANNOTATED_MAX_LUNG_SHARE`. The gap between the two
+keeps the rule unambiguous. Unannotated objects of the same kinds outside the lungs — necklaces with pendants,
+earrings, gown snaps, shirt buttons down the midline, bra hooks over the spine, hair pins, pocket contents under the
+diaphragm — and support devices anywhere (ECG electrodes with leads and clips, feeding and oxygen tubes), plus lead
+side markers and burned-in text, occur in positives and negatives at the same rates (they are drawn from a random
+stream that does not know the label). Positives carry 1–6 annotated objects (60 % of them one).
 
 **Randomised per image** (so a model must learn the object, not the generator): PA or portable AP projection,
 field of view (a 1.0–1.22× zoom on a 36–43 cm chest), rotation (σ 3°, at most 8°), position of the chest in the
@@ -224,9 +224,10 @@ def _random_point(rng: Rng, region: BoolArray) -> tuple[float, float] | None:
 
 
 def _keep_unannotated(scene: Scene, drawn: ob.Drawn, rng: Rng, blur: float) -> bool:
-    """Keep an object as unannotated if it lies (almost) entirely outside the lung fields."""
+    """Keep an object as unannotated: a support device anywhere, a foreign object only (almost) entirely outside
+    the lung fields."""
     placed = ob.finish(drawn, ob.object_peak(rng, drawn.metal), blur, 0.0)
-    if lung_share(placed, scene.lung_field) > UNANNOTATED_MAX_LUNG_SHARE:
+    if drawn.kind not in ob.SUPPORT_DEVICES and lung_share(placed, scene.lung_field) > UNANNOTATED_MAX_LUNG_SHARE:
         return False
     if lung_share(placed, np.ones_like(scene.lung_field)) < 0.3:  # mostly off the film: not worth keeping
         return False
@@ -234,20 +235,9 @@ def _keep_unannotated(scene: Scene, drawn: ob.Drawn, rng: Rng, blur: float) -> b
     return True
 
 
-def _truncate_before_lungs(
-    path: npt.NDArray[np.float64], dist: FloatArray, clearance: float
-) -> npt.NDArray[np.float64]:
-    H, W = dist.shape
-    xs = np.clip(np.round(path[:, 0]).astype(int), 0, W - 1)
-    ys = np.clip(np.round(path[:, 1]).astype(int), 0, H - 1)
-    near = dist[ys, xs] < clearance
-    outside = (path[:, 0] < -20) | (path[:, 0] > W + 20) | (path[:, 1] < -20) | (path[:, 1] > H + 20)
-    stop = near | outside
-    return path[: int(np.argmax(stop))] if stop.any() else path
-
-
 def _unannotated_objects(scene: Scene, rng: Rng, blur: float) -> None:
-    """The label-blind layer: foreign objects outside the lung fields, the same kinds as the annotated ones."""
+    """The label-blind layer: foreign objects outside the lung fields (the same kinds as the annotated ones) and
+    support devices anywhere."""
     H, W, ppc = scene.height, scene.width, scene.ppc
     dist = _lung_distance(scene)
     body = (scene.body > 0.5) & scene.exposed
@@ -258,22 +248,18 @@ def _unannotated_objects(scene: Scene, rng: Rng, blur: float) -> None:
         region: BoolArray = body & (dist > radius_cm * ppc + 0.5 * ppc)
         return region
 
-    if rng.random() < (0.75 if scene.projection == "AP" else 0.45):  # ECG monitoring: electrodes and leads
-        region = outside(2.0)
-        for _ in range(int(rng.integers(2, 6))):
+    if rng.random() < (0.7 if scene.projection == "AP" else 0.4):  # ECG monitoring: electrodes and leads
+        region = body & (dist > 0.5 * ppc) if rng.random() < 0.5 else body  # limb leads only, or chest leads too
+        for _ in range(int(rng.integers(2, 7))):
             c = _random_point(rng, region)
             if c is None:
                 break
-            pad = ob.electrode(rng, c, ppc)
-            if not _keep_unannotated(scene, pad, rng, blur):
+            if not _keep_unannotated(scene, ob.electrode(rng, c, ppc), rng, blur):
                 continue
-            if rng.random() < 0.8:
+            if rng.random() < 0.85:  # leads run from the electrode off towards the film's edge
                 away = math.atan2(c[1] - H * 0.45, c[0] - cx) + rng.normal(0, 0.4)
                 path = _smooth_path(rng, c, rng.uniform(6.0, 22.0) * ppc, away, rng.uniform(0.03, 0.1), 50)
-                path = _truncate_before_lungs(path, dist, 0.6 * ppc)
-                if len(path) >= 4:
-                    lead = ob.wire_on(path, ppc, rng, "ecg_lead", connector=True)
-                    _keep_unannotated(scene, lead, rng, blur)
+                _keep_unannotated(scene, ob.wire_on(path, ppc, rng, "ecg_lead", connector=True), rng, blur)
     if rng.random() < 0.2:  # necklace around the neck, pendant on the manubrium
         half, depth = rng.uniform(3.5, 7.0) * ppc, rng.uniform(3.0, 10.0) * ppc
         for _ in range(3):
@@ -314,12 +300,12 @@ def _unannotated_objects(scene: Scene, rng: Rng, blur: float) -> None:
         if rng.random() < 0.6:
             ys = np.linspace(-0.02 * H, diaphragm_y + rng.uniform(2.0, 5.0) * ppc, 40)
             xs = cx + rng.normal(0, 0.3) * ppc + np.clip(ys - diaphragm_y, 0, None) * rng.uniform(0.3, 1.2)
-            path = _truncate_before_lungs(np.stack([xs, ys], 1), dist, 0.4 * ppc)
-        else:
-            side = rng.choice([-1, 1])
-            x = W / 2 + side * rng.uniform(0.38, 0.47) * W
-            path = _smooth_path(rng, (x, -0.02 * H), 1.1 * H, math.pi / 2 + rng.normal(0, 0.1), 0.03, 50)
-            path = _truncate_before_lungs(path, dist, 0.6 * ppc)
+            path = np.stack([xs, ys], 1)
+        else:  # oxygen tubing draped over the chest from the top of the film
+            x = W / 2 + rng.uniform(-0.45, 0.45) * W
+            path = _smooth_path(
+                rng, (x, -0.02 * H), rng.uniform(0.5, 1.1) * H, math.pi / 2 + rng.normal(0, 0.3), 0.05, 50
+            )
         if len(path) >= 4:
             _keep_unannotated(scene, ob.tube(rng, (0.0, 0.0), ppc, path), rng, blur)
     if rng.random() < 0.05:  # hair pins at the top of the film
@@ -359,15 +345,6 @@ def _annotated_objects(scene: Scene, rng: Rng, blur: float) -> None:
             continue
         scene.annotated.append(placed)
         placed_any += 1
-        if name == "ecg_electrode" and rng.random() < 0.4:  # a short lead that stays over the lungs
-            path = _smooth_path(rng, c, rng.uniform(3.0, 8.0) * scene.ppc, rng.uniform(0, 2 * np.pi), 0.05, 30)
-            lead = ob.finish(ob.wire_on(path, scene.ppc, rng, "ecg_lead", True), ob.object_peak(rng, True), blur, 0.0)
-            if (
-                _inside_image(lead, scene.exposed)
-                and lung_share(lead, scene.lung_field) >= ANNOTATED_MIN_LUNG_SHARE
-                and not _overlaps(lead.support_box, scene.annotated[:-1])
-            ):
-                scene.annotated.append(lead)
 
 
 # --- burned-in text and lead markers ---------------------------------------------------------------------------
