@@ -80,9 +80,23 @@ def sd_segment(p: Patch, a: Point, b: Point, r: float) -> FloatArray:
 
 
 def sd_polyline(p: Patch, pts: npt.NDArray[np.float64], r: float) -> FloatArray:
-    out = np.full(p.x.shape, np.inf, np.float32)
+    """Signed distance to a chain of capsules; each segment is evaluated only in its own neighbourhood (farther
+    pixels keep a large distance, which is all the coverage ramp needs)."""
+    out = np.full(p.x.shape, 1e6, np.float32)
+    h, w = out.shape
+    reach = r + 3.0
     for a, b in itertools.pairwise(pts):
-        out = np.minimum(out, sd_segment(p, (float(a[0]), float(a[1])), (float(b[0]), float(b[1])), r))
+        c0 = max(math.floor(min(a[0], b[0]) - reach) - p.left, 0)
+        c1 = min(math.ceil(max(a[0], b[0]) + reach) - p.left + 1, w)
+        r0 = max(math.floor(min(a[1], b[1]) - reach) - p.top, 0)
+        r1 = min(math.ceil(max(a[1], b[1]) + reach) - p.top + 1, h)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        window = Patch.__new__(Patch)
+        window.left, window.top = p.left + c0, p.top + r0
+        window.x, window.y = p.x[r0:r1, c0:c1], p.y[r0:r1, c0:c1]
+        seg = sd_segment(window, (float(a[0]), float(a[1])), (float(b[0]), float(b[1])), r)
+        np.minimum(out[r0:r1, c0:c1], seg, out=out[r0:r1, c0:c1])
     return out
 
 

@@ -131,8 +131,8 @@ def _objects_elsewhere(rng: Rng, body: Body, cm: float) -> list[it.Item]:
                     keep(it.wire(rng, c, cm, curve, "lead_wire"))
         if rng.random() < 0.4:  # precordial leads V1–V6: across the left chest, over the heart and the left lung
             y4 = base - float(rng.normal(7.0, 1.0)) * cm
-            sites = [(-1.5, 0.0), (1.5, 0.0), (4.0, 1.0), (7.0, 1.5), (10.0, 1.5), (12.5, 1.5)]
-            for dx, dy in sites:
+            precordial = [(-1.5, 0.0), (1.5, 0.0), (4.0, 1.0), (7.0, 1.5), (10.0, 1.5), (12.5, 1.5)]
+            for dx, dy in precordial:
                 c = (mid + dx * cm + float(rng.normal(0, 0.5)) * cm, y4 + dy * cm + float(rng.normal(0, 0.5)) * cm)
                 if keep(it.electrode_pad(rng, c, cm)) and rng.random() < 0.85:
                     heading = -math.pi / 2 + float(rng.normal(0, 0.5))
