@@ -114,7 +114,7 @@ def _overlaps(box: tuple[int, int, int, int], others: list[ob.Placed], margin: i
 # --- geometry: chest on a larger canvas, rotated, cropped to the frame -----------------------------------------
 
 
-def _frame(rng: Rng, chest: Chest, H: int, W: int, angle: float) -> tuple[npt.NDArray[np.float64], int, int]:
+def _frame(rng: Rng, chest: Chest, H: int, W: int, angle: float) -> npt.NDArray[np.float64]:
     """Affine (2×3) from chest-canvas to image pixels: rotation about the canvas centre, then a crop offset chosen
     so the lung fields stay inside the frame where the zoom allows."""
     Hc, Wc = chest.height, chest.width
@@ -128,11 +128,10 @@ def _frame(rng: Rng, chest: Chest, H: int, W: int, angle: float) -> tuple[npt.ND
     lo_y, hi_y = max(0.0, by2 + 2.5 * chest.px_per_cm - H), min(float(Hc - H), by1 - margin)
     ox = rng.uniform(lo_x, hi_x) if lo_x <= hi_x else (Wc - W) / 2.0
     oy = rng.uniform(lo_y, hi_y) if lo_y <= hi_y else (Hc - H) / 2.0
-    ox_i, oy_i = round(ox), round(oy)
     affine = np.asarray(rot, np.float64).copy()
-    affine[0, 2] -= ox_i
-    affine[1, 2] -= oy_i
-    return affine, ox_i, oy_i
+    affine[0, 2] -= round(ox)
+    affine[1, 2] -= round(oy)
+    return affine
 
 
 def _warp(img: FloatArray, affine: npt.NDArray[np.float64], H: int, W: int, border: int) -> FloatArray:
@@ -182,7 +181,7 @@ def build_scene(rng: Rng, H: int, W: int, bank: LungMaskBank) -> Scene:
     if chest.notes.get("breast_shadows"):
         names.insert(0, "breast_shadows")
     angle = float(np.clip(rng.normal(0.0, 3.0), -8.0, 8.0))
-    affine, _, _ = _frame(rng, chest, H, W, angle)
+    affine = _frame(rng, chest, H, W, angle)
     density = _warp(chest.density + extra, affine, H, W, cv2.BORDER_REFLECT_101)
     lung = _warp(chest.lung, affine, H, W, cv2.BORDER_CONSTANT)
     body = _warp(chest.body, affine, H, W, cv2.BORDER_REFLECT_101)
@@ -191,13 +190,10 @@ def build_scene(rng: Rng, H: int, W: int, bank: LungMaskBank) -> Scene:
     exposed = _collimation(rng, H, W, lung_field, ppc)
     lung_field &= exposed
     notes = chest.notes
-    landmarks = {
+    landmarks = {  # where the label-blind layer puts necklaces, snaps, tubes and pocket contents
         "centre_top": _map_point(affine, chest.centre_x, notes["shoulder_y"]),
         "diaphragm": _map_point(affine, chest.centre_x, notes["diaphragm_y"]),
-        "heart": _map_point(affine, notes["heart"][0], notes["heart"][1]),
     }
-    for k, path in enumerate(notes.get("clavicles", [])):
-        landmarks[f"shoulder_{k}"] = _map_point(affine, float(path[-1][0]), float(path[-1][1]))
     return Scene(H, W, ppc, density, lung_field, body, exposed, landmarks, projection, names, mask_name)
 
 
