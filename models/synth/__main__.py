@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=STYLES,
         default=DEFAULT_STYLE,
         help="v2 (default): Object-CXR's annotation rule; heldout: the independent renderer, for testing only; "
-        "v1: the first generator (what the shipped default model was trained on)",
+        "v1: the first generator (objects anywhere, all annotated), for comparison",
     )
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     ap.add_argument(

@@ -6,7 +6,8 @@
   image formation) with the same annotation rule, for testing only: a model trained on ``v2`` is scored on it to
   see whether it learned the objects or the drawing style. Never train on it.
 - ``v1``: :mod:`models.synth.render` — the first generator (objects anywhere on the trunk, all annotated), kept
-  byte-for-byte so the data of the shipped default checkpoint (docs/model-card.md) can still be regenerated.
+  unchanged from before v2 for comparisons (the shipped default checkpoint's exact data come from the commit that
+  docs/model-card.md names).
 
 Every image is seeded from (seed, split, index) — and the style, so the styles never share random streams.
 """
