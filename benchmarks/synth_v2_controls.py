@@ -2,7 +2,7 @@
 
 No model takes part: each control map (:mod:`models.controls`: white top-hat, brightest pixel, image centre; and
 the seeded uniform-noise ``random`` map of :mod:`models.evaluation`) is computed on the image resized to the model
-grid exactly as the model sees it (:func:`models.preprocess.resize_unit`), and scored with the Pointing Game of
+grid exactly as the model sees it (:func:`models.imaging.grid.resize_unit`), and scored with the Pointing Game of
 :mod:`models.pointing_game`: hit iff the map's argmax lies within τ grid pixels of the nearest ground-truth box
 (boxes scaled to the grid), τ = ``--tau-rel`` × grid side (0.025: the papers' 15 px at 600 px). Images without a
 box are left out. 95 % confidence intervals: percentile bootstrap over the scored images (2000 resamples).
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.controls import TOPHAT_ELEMENT_FRACTION, brightest_map, centre_map, tophat_map
 from models.datasets import load_gray, read_split
 from models.evaluation import random_control_maps
+from models.imaging.grid import original_box_to_grid, resize_unit
 from models.pointing_game import PointingGameResult, argmax_point, pointing_game_hit
-from models.preprocess import original_box_to_grid, resize_unit
 
 BOOTSTRAP_RESAMPLES = 2000
 

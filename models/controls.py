@@ -12,7 +12,7 @@ simple image processing, so that a table can separate a trained network's explan
   radiograph centred on the chest.
 
 All three take a batch of unit-range grayscale images on the model grid, ``[B, H, W]`` float in [0, 1] (what
-:func:`models.preprocess.resize_unit` makes), and return maps of the same shape, float32, on the CPU. They are
+:func:`models.imaging.grid.resize_unit` makes), and return maps of the same shape, float32, on the CPU. They are
 pure functions of the pixels (``centre_map`` of the shape only): no model, no learned parameter, no randomness.
 """
 

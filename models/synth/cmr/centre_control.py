@@ -5,7 +5,7 @@ shows. Its Pointing Game (Zhang et al., ECCV 2016; ``models.pointing_game``) say
 centre bias alone would earn: on a 4-chamber view the outflow tract lies near the middle of the field of view.
 The map is scored exactly as ``service.evaluate`` scores a method: argmax on the ``grid`` × ``grid`` model input
 (``models.pointing_game.argmax_point``; a centred Gaussian on an even grid has four tied maxima and the first in
-row-major order wins), boxes scaled from original pixels to the grid (``models.preprocess.original_box_to_grid``),
+row-major order wins), boxes scaled from original pixels to the grid (``models.imaging.grid.original_box_to_grid``),
 hit when the distance to the nearest box is at most τ grid pixels. Images without a box are left out.
 """
 
@@ -23,8 +23,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from models.datasets import DatasetError, Sample, read_split
+from models.imaging.grid import original_box_to_grid
 from models.pointing_game import PointingGameResult, argmax_point, pointing_game_hit
-from models.preprocess import original_box_to_grid
 
 PAPER_TOLERANCE = 15.0 / 224.0  # τ = 15 px on the 2023 paper's 224 × 224 LVOT grid
 TIGHT_TOLERANCE = 0.025
