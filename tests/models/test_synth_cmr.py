@@ -74,8 +74,8 @@ def test_csv_read_by_read_split_and_matches_side_files(dataset: Path):
         for sample, row in zip(samples, frames):
             assert sample.image_path.name == Path(row["image_name"]).name
             assert sample.label == int(row["label"]) == (1 if sample.annotations else 0)
-            img = load_gray(sample.image_path)
-            assert img.dtype == np.uint16 and img.shape == shape[row["patient_id"]]
+            img = load_gray(sample.image_path)  # float32 in [0, 1]; the PNG header (IHDR byte 24) says 16 bits
+            assert sample.image_path.read_bytes()[24] == 16 and img.shape == shape[row["patient_id"]]
             h, w = img.shape
             for a in sample.annotations:
                 assert a.kind == RECTANGLE
@@ -216,7 +216,8 @@ def test_dicom_decodes_to_the_png_pixels_and_carries_the_timing(dataset: Path):
     patients = {p["patient_id"]: p for p in _rows(dataset / "test_patients.csv")}
     for folder in _dicom_folders(dataset):
         mine = [r for r in frames if r["patient_id"] == folder.name]
-        pngs = np.stack([load_gray(dataset / r["image_name"]) for r in mine]).astype(np.float64)
+        # load_gray gives the 16-bit PNG values over 65535 as float32, which round back exactly
+        pngs = np.round(np.stack([load_gray(dataset / r["image_name"]) for r in mine]).astype(np.float64) * 65535.0)
         times = [float(r["trigger_time_ms"]) for r in mine]
         info = patients[folder.name]
         enhanced = pydicom.dcmread(folder / "enhanced.dcm")
@@ -249,8 +250,12 @@ def test_dicom_decodes_to_the_png_pixels_and_carries_the_timing(dataset: Path):
         assert len({ds.SOPInstanceUID for ds in series} | {enhanced.SOPInstanceUID}) == len(mine) + 1
         for k, ds in enumerate(series):
             assert np.array_equal(ds.pixel_array, enhanced.pixel_array[k])
-        # the project's own reader takes a classic instance as it takes any single-frame DICOM
-        assert np.array_equal(load_gray(folder / "series" / "IM_0001.dcm"), enhanced.pixel_array[0])
+        # the project's own reader takes a classic instance as it takes any single-frame DICOM: its window through
+        # the LINEAR VOI function (PS3.3 C.11.2.1.2.1) onto [0, 1]
+        first = series[0]
+        centre, width = float(first.WindowCenter), float(first.WindowWidth)
+        windowed = np.clip((first.pixel_array.astype(np.float64) - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+        assert np.allclose(load_gray(folder / "series" / "IM_0001.dcm"), windowed, atol=1e-5)
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
