@@ -8,7 +8,7 @@ grid exactly as the model sees it (:func:`models.imaging.grid.resize_unit`), and
 box are left out. 95 % confidence intervals: percentile bootstrap over the scored images (2000 resamples).
 
     .venv/bin/python benchmarks/synth_v2_controls.py --v2 data/synth-v2-test --heldout data/synth-heldout-test \
-        --generate --n 1100 --size 640 --seed 2 --out benchmarks/results/synth_v2_controls.json
+        --v1 data/synth-v1-test --generate --n 1100 --size 640 --seed 2 --out benchmarks/results/synth_v2_controls.json
     .venv/bin/python benchmarks/synth_v2_controls.py --v2 data/synth-v2-dev --split dev --sweep   # top-hat sizes
 
 ``--generate`` writes the data sets first (``python -m models.synth --style v2|heldout|v1``) unless their CSV
