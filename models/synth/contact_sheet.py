@@ -82,6 +82,21 @@ def contact_sheet(
     return sheet
 
 
+def gallery_kinds(style: str) -> list[str]:
+    """The object kinds that ``style`` annotates, in its own order (support devices are never annotated in v2)."""
+    if style == "v1":
+        from models.synth.objects import FOREIGN_OBJECTS
+
+        return [*list(FOREIGN_OBJECTS), "ecg_lead", "pendant"]
+    if style == "v2":
+        from models.synth.v2.objects import ANNOTATED_KINDS
+
+        return list(ANNOTATED_KINDS)
+    from models.synth.heldout.items import LUNG_KINDS
+
+    return list(LUNG_KINDS)
+
+
 def object_gallery(
     seed: int = 0,
     size: int = 512,
@@ -91,18 +106,7 @@ def object_gallery(
     style: str = DEFAULT_STYLE,
 ) -> Image.Image:
     """One zoomed crop per annotated object kind (the first of each found in ``split``), captioned, no boxes."""
-    if style == "v1":
-        from models.synth.objects import FOREIGN_OBJECTS
-
-        wanted = [*list(FOREIGN_OBJECTS), "ecg_lead", "pendant"]
-    elif style == "v2":
-        from models.synth.v2.objects import ANNOTATED_KINDS
-
-        wanted = [*list(ANNOTATED_KINDS), "ecg_lead"]
-    else:
-        from models.synth.heldout.items import LUNG_KINDS
-
-        wanted = list(LUNG_KINDS)
+    wanted = gallery_kinds(style)
     found: dict[str, Image.Image] = {}
     for index in range(max_images):
         if len(found) == len(wanted):
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         style=args.style,
     )
     if not args.no_gallery:
-        count = {"v1": 12, "v2": 17, "heldout": 11}[args.style]
+        count = len(gallery_kinds(args.style))
         strip = object_gallery(args.seed, args.size, crop=sheet.width // count, style=args.style)
         combined = Image.new("RGB", (sheet.width, sheet.height + strip.height + 8), (24, 24, 24))
         combined.paste(sheet, (0, 0))
