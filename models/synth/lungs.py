@@ -132,6 +132,10 @@ class LungMaskBank:
             self._cache[index] = None if gray is None else _canonical_lungs(gray)
         return self._cache[index]
 
+    def decode_all(self) -> int:
+        """Decode every mask now instead of on first use (a long run decodes them all anyway); the clean ones' count."""
+        return sum(self._decode(index) is not None for index in range(len(self._names)))
+
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         """(mask, name): a V7 mask picked by ``rng`` (the next clean one in name order), else a procedural one."""
         if self._names:
