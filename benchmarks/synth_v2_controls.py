@@ -9,7 +9,7 @@ box are left out. 95 % confidence intervals: percentile bootstrap over the score
 
     .venv/bin/python benchmarks/synth_v2_controls.py --v2 data/synth-v2-test --heldout data/synth-heldout-test \
         --v1 data/synth-v1-test --generate --n 1100 --size 640 --seed 2 --out benchmarks/results/synth_v2_controls.json
-    .venv/bin/python benchmarks/synth_v2_controls.py --v2 data/synth-v2-dev --split dev --sweep   # top-hat sizes
+    .venv/bin/python benchmarks/synth_v2_controls.py --v2 data/synth-v2-train --split dev --sweep   # top-hat sizes
 
 ``--generate`` writes the data sets first (``python -m models.synth --style v2|heldout|v1``) unless their CSV
 exists; ``--v1 ROOT`` adds the first generator's look for comparison.

@@ -31,8 +31,8 @@ import torch
 # removes them whole and the top-hat keeps their full height above the local background. It stays well under the
 # width of a lung field (~35 % of the side), the mediastinum and the heart (~20–30 %), so broad anatomy is
 # flattened. At the papers' 600-px grid it is a 37-px disk, at a 256-px grid a 15-px disk. It is also the best of
-# the diameters 2–16 % on the generator v2 dev split (benchmarks/synth_v2_controls.py --sweep), so the control is
-# the strongest top-hat of that family, not a straw man.
+# the diameters 2–16 % on a generator v2 dev split (docs/data.md, "Model-free controls";
+# benchmarks/synth_v2_controls.py --sweep), so the control is the strongest top-hat of that family, not a straw man.
 TOPHAT_ELEMENT_FRACTION = 0.06
 
 
