@@ -11,7 +11,8 @@ foreign objects (calcified granulomas, nipple and breast shadows, costal cartila
 edges, side markers) in both classes. See docs/data.md.
 """
 
-from models.synth.render import Rendered, render_sample
+from models.synth.render import Rendered, RenderedObject
+from models.synth.styles import DEFAULT_STYLE, STYLES, render_sample
 from models.synth.writer import encode_image, generate
 
-__all__ = ["Rendered", "encode_image", "generate", "render_sample"]
+__all__ = ["DEFAULT_STYLE", "STYLES", "Rendered", "RenderedObject", "encode_image", "generate", "render_sample"]

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from models.synth.styles import DEFAULT_STYLE, STYLES
 from models.synth.writer import FORMATS, generate
 
 
@@ -19,7 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="long side of every image in pixels (default 1024)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--format", choices=sorted(FORMATS), default="png", help="png (8-bit, default), png16 (16-bit) or jpg"
+        "--format",
+        choices=sorted(FORMATS),
+        default="png",
+        help="png (8-bit, default), png16 (16-bit), jpg, or mixed (8- or 16-bit PNG drawn per image)",
+    )
+    ap.add_argument(
+        "--style",
+        choices=STYLES,
+        default=DEFAULT_STYLE,
+        help="v2 (default): Object-CXR's annotation rule; heldout: the independent renderer, for testing only; "
+        "v1: the first generator (objects anywhere, all annotated), for comparison",
     )
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     ap.add_argument(
@@ -43,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             lung_masks=args.lung_masks,
             progress=not args.quiet,
+            style=args.style,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"models.synth: error: {exc}", file=sys.stderr)

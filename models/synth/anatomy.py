@@ -14,6 +14,7 @@ Everything is vectorised numpy or OpenCV drawing: ~20 ms for a 512-pixel image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,12 +35,13 @@ class Chest:
     lung_box: tuple[float, float, float, float]  # x1, y1, x2, y2 of the lung fields
     centre_x: float
     mask_name: str
-    notes: dict = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    out: np.ndarray = x * x * (3.0 - 2.0 * x)
+    return out
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -170,7 +172,13 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
 
     # --- breast shadows (a tempting soft-tissue edge, in either class) -----------------------------------
     breast = np.zeros((hc, wc), np.float32)
-    notes: dict = {}
+    # Landmarks for later layers (generator v2 draws its bright anatomy on them); recording them draws nothing.
+    notes: dict[str, Any] = {
+        "shoulder_y": float(shoulder_y),
+        "thorax_half": float(thorax_half),
+        "heart": (float(heart_cx), float(heart_cy), float(heart_w)),
+        "diaphragm_y": float(bottom),
+    }
     if rng.random() < 0.4:
         notes["breast_shadows"] = True
         for side in (-1, 1):
@@ -186,7 +194,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
                 1.0,
                 -1,
             )
-        breast = _blur(breast, 0.8 * ppc / COARSE) * rng.uniform(0.15, 0.3)
+        breast = (_blur(breast, 0.8 * ppc / COARSE) * rng.uniform(0.15, 0.3)).astype(np.float32)
 
     # Lung air removes density, least near the hila (vessels, bronchial walls) and at the bases.
     hilum_y = top + 0.45 * lung_h
@@ -233,10 +241,12 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             2,
         )
     fine -= 0.16 * _blur(trachea, 0.3 * ppc)
+    notes["trachea"] = (float(tx), float(trachea_w), float(carina_y))
 
     # Spine: vertebral bodies with denser end plates, disc spaces, pedicle rings; stacked top to bottom.
     spine = np.zeros((H, W), np.float32)
     vert_w = rng.uniform(3.8, 4.8) * ppc
+    notes["vertebra_width"] = float(vert_w)
     y = -rng.uniform(0, 3.0) * ppc
     while y < H:
         vh = (2.0 + 1.0 * np.clip(y / H, 0, 1)) * ppc  # vertebrae grow downwards
@@ -327,6 +337,7 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
         cxs = cx + side * (1.5 * ppc + c * length)
         cys = clav_y + 0.8 * ppc - c * rng.uniform(2.0, 4.0) * ppc + 0.7 * ppc * np.sin(c * 2 * np.pi)
         _bone_polyline(clav, np.stack([cxs, cys], 1), rng.uniform(1.2, 1.6) * ppc, marrow=0.6)
+        notes.setdefault("clavicles", []).append(np.stack([cxs, cys], 1))
     fine += rng.uniform(0.22, 0.32) * _blur(clav, 0.2 * ppc)
 
     # Scapular medial borders and humeral heads at the shoulders: dense bone edges near the lung apices.
@@ -340,9 +351,11 @@ def build_chest(height: int, width: int, rng: np.random.Generator, lung_mask: np
             cv2.circle(bones, (int(hx * 4), int(hy * 4)), int(r * 4), 1.0, max(1, int(0.3 * ppc)), cv2.LINE_8, 2)
         if rng.random() < 0.6:
             s = np.linspace(0.0, 1.0, 12)
-            bx = cx + side * (lung_w / 2 * rng.uniform(0.75, 0.95) - s * 2.0 * ppc)
-            by = top + 0.1 * lung_h + s * 0.45 * lung_h
-            cv2.polylines(bones, [_pts(np.stack([bx, by], 1))], False, 0.5, max(1, int(0.35 * ppc)), cv2.LINE_8, 2)
+            scap_x = cx + side * (lung_w / 2 * rng.uniform(0.75, 0.95) - s * 2.0 * ppc)
+            scap_y = top + 0.1 * lung_h + s * 0.45 * lung_h
+            cv2.polylines(
+                bones, [_pts(np.stack([scap_x, scap_y], 1))], False, 0.5, max(1, int(0.35 * ppc)), cv2.LINE_8, 2
+            )
     fine += 0.25 * _blur(bones, 0.25 * ppc)
 
     # Pulmonary vessels: branching lines fanning out from each hilum, visible only against lung air.

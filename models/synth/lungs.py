@@ -6,7 +6,9 @@ COVID-19 image collection (https://github.com/ieee8023/covid-chestxray-dataset),
 package). Only binary masks ship there, no radiograph pixels. They are read from the installed package at
 generation time and never copied into this repository.
 
-If the archive is absent (or ``procedural`` is asked for), a parametric pair of lungs is drawn instead:
+torchxrayvision is an optional dependency (``pip install 'normgate[synth]'``). Without it the generator says so
+once per process (a ``RuntimeWarning``) and draws procedural lungs. If the archive is absent (or ``procedural`` is
+asked for), a parametric pair of lungs is drawn instead:
 rounded apices, convex lateral walls, sharp costophrenic angles, domed bases and a cardiac notch on the
 image-right (patient-left) lung.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +28,20 @@ from scipy import ndimage
 
 V7_ZIP_NAME = "semantic_masks_v7labs_lungs.zip"
 CANON_HEIGHT = 192  # masks are kept cropped to the lungs' bounding box at this height (shape detail suffices)
+MISSING_MASKS_MESSAGE = (
+    "models.synth: torchxrayvision is not installed (or its wheel lacks "
+    f"{V7_ZIP_NAME}), so the real V7 Labs lung shapes are unavailable; drawing procedural lungs instead. "
+    "Install them with: pip install 'normgate[synth]'"
+)
+_missing_masks_reported = False
+
+
+def report_missing_masks() -> None:
+    """Warn, once per process, that the generator falls back to procedural lungs."""
+    global _missing_masks_reported
+    if not _missing_masks_reported:
+        _missing_masks_reported = True
+        warnings.warn(MISSING_MASKS_MESSAGE, RuntimeWarning, stacklevel=3)
 
 
 def find_v7_zip() -> Path | None:
@@ -63,8 +80,10 @@ def _canonical_lungs(gray: np.ndarray) -> np.ndarray | None:
     # Some masks carry the source figure's arrows, bars or lesion outlines in mid-grey (~124). Where one
     # touches a lung it has cut a bite out of it: such a mask is not a clean lung outline, so skip it.
     mid = ((gray[y0:y1, x0:x1] >= 90) & (gray[y0:y1, x0:x1] <= 160)).astype(np.uint8)
-    mid = cv2.erode(mid, np.ones((3, 3), np.uint8))  # drops the thin anti-aliased rim of every edge
-    near = cv2.dilate(crop, np.ones((7, 7), np.uint8))
+    mid = np.asarray(
+        cv2.erode(mid, np.ones((3, 3), np.uint8)), np.uint8
+    )  # drops the thin anti-aliased rim of every edge
+    near = np.asarray(cv2.dilate(crop, np.ones((7, 7), np.uint8)), np.uint8)
     if int((mid & near).sum()) > 0.0005 * crop.size:
         return None
     # Some masks leave out a lesion or device inside a lung (a hole): lungs are filled shapes here.
@@ -73,7 +92,7 @@ def _canonical_lungs(gray: np.ndarray) -> np.ndarray | None:
     if not 0.75 <= w / h <= 1.9:
         return None
     out_w = round(CANON_HEIGHT * w / h)
-    return cv2.resize(crop * 255, (out_w, CANON_HEIGHT), interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.resize(crop * 255, (out_w, CANON_HEIGHT), interpolation=cv2.INTER_AREA), np.uint8)
 
 
 class LungMaskBank:
@@ -95,6 +114,8 @@ class LungMaskBank:
             self._names = sorted(n for n in self._zip.namelist() if n.lower().endswith((".png", ".jpg", ".jpeg")))
         elif source == "v7":
             raise FileNotFoundError(f"{V7_ZIP_NAME} not found in the installed torchxrayvision package")
+        elif source == "auto":
+            report_missing_masks()
         self._cache: dict[int, np.ndarray | None] = {}
         self.source = "v7" if self._names else "procedural"
 
@@ -110,6 +131,10 @@ class LungMaskBank:
             gray = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_2)
             self._cache[index] = None if gray is None else _canonical_lungs(gray)
         return self._cache[index]
+
+    def decode_all(self) -> int:
+        """Decode every mask now instead of on first use (a long run decodes them all anyway); the clean ones' count."""
+        return sum(self._decode(index) is not None for index in range(len(self._names)))
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         """(mask, name): a V7 mask picked by ``rng`` (the next clean one in name order), else a procedural one."""

@@ -13,12 +13,23 @@ Each object is drawn 4× supersampled in a small patch, area-downsampled, slight
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from models.datasets import ELLIPSE, POLYGON, RECTANGLE, Annotation
+
+__all__ = ["ELLIPSE", "FOREIGN_OBJECTS", "POLYGON", "RECTANGLE", "Patch", "distractors"]
+
+FloatArray = npt.NDArray[np.float32]
+Points = npt.NDArray[np.float64]
+PointLike = npt.ArrayLike
+Rng = np.random.Generator
+Box = tuple[float, float, float, float]
 
 SS = 4  # supersampling factor inside object patches
 PAD = 3  # pixels of padding around an object inside its patch (blur room)
@@ -38,14 +49,14 @@ class Patch:
 class _Canvas:
     """A supersampled drawing surface covering image pixels [x0, x0+w) × [y0, y0+h)."""
 
-    def __init__(self, x_min: float, y_min: float, x_max: float, y_max: float):
+    def __init__(self, x_min: float, y_min: float, x_max: float, y_max: float) -> None:
         self.x0 = int(np.floor(x_min)) - PAD
         self.y0 = int(np.floor(y_min)) - PAD
         self.w = int(np.ceil(x_max)) + PAD + 1 - self.x0
         self.h = int(np.ceil(y_max)) + PAD + 1 - self.y0
         self.img = np.zeros((self.h * SS, self.w * SS), np.float32)
 
-    def p(self, xy) -> np.ndarray:
+    def p(self, xy: PointLike) -> npt.NDArray[np.int32]:
         """Image coordinates → supersampled int32 points with 2 fractional bits (for ``shift=2``)."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         # Pixel centres: image pixel i covers supersampled [i*SS, (i+1)*SS), centre at i*SS + SS/2 - 0.5.
@@ -59,11 +70,13 @@ class _Canvas:
     def t(self, thickness: float) -> int:
         return max(1, round(thickness * SS))
 
-    def circle(self, c, radius, value, thickness=-1.0):
+    def circle(self, c: PointLike, radius: float, value: float, thickness: float = -1.0) -> None:
         th = -1 if thickness < 0 else self.t(thickness)
         cv2.circle(self.img, tuple(self.p(c)[0, 0]), self.r(radius), float(value), th, cv2.LINE_8, 2)
 
-    def ellipse(self, c, axes, angle, value, thickness=-1.0):
+    def ellipse(
+        self, c: PointLike, axes: tuple[float, float], angle: float, value: float, thickness: float = -1.0
+    ) -> None:
         th = -1 if thickness < 0 else self.t(thickness)
         cv2.ellipse(
             self.img,
@@ -78,40 +91,46 @@ class _Canvas:
             2,
         )
 
-    def polyline(self, xy, value, thickness, closed=False):
+    def polyline(self, xy: PointLike, value: float, thickness: float, closed: bool = False) -> None:
         cv2.polylines(self.img, [self.p(xy)], closed, float(value), self.t(thickness), cv2.LINE_8, 2)
 
-    def polygon(self, xy, value):
+    def polygon(self, xy: PointLike, value: float) -> None:
         cv2.fillPoly(self.img, [self.p(xy)], float(value), cv2.LINE_8, 2)
 
-    def finish(self, density: float, blur: float) -> np.ndarray:
-        img = cv2.resize(self.img, (self.w, self.h), interpolation=cv2.INTER_AREA)
+    def finish(self, density: float, blur: float) -> FloatArray:
+        img = np.asarray(cv2.resize(self.img, (self.w, self.h), interpolation=cv2.INTER_AREA), np.float32)
         if blur > 0:
-            img = cv2.GaussianBlur(img, (5, 5), blur)
+            img = np.asarray(cv2.GaussianBlur(img, (5, 5), blur), np.float32)
         peak = float(img.max())
         img[img < 0.02 * peak] = 0.0  # exact, finite support
-        return img * density
+        return img * np.float32(density)
 
 
-def _rot(points: np.ndarray, angle: float, centre) -> np.ndarray:
+def _rot(points: PointLike, angle: float, centre: PointLike) -> Points:
     ca, sa = np.cos(angle), np.sin(angle)
     p = np.asarray(points, np.float64)
-    return np.stack([ca * p[:, 0] - sa * p[:, 1], sa * p[:, 0] + ca * p[:, 1]], 1) + np.asarray(centre)
+    rotated = np.stack([ca * p[:, 0] - sa * p[:, 1], sa * p[:, 0] + ca * p[:, 1]], 1)
+    return np.asarray(rotated + np.asarray(centre), np.float64)
 
 
-def _support_box(d: np.ndarray, x0: int, y0: int, margin: float) -> tuple[float, float, float, float]:
+def _support_box(d: FloatArray, x0: int, y0: int, margin: float) -> Box:
     ys, xs = np.nonzero(d)
-    return (x0 + xs.min() - margin, y0 + ys.min() - margin, x0 + xs.max() + margin, y0 + ys.max() + margin)
+    return (
+        float(x0 + xs.min() - margin),
+        float(y0 + ys.min() - margin),
+        float(x0 + xs.max() + margin),
+        float(y0 + ys.max() + margin),
+    )
 
 
-def _outward_box(box) -> tuple[tuple[float, float], tuple[float, float]]:
+def _outward_box(box: Box) -> tuple[tuple[float, float], tuple[float, float]]:
     """Corners rounded outwards to whole pixels. Not clamped to the image yet: the caller may still shift
     the object inside (``render._fit_inside``) and clamps afterwards."""
     x1, y1, x2, y2 = box
     return (float(np.floor(x1)), float(np.floor(y1))), (float(np.ceil(x2)), float(np.ceil(y2)))
 
 
-def _buffer_polygon(line: np.ndarray, radius: float, max_vertices: int = 40):
+def _buffer_polygon(line: PointLike, radius: float, max_vertices: int = 40) -> tuple[tuple[float, float], ...]:
     """An outline around a polyline (both sides offset by ``radius``), as an annotator would draw it."""
     line = np.asarray(line, np.float64)
     step = max(1, int(np.ceil(len(line) / (max_vertices / 2))))
@@ -140,7 +159,7 @@ def _buffer_polygon(line: np.ndarray, radius: float, max_vertices: int = 40):
     return tuple((float(x), float(y)) for x, y in ring)
 
 
-def _smooth_path(rng: np.random.Generator, start, length: float, angle: float, curl: float, n: int = 60):
+def _smooth_path(rng: Rng, start: PointLike, length: float, angle: float, curl: float, n: int = 60) -> Points:
     """A smooth random curve (a wire lying on the patient) starting at ``start``."""
     turns = np.cumsum(rng.normal(0.0, curl, n)) + angle
     turns = np.convolve(turns, np.ones(7) / 7, mode="same")
@@ -149,7 +168,7 @@ def _smooth_path(rng: np.random.Generator, start, length: float, angle: float, c
     return np.vstack([np.asarray(start, np.float64)[None], pts])
 
 
-def _inside(path: np.ndarray, width: int, height: int, margin: float) -> np.ndarray:
+def _inside(path: Points, width: int, height: int, margin: float) -> Points:
     """Truncate a path where it first leaves the image (wires running off the film end at the edge)."""
     ok = (
         (path[:, 0] >= margin)
@@ -167,7 +186,16 @@ def _inside(path: np.ndarray, width: int, height: int, margin: float) -> np.ndar
 
 
 def _round_object(
-    kind_name: str, c, draw, radius_x: float, radius_y: float, density: float, blur: float, width: int, height: int, rng
+    kind_name: str,
+    c: tuple[float, float],
+    draw: Callable[[_Canvas], None],
+    radius_x: float,
+    radius_y: float,
+    density: float,
+    blur: float,
+    width: int,
+    height: int,
+    rng: Rng,
 ) -> Patch:
     cv = _Canvas(c[0] - radius_x, c[1] - radius_y, c[0] + radius_x, c[1] + radius_y)
     draw(cv)
@@ -176,14 +204,14 @@ def _round_object(
     return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(ELLIPSE, _outward_box(box)),))
 
 
-def button(rng, c, ppc, width, height) -> Patch:
+def button(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     r = rng.uniform(0.5, 1.0) * ppc
     ry = r * rng.uniform(0.85, 1.0)  # a slightly tilted button, axis-aligned
     metal = rng.random() < 0.3
     holes = 4 if rng.random() < 0.5 else 2
     angle = rng.uniform(0, np.pi)
 
-    def draw(cv: _Canvas):
+    def draw(cv: _Canvas) -> None:
         cv.ellipse(c, (r, ry), 0, 0.85)
         cv.ellipse(c, (r, ry), 0, 1.0, thickness=0.16 * r)  # raised rim
         for k in range(holes):
@@ -194,10 +222,10 @@ def button(rng, c, ppc, width, height) -> Patch:
     return _round_object("button", c, draw, r, ry, dens, 0.6, width, height, rng)
 
 
-def snap(rng, c, ppc, width, height) -> Patch:
+def snap(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     r = rng.uniform(0.5, 0.8) * ppc
 
-    def draw(cv: _Canvas):
+    def draw(cv: _Canvas) -> None:
         cv.circle(c, r, 1.0)
         cv.circle(c, 0.62 * r, 0.45)
         cv.circle(c, 0.28 * r, 1.2)
@@ -205,11 +233,11 @@ def snap(rng, c, ppc, width, height) -> Patch:
     return _round_object("snap", c, draw, r, r, rng.uniform(1.0, 1.8), 0.6, width, height, rng)
 
 
-def coin(rng, c, ppc, width, height) -> Patch:
+def coin(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     r = rng.uniform(0.9, 1.4) * ppc
     relief = [(rng.uniform(-0.5, 0.5) * r, rng.uniform(-0.5, 0.5) * r, rng.uniform(0.1, 0.3) * r) for _ in range(5)]
 
-    def draw(cv: _Canvas):
+    def draw(cv: _Canvas) -> None:
         cv.circle(c, r, 0.9)
         cv.circle(c, r, 1.0, thickness=0.1 * r)
         for dx, dy, rr in relief:  # embossing: faint density variation across the face
@@ -218,14 +246,14 @@ def coin(rng, c, ppc, width, height) -> Patch:
     return _round_object("coin", c, draw, r, r, rng.uniform(2.0, 3.2), 0.6, width, height, rng)
 
 
-def ring(rng, c, ppc, width, height) -> Patch:
+def ring(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     r = rng.uniform(0.6, 1.15) * ppc
     tilt = rng.uniform(0.45, 1.0)
     rx, ry = (r, r * tilt) if rng.random() < 0.5 else (r * tilt, r)
     band = rng.uniform(0.15, 0.25) * ppc
     gem = rng.random() < 0.4
 
-    def draw(cv: _Canvas):
+    def draw(cv: _Canvas) -> None:
         cv.ellipse(c, (rx - band / 2, ry - band / 2), 0, 1.0, thickness=band)
         if gem:
             cv.circle((c[0], c[1] - ry + band / 2), 0.3 * ppc, 1.0)
@@ -236,8 +264,8 @@ def ring(rng, c, ppc, width, height) -> Patch:
 
 
 def wire_along(
-    rng,
-    path: np.ndarray,
+    rng: Rng,
+    path: Points,
     ppc: float,
     width: int,
     height: int,
@@ -276,19 +304,19 @@ def wire_along(
     return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(POLYGON, poly),))
 
 
-def loose_wire(rng, c, ppc, width, height) -> Patch:
+def loose_wire(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     length = rng.uniform(8.0, 22.0) * ppc
     path = _smooth_path(rng, c, length, rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.15))
     path = _inside(path, width, height, 1.5 * ppc)
     return wire_along(rng, path, ppc, width, height)
 
 
-def electrode(rng, c, ppc, width, height) -> list[Patch]:
+def electrode(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> list[Patch]:
     """ECG electrode: faint foam pad with a dense gel ring and metal stud; usually with its lead."""
     pad_r = rng.uniform(1.5, 2.0) * ppc
     stud_r = rng.uniform(0.4, 0.55) * ppc
 
-    def draw(cv: _Canvas):
+    def draw(cv: _Canvas) -> None:
         cv.circle(c, pad_r, 0.08)
         cv.circle(c, 0.55 * pad_r, 0.18)
         cv.circle(c, stud_r, 1.0)
@@ -307,7 +335,13 @@ def electrode(rng, c, ppc, width, height) -> list[Patch]:
 
 
 def _rect_object(
-    kind_name: str, outline: list[tuple[np.ndarray, float, float, bool]], fills, density, rng, width, height
+    kind_name: str,
+    outline: list[tuple[Points, float, float, bool]],
+    fills: list[tuple[Points, float]],
+    density: float,
+    rng: Rng,
+    width: int,
+    height: int,
 ) -> Patch:
     allpts = np.vstack([o[0] for o in outline] + [f[0] for f in fills])
     cv = _Canvas(allpts[:, 0].min() - 1, allpts[:, 1].min() - 1, allpts[:, 0].max() + 1, allpts[:, 1].max() + 1)
@@ -320,12 +354,12 @@ def _rect_object(
     return Patch(d, cv.x0, cv.y0, kind_name, (Annotation(RECTANGLE, _outward_box(box)),))
 
 
-def _arc(cx, cy, r, a0, a1, n=12):
+def _arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int = 12) -> Points:
     a = np.linspace(a0, a1, n)
     return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
 
 
-def paper_clip(rng, c, ppc, width, height) -> Patch:
+def paper_clip(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     L = rng.uniform(2.8, 5.0) * ppc
     w = L * rng.uniform(0.26, 0.32)
     wire = max(0.12 * ppc, 0.9)
@@ -348,7 +382,7 @@ def paper_clip(rng, c, ppc, width, height) -> Patch:
     return _rect_object("paper_clip", [(pts, 1.0, wire, False)], [], rng.uniform(2.4, 3.6), rng, width, height)
 
 
-def safety_pin(rng, c, ppc, width, height) -> Patch:
+def safety_pin(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     L = rng.uniform(2.5, 5.5) * ppc
     w = L * rng.uniform(0.16, 0.22)
     wire = max(0.1 * ppc, 0.9)
@@ -370,13 +404,14 @@ def safety_pin(rng, c, ppc, width, height) -> Patch:
     return _rect_object("safety_pin", outline, fills, rng.uniform(2.2, 3.4), rng, width, height)
 
 
-def hook_clasp(rng, c, ppc, width, height) -> Patch:
+def hook_clasp(rng: Rng, c: tuple[float, float], ppc: float, width: int, height: int) -> Patch:
     """Bra hook-and-eye clasp: two or three short dense bars side by side, with their eyes."""
     n = int(rng.integers(2, 4))
     bar_h, bar_w, gap = rng.uniform(0.9, 1.4) * ppc, rng.uniform(0.25, 0.4) * ppc, rng.uniform(0.4, 0.6) * ppc
     total = n * bar_w + (n - 1) * gap
     ang = rng.normal(0, 0.15)
-    outline, fills = [], []
+    outline: list[tuple[Points, float, float, bool]] = []
+    fills: list[tuple[Points, float]] = []
     for k in range(n):
         x = -total / 2 + k * (bar_w + gap)
         bar = np.array([[x, -bar_h / 2], [x + bar_w, -bar_h / 2], [x + bar_w, bar_h / 2], [x, bar_h / 2]])
@@ -386,7 +421,9 @@ def hook_clasp(rng, c, ppc, width, height) -> Patch:
     return _rect_object("hook_clasp", outline, fills, rng.uniform(1.8, 2.8), rng, width, height)
 
 
-def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list[Patch]:
+def necklace(
+    rng: Rng, c: tuple[float, float] | None, ppc: float, width: int, height: int, neck_x: float, neck_top: float
+) -> list[Patch]:
     """A chain hanging from the neck in a catenary-like U, beads or links along it, often with a pendant."""
     half = rng.uniform(4.0, 9.0) * ppc
     depth = rng.uniform(6.0, 16.0) * ppc
@@ -432,7 +469,7 @@ def necklace(rng, c, ppc, width, height, neck_x: float, neck_top: float) -> list
     return patches
 
 
-FOREIGN_OBJECTS = {
+FOREIGN_OBJECTS: dict[str, tuple[float, Callable[..., Any]]] = {
     # name: (weight, renderer)
     "button": (0.18, button),
     "snap": (0.11, snap),
@@ -450,7 +487,9 @@ FOREIGN_OBJECTS = {
 # --- look-alikes: bright structures that are NOT foreign objects (drawn in both classes) ----------------
 
 
-def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) -> tuple[np.ndarray, list[str]]:
+def distractors(
+    rng: Rng, height: int, width: int, ppc: float, lung: FloatArray, lung_box: Box, cx: float
+) -> tuple[FloatArray, list[str]]:
     """Density of calcified granulomas, nipple shadows, costal-cartilage calcification and a side marker."""
     out = np.zeros((height, width), np.float32)
     names: list[str] = []
@@ -518,4 +557,4 @@ def distractors(rng, height, width, ppc, lung: np.ndarray, lung_box, cx: float) 
             cv2.LINE_8,
         )
         out += text.astype(np.float32) * (rng.uniform(1.0, 2.0) / 255.0)
-    return cv2.GaussianBlur(out, (5, 5), 0.6), names
+    return np.asarray(cv2.GaussianBlur(out, (5, 5), 0.6), np.float32), names

@@ -15,23 +15,42 @@ split is the same whatever the split sizes are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
-from models.datasets import Annotation
+from models.datasets import POLYGON, Annotation
 from models.synth import objects as obj
-from models.synth.anatomy import build_chest
+from models.synth.anatomy import Chest, build_chest
 from models.synth.lungs import LungMaskBank, default_bank
 
 SPLIT_CODES = {"train": 0, "dev": 1, "test": 2}
 POSITIVE_RATE = 0.5
 
 
+@dataclass(frozen=True)
+class RenderedObject:
+    """One object of a rendered image: its density patch (top-left pixel at ``x0, y0``) and its annotation, or
+    ``None`` for an object that the annotation rule leaves unannotated (outside the lung fields, or a support
+    device: electrodes, leads and tubes are never annotated)."""
+
+    kind: str
+    density: np.ndarray
+    x0: int
+    y0: int
+    annotation: Annotation | None
+    support_device: bool = False
+
+
 @dataclass
 class Rendered:
-    """One synthetic radiograph: float32 brightness in [0, 1] and what is in it."""
+    """One synthetic radiograph: float32 brightness in [0, 1] and what is in it.
+
+    ``objects`` (styles v2 and heldout) lists every drawn object, annotated or not, and ``lung_field`` is the
+    lung-field mask the annotation rule was applied with; ``settings`` holds the image's acquisition draws.
+    """
 
     image: np.ndarray
     label: int
@@ -39,6 +58,14 @@ class Rendered:
     object_kinds: tuple[str, ...]
     lookalikes: tuple[str, ...]
     lung_mask_name: str
+    style: str = "v1"
+    objects: tuple[RenderedObject, ...] = ()
+    lung_field: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unannotated_kinds(self) -> tuple[str, ...]:
+        return tuple(o.kind for o in self.objects if o.annotation is None)
 
 
 def sample_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -54,7 +81,7 @@ def image_shape(size: int, rng: np.random.Generator) -> tuple[int, int]:
     return size, max(16, min(size, width))
 
 
-def _place(rng, chest, inside_lung: float) -> tuple[float, float]:
+def _place(rng: np.random.Generator, chest: Chest, inside_lung: float) -> tuple[float, float]:
     """A centre for an object: in the lung fields with probability ``inside_lung``, else on the trunk."""
     H, W = chest.height, chest.width
     if rng.random() < inside_lung:
@@ -83,15 +110,15 @@ def _fit_inside(patch: obj.Patch, H: int, W: int) -> obj.Patch | None:
     for a in patch.annotations:
         pts = [(min(max(x + dx, 0.0), W - 1.0), min(max(y + dy, 0.0), H - 1.0)) for x, y in a.points]
         pts = [p for k, p in enumerate(pts) if k == 0 or p != pts[k - 1]]  # clamping can repeat a vertex
-        if a.kind == obj.POLYGON and len(pts) > 3 and pts[-1] == pts[0]:
+        if a.kind == POLYGON and len(pts) > 3 and pts[-1] == pts[0]:
             pts.pop()
-        if len(pts) < (3 if a.kind == obj.POLYGON else 2):
+        if len(pts) < (3 if a.kind == POLYGON else 2):
             return None
         moved.append(Annotation(a.kind, tuple(pts)))
     return obj.Patch(patch.density, patch.x0 + dx, patch.y0 + dy, patch.kind_name, tuple(moved))
 
 
-def _foreign_objects(rng, chest) -> list[obj.Patch]:
+def _foreign_objects(rng: np.random.Generator, chest: Chest) -> list[obj.Patch]:
     H, W, ppc = chest.height, chest.width, chest.px_per_cm
     count = int(rng.choice([1, 2, 3, 4], p=[0.55, 0.25, 0.12, 0.08]))
     names = list(obj.FOREIGN_OBJECTS)
@@ -140,7 +167,9 @@ def render_sample(
     # Slight patient rotation (applied to the anatomy; objects lie on the rotated patient anyway).
     angle = rng.uniform(-3.0, 3.0)
     rot = cv2.getRotationMatrix2D((W / 2.0, H / 2.0), angle, 1.0)
-    density = cv2.warpAffine(density, rot, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    density = np.asarray(
+        cv2.warpAffine(density, rot, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101), np.float32
+    )
     chest.lung = cv2.warpAffine(chest.lung, rot, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     chest.body = cv2.warpAffine(chest.body, rot, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 

@@ -3,6 +3,9 @@
 ``OUT/train.csv``, ``OUT/dev.csv``, ``OUT/test.csv`` with header ``image_name,annotation`` and rows such as
 ``train/00012.png,1 210 305 236 331;0 90 120 130 170``; images under ``OUT/<split>/``. ``OUT/synth.json``
 records the command's parameters and per-split counts. Same parameters → byte-identical files.
+
+Formats: ``png`` (8-bit), ``png16`` (16-bit), ``jpg`` (quality 95), or ``mixed``: each image 8- or 16-bit PNG as
+its own random draw says (part of generator v2's domain randomisation; styles without such a draw write 8-bit).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from models.synth.lungs import default_bank
-from models.synth.render import render_sample
+from models.synth.styles import DEFAULT_STYLE, STYLES, render_sample
 
-FORMATS = {"png": ".png", "png16": ".png", "jpg": ".jpg"}
+FORMATS = {"png": ".png", "png16": ".png", "jpg": ".jpg", "mixed": ".png"}
 SPLITS = ("train", "dev", "test")
 
 
@@ -49,11 +53,15 @@ class _Job:
     seed: int
     fmt: str
     lung_masks: str
+    style: str
 
 
 def _run_job(job: _Job) -> tuple[str, str, int, tuple[str, ...]]:
-    r = render_sample(job.seed, job.split, job.index, job.size, bank=default_bank(job.lung_masks))
-    data = encode_image(r.image, job.fmt)
+    r = render_sample(job.seed, job.split, job.index, job.size, style=job.style, bank=default_bank(job.lung_masks))
+    fmt = job.fmt
+    if fmt == "mixed":
+        fmt = "png16" if r.settings.get("png16") else "png"
+    data = encode_image(r.image, fmt)
     path = Path(job.out) / job.name
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
@@ -73,10 +81,14 @@ def generate(
     workers: int = 1,
     lung_masks: str = "auto",
     progress: bool = False,
-) -> dict:
+    style: str = DEFAULT_STYLE,
+) -> dict[str, Any]:
     """Write the data set; returns the summary also saved as ``OUT/synth.json``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    default_bank(lung_masks)  # before any worker starts: a missing mask archive is reported once, here
     if size < 64:
         raise ValueError(f"size must be at least 64, got {size}")
     counts = {"train": n_train, "dev": n_dev, "test": n_test}
@@ -89,7 +101,7 @@ def generate(
         (out / split).mkdir(parents=True, exist_ok=True)
         digits = max(5, len(str(max(n - 1, 0))))
         jobs += [
-            _Job(str(out), split, i, f"{split}/{i:0{digits}d}{FORMATS[fmt]}", size, seed, fmt, lung_masks)
+            _Job(str(out), split, i, f"{split}/{i:0{digits}d}{FORMATS[fmt]}", size, seed, fmt, lung_masks, style)
             for i in range(n)
         ]
     bar = None
@@ -114,8 +126,9 @@ def generate(
                 bar.update()
     if bar:
         bar.close()
-    summary: dict = {
+    summary: dict[str, Any] = {
         "generator": "models.synth",
+        "style": style,
         "seed": seed,
         "size": size,
         "format": fmt,

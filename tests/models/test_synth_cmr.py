@@ -216,7 +216,8 @@ def test_dicom_decodes_to_the_png_pixels_and_carries_the_timing(dataset: Path):
     patients = {p["patient_id"]: p for p in _rows(dataset / "test_patients.csv")}
     for folder in _dicom_folders(dataset):
         mine = [r for r in frames if r["patient_id"] == folder.name]
-        pngs = np.stack([load_gray(dataset / r["image_name"]) for r in mine]).astype(np.float64) * 65535.0
+        # load_gray gives the 16-bit PNG values over 65535 as float32, which round back exactly
+        pngs = np.round(np.stack([load_gray(dataset / r["image_name"]) for r in mine]).astype(np.float64) * 65535.0)
         times = [float(r["trigger_time_ms"]) for r in mine]
         info = patients[folder.name]
         enhanced = pydicom.dcmread(folder / "enhanced.dcm")
