@@ -198,7 +198,39 @@ def _parse_label(text: str, where: str, positive_class: str | None) -> int:
     )
 
 
-def _resolve_image(name: str, image_root: Path, split: str, where: str, check_files: bool) -> Path:
+@dataclass(frozen=True)
+class PathPolicy:
+    """Where a data set's image paths may point: under ``root`` once every symbolic link is resolved, never
+    absolute or through ``..``, at most ``max_chars`` characters (the service's evaluation jobs; None: anywhere)."""
+
+    root: Path
+    max_chars: int
+
+
+def _check_image_name(name: str, where: str, policy: PathPolicy) -> None:
+    if len(name) > policy.max_chars:
+        raise DatasetError(f"{where}: image path is {len(name)} characters long; the limit is {policy.max_chars}")
+    if "\x00" in name:
+        raise DatasetError(f"{where}: image path contains a NUL character")
+    p = Path(name)
+    if p.is_absolute():
+        raise DatasetError(f"{where}: image {name!r} is an absolute path; paths must be relative to the data set")
+    if ".." in p.parts:
+        raise DatasetError(f"{where}: image {name!r} goes up with '..'; paths must stay inside the data set")
+
+
+def _is_file(path: Path, where: str, name: str) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:  # ENAMETOOLONG, EACCES …: the row's fault, not the reader's
+        raise DatasetError(f"{where}: image {name[:80]!r}: {exc.strerror or exc}") from None
+
+
+def _resolve_image(
+    name: str, image_root: Path, split: str, where: str, check_files: bool, policy: PathPolicy | None = None
+) -> Path:
+    if policy is not None:
+        _check_image_name(name, where, policy)
     p = Path(name)
     if p.is_absolute():
         candidates = [p]
@@ -206,12 +238,12 @@ def _resolve_image(name: str, image_root: Path, split: str, where: str, check_fi
         candidates = [image_root / split / p, image_root / p] if split else [image_root / p]
         if len(p.parts) > 1:  # "train/00012.png" is relative to ROOT first
             candidates.reverse()
-    if not check_files:
-        return candidates[0]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise DatasetError(f"{where}: image {name!r} not found (looked at {', '.join(str(c) for c in candidates)})")
+    found = candidates[0] if not check_files else next((c for c in candidates if _is_file(c, where, name)), None)
+    if found is None:
+        raise DatasetError(f"{where}: image {name!r} not found (looked at {', '.join(str(c) for c in candidates)})")
+    if policy is not None and not Path(os.path.realpath(found)).is_relative_to(os.path.realpath(policy.root)):
+        raise DatasetError(f"{where}: image {name!r} is a symbolic link to a file outside the data folder")
+    return found
 
 
 def read_csv(
@@ -220,12 +252,14 @@ def read_csv(
     *,
     positive_class: str | None = None,
     check_files: bool = True,
+    policy: PathPolicy | None = None,
 ) -> list[Sample]:
     """Read an Object-CXR or generic CSV (auto-detected by its header) into samples.
 
     Images are resolved against ``image_root`` (default: the CSV's folder), then ``image_root/<csv stem>/``
     — the Object-CXR layout keeps ``ROOT/dev.csv`` next to ``ROOT/dev/``. ``check_files`` makes a missing
-    image an error at read time rather than half-way through training.
+    image an error at read time rather than half-way through training. ``policy`` confines every image path
+    (an error names the file and line of the first row that leaves it).
     """
     csv_path = Path(csv_path)
     image_root = Path(image_root) if image_root is not None else csv_path.parent
@@ -277,7 +311,7 @@ def read_csv(
                 image_name = row[image_col].strip()
                 if not image_name:
                     raise DatasetError(f"{where}: empty image name")
-                path = _resolve_image(image_name, image_root, split, where, check_files)
+                path = _resolve_image(image_name, image_root, split, where, check_files, policy)
                 if layout == "object-cxr":
                     annotations = parse_object_cxr_annotation(row[ann_col], where)
                     label = 1 if annotations else 0
@@ -295,14 +329,19 @@ def read_csv(
 
 
 def read_split(
-    root: str | Path, split: str, *, positive_class: str | None = None, check_files: bool = True
+    root: str | Path,
+    split: str,
+    *,
+    positive_class: str | None = None,
+    check_files: bool = True,
+    policy: PathPolicy | None = None,
 ) -> list[Sample]:
     """``ROOT/<split>.csv`` with images under ``ROOT/<split>/`` or at the listed path relative to ROOT."""
     root = Path(root)
     csv_path = root / f"{split}.csv"
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: no such file (expected the Object-CXR layout ROOT/{split}.csv)")
-    return read_csv(csv_path, root, positive_class=positive_class, check_files=check_files)
+    return read_csv(csv_path, root, positive_class=positive_class, check_files=check_files, policy=policy)
 
 
 def load_gray(path: str | Path) -> npt.NDArray[np.float32]:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.imaging.assessability import DEFAULT_MIN_SIDE
 from models.imaging.limits import DEFAULT_LIMITS, MIB, DecodeLimits
+from service.evaluation.limits import DEFAULT_MAX_QUEUED_JOBS
 from service.keys import ApiKey, parse_entries
 
 # Endpoints NORMGATE_PUBLIC_ENDPOINTS may leave open; "models" covers GET /models and GET /methods.
@@ -157,6 +158,12 @@ class Settings(BaseSettings):
         1.0, ge=0, le=600, description="Pause before a model worker thread that died is started again."
     )
     data_dir: Path = Field(Path("data"), description="Root folder evaluation jobs may read data sets from.")
+    evaluate_max_queued: int = Field(
+        DEFAULT_MAX_QUEUED_JOBS,
+        ge=1,
+        le=10_000,
+        description="Evaluation jobs waiting to run (one runs at a time); one more is answered 503 overloaded.",
+    )
     state_dir: Path = Field(
         REPO_ROOT / "state",
         description="The one writable folder for state that outlives a request: the audit database (SQLite by "

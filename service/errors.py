@@ -64,6 +64,22 @@ class Forbidden(ApiError):
     status, code = 403, "forbidden"
 
 
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class JobNotDone(ApiError):
+    """An evaluation job's report asked for before the job is done."""
+
+    status, code = 409, "not_done"
+
+
+class JobAlreadyFinished(ApiError):
+    """Cancelling an evaluation job that is done or failed."""
+
+    status, code = 409, "already_finished"
+
+
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
 

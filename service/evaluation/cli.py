@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -29,7 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 from models.pointing_game import argmax_point
 from models.saliency import DEFAULT_METHOD
-from service.evaluation.jobs import ROW_COLUMNS, Job, JobStore
+from service.evaluation import limits
+from service.evaluation.jobs import (
+    LEASE_ENV,
+    LEASE_S,
+    PARENT_PID_ENV,
+    ROW_COLUMNS,
+    Job,
+    JobStore,
+    Lease,
+    LeaseHeld,
+    LeaseKeeper,
+    LeaseLost,
+    bind_to_parent,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +77,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not text:
         return 0, 1
     try:
-        i, n = (int(v) for v in str(text).split("/"))
+        i, n = (int(v) for v in str(text)[:40].split("/"))
     except ValueError:
         raise EvaluateUsageError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
@@ -104,12 +116,22 @@ def build_params(
         raise EvaluateUsageError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
     if combine not in COMBINE_MODES:
         raise EvaluateUsageError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    for name, value in (("--tau", tau), ("--smooth-sigma", smooth_sigma)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise EvaluateUsageError(f"{name} must be a number >= 0, got {value!r}")
-    if int(batch_size) < 1 or int(batch_size) > 1024:
-        raise EvaluateUsageError(f"--batch-size must be in 1..1024, got {batch_size!r}")
-    if int(repeat) < 1 or (int(repeat) > 1 and init == "trained"):
+    try:
+        for name, text in (("--data", str(data)), ("--split", split), *(("--model", m) for m in models)):
+            limits.check_path_text(name, text)
+        limits.check_job_bounds(
+            tau=tau,
+            smooth_sigma=smooth_sigma,
+            batch_size=batch_size,
+            repeat=repeat,
+            seed=seed,
+            models=len(models),
+            methods=len(methods),
+            shards=shard[1],
+        )
+    except limits.BoundsError as exc:
+        raise EvaluateUsageError(str(exc)) from None
+    if int(repeat) > 1 and init == "trained":
         raise EvaluateUsageError(
             "--repeat N > 1 is for --init semi-random/full-random (several seeds); "
             "repeat trained models by passing several checkpoints"
@@ -137,26 +159,36 @@ def build_params(
 # --- running a job -----------------------------------------------------------------------------------------
 
 
-def run_job(store: JobStore, job_id: str, show_progress: bool = True) -> Job:
-    """Run (or resume) one job to the end; returns its final state. Never raises for a failing job."""
+def run_job(
+    store: JobStore, job_id: str, show_progress: bool = True, lease: Lease | None = None, parent_pid: int | None = None
+) -> Job:
+    """Run (or resume) one job to the end under its lease; returns its final state. Never raises for a failing
+    job; :class:`LeaseHeld` when another live process runs it. A run whose lease is taken over stops writing."""
     job = store.get(job_id)
     if job.status in ("done", "cancelled"):
         return job
-    store.mark_running(job_id)
-    try:
-        _run_job(store, store.get(job_id), show_progress)
-    except KeyboardInterrupt:
-        raise  # stays 'running': a later run resumes it
-    except Exception as exc:
-        store.finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+    lease = lease or Lease.new()
+    store.acquire(job_id, lease)
+    with LeaseKeeper(store, job_id, lease.token, parent_pid):
+        try:
+            _run_job(store, store.get(job_id), show_progress, lease.token)
+        except KeyboardInterrupt:
+            raise  # stays 'running': a later run resumes it
+        except LeaseLost:
+            pass  # another runner holds the job now and reports its outcome
+        except Exception as exc:
+            try:
+                store.finish(job_id, "failed", f"{type(exc).__name__}: {exc}", token=lease.token)
+            except LeaseLost:
+                pass
     return store.get(job_id)
 
 
-def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
+def _run_job(store: JobStore, job: Job, show_progress: bool, token: str) -> None:
     import torch
     from tqdm import tqdm
 
-    from models.datasets import read_split
+    from models.datasets import PathPolicy, read_split
     from models.device import resolve_device
     from models.evaluation import EvaluationConfig, evaluate, image_key, load_models, shard_samples
 
@@ -168,8 +200,12 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    samples = read_split(p["data"], p["split"])
+    # A server's job is confined to its data folder (the route checked it at submission; checked again here).
+    confine = p.get("confine_to")
+    policy = PathPolicy(Path(confine), limits.MAX_PATH_CHARS) if confine else None
+    samples = read_split(p["data"], p["split"], policy=policy)
     samples = shard_samples(samples, *p["shard"])
+    limits.check_image_count(len(samples), f"{p['split']}.csv")
     keys = [image_key(s, p["data"]) for s in samples]
     if len(set(keys)) != len(keys):
         raise ValueError("two images of the split have the same name; image names must be unique")
@@ -186,7 +222,7 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     rows_per_image = len(models) * len(config.methods)
     completed = store.completed_images(job.id, rows_per_image)
     remaining = [s for s, k in zip(samples, keys) if k not in completed]
-    store.set_total(job.id, total=len(samples), done=len(samples) - len(remaining))
+    store.set_total(job.id, total=len(samples), done=len(samples) - len(remaining), token=token)
 
     bar = tqdm(
         total=len(samples),
@@ -199,15 +235,15 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     )
     try:
         for batch_keys, batch_rows in evaluate(remaining, models, config, root=p["data"], device=device):
-            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in batch_rows], len(batch_keys))
+            store.add_batch(job.id, [tuple(getattr(r, c) for c in ROW_COLUMNS) for r in batch_rows], token=token)
             bar.update(len(batch_keys))
             if store.cancel_requested(job.id):
-                store.finish(job.id, "cancelled")
+                store.finish(job.id, "cancelled", token=token)
                 return
     finally:
         bar.close()
     if store.cancel_requested(job.id):
-        store.finish(job.id, "cancelled")
+        store.finish(job.id, "cancelled", token=token)
         return
 
     model_info = {
@@ -226,7 +262,7 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
     rows = store.rows(job.id)
     gallery = build_gallery(rows, models, samples, keys, config, p["data"], device)
     write_outputs(out_dir, p, rows, model_info, gallery, elapsed_s=time.monotonic() - started)
-    store.finish(job.id, "done")
+    store.finish(job.id, "done", token=token)
 
 
 def build_gallery(
@@ -534,13 +570,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = argparse.ArgumentParser(prog="python -m service.evaluate run-job")
         p.add_argument("--job-db", required=True)
         p.add_argument("--job-id", required=True)
+        p.add_argument("--lease-s", type=float, default=LEASE_S)
         args = p.parse_args(argv[1:])
+        # Started by a server's runner: die with it, and run under the lease it took for this job.
+        parent = int(os.environ.get(PARENT_PID_ENV, "0") or 0) or None
+        if parent is not None:
+            bind_to_parent(parent)
         # The server's runner asks for a lower CPU priority; the child applies it to itself (no preexec_fn,
         # which is unsafe in the threaded server).
         nice = int(os.environ.get("NORMGATE_EVAL_NICE", "0") or 0)
         if nice > 0 and hasattr(os, "nice"):
             os.nice(nice)
-        finished = run_job(JobStore(args.job_db), args.job_id, show_progress=True)
+        store = JobStore(args.job_db, lease_s=args.lease_s)
+        try:
+            finished = run_job(store, args.job_id, True, Lease.new(os.environ.get(LEASE_ENV)), parent)
+        except LeaseHeld as exc:
+            print(f"not started: {exc}", file=sys.stderr)
+            return 0
         return 0 if finished.status in ("done", "cancelled") else 1
 
     args = _run_parser().parse_args(argv)
@@ -573,7 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.set_out_dir(job.id, out_dir)
     else:
         job = store.create(params, out_dir=out_dir, status="running")
-    job = run_job(store, job.id, show_progress=not args.quiet)
+    try:
+        job = run_job(store, job.id, show_progress=not args.quiet)
+    except LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if job.status != "done":
         print(f"job {job.id} {job.status}: {job.error or ''}", file=sys.stderr)
         return 1

@@ -369,6 +369,7 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from service.api.errors import install_error_handlers
     from service.api.routes.evaluate import router, start_evaluation_runner, stop_evaluation_runner
     from service.config import Settings
 
@@ -384,6 +385,7 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings  # the routes' API-key check reads it (no keys configured here)
+    install_error_handlers(app)
     app.include_router(router)
     body = {
         "data": "synthetic",
