@@ -280,7 +280,7 @@ async def submit_evaluation(request: Request, _caller: EvaluateCaller) -> JSONRe
         req = EvaluateRequest(**body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        where = str(first["loc"][0]) if first.get("loc") else "body"  # the field, not pydantic's union branch
         raise BadParameter(f"{where}: {first.get('msg', 'invalid value')}") from None
     try:
         params = await run_in_threadpool(_build, runner, req)
