@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 
-import numpy as np
 import pytest
 
 from service.api.routes.evaluate import EvaluateRequest
