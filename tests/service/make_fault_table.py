@@ -18,9 +18,11 @@ RECORDING_TESTS = [
     "tests/service/test_faults.py",
     "tests/service/serving/test_overload.py",
     "tests/service/api/test_schema_fuzz.py",
+    "tests/service/api/test_evaluate_routes.py",
     "tests/service/test_hostile_input.py",
     "tests/service/test_connections.py",
     "tests/service/evaluation/test_evaluate.py::test_resume_after_sigkill_gives_each_row_once_and_the_uninterrupted_counts",
+    "tests/service/evaluation/test_jobs.py::test_sigkill_of_the_server_leaves_no_job_process_and_the_restart_finishes_the_job_once",
 ]
 
 
