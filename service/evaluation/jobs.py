@@ -13,7 +13,8 @@ process (``python -m service.evaluate run-job``) started with a raised nice valu
 ``/assess`` traffic keeps the CPU (and the GIL) first. WAL journalling lets the server read progress while the
 child writes.
 
-Exactly one process runs a job, and a job outlives no server (docs/operations.md, "Evaluation jobs"):
+Exactly one process runs a job, and a job outlives no server
+(docs/evaluation.md, "Jobs die with the server and resume once"):
 
 * **A lease** on the job row (``lease_owner`` token, the holder's pid and host, ``lease_until``): the runner
   takes it when it claims the job, the child adopts it and renews it (:class:`LeaseKeeper`), and every write of
