@@ -49,9 +49,13 @@ class EvaluateRequest(BaseModel):
     split: str = "test"
     model: str | list[str] = Field("default", description="checkpoint name(s) under NORMGATE_MODELS_DIR")
     methods: str | list[str] = DEFAULT_METHOD
-    tau: float = 15.0
+    tau: float | None = Field(None, description="tolerance in grid pixels; not with tau_rel")
+    tau_rel: float | None = Field(None, description="tolerance as a fraction of the grid side; default the model's")
     smooth_sigma: float = 0.0
     init: str = "trained"
+    pretext: str | None = Field(None, description="pretext backbone folder (init pretrained-backbone)")
+    postprocess: str = "none"
+    path_baseline: str = "zero"
     repeat: int = 1
     combine: str = "geometric-mean"
     batch_size: int = 8
@@ -137,6 +141,20 @@ def resolve_model_path(text: str, models_dir: Path, roots: list[Path]) -> Path:
     return path
 
 
+def resolve_pretext_path(text: str, models_dir: Path, roots: list[Path]) -> Path:
+    """A pretext backbone folder (python -m models.pretext) under the models folder or inside the data roots."""
+    if not text or "\x00" in text:
+        raise _PathRejected("pretext must be a non-empty folder name")
+    candidate = Path(text)
+    base = models_dir if (models_dir / candidate).exists() else roots[0]
+    path = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not _inside(path, [models_dir, *roots]):
+        raise _PathRejected(f"pretext {text!r} is outside the models and data folders")
+    if not (path / "pretext.json").is_file():
+        raise _PathRejected(f"pretext {text!r} is not a pretext folder (no pretext.json)")
+    return path
+
+
 def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
     data = resolve_data_path(req.data, runner.data_roots)
     if not (data / f"{req.split}.csv").is_file():
@@ -157,6 +175,12 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
         seed=req.seed,
         repeat=req.repeat,
         device="cpu",
+        tau_rel=req.tau_rel,
+        postprocess=req.postprocess,
+        path_baseline=req.path_baseline,
+        pretext=None
+        if req.pretext is None
+        else resolve_pretext_path(req.pretext, runner.models_dir, runner.data_roots),
     )
 
 
@@ -172,7 +196,7 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
     responses={
         202: {"description": "accepted: {job_id, status, progress}"},
         **_documented(
-            _422="bad_parameter: unknown method/init, path outside the data folder …",
+            _422="bad_parameter: unknown method/init, both tau and tau_rel, path outside the data folder …",
             _503="not_ready: the job runner is not running or its store is not writable",
         ),
     },
@@ -217,7 +241,8 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
         if results_path.is_file():
             results = json.loads(results_path.read_text(encoding="utf-8"))
             body["results"] = {
-                k: results.get(k) for k in ("methods", "classification", "dom", "repeated", "counts", "models")
+                k: results.get(k)
+                for k in ("methods", "classification", "dom", "repeated", "counts", "models", "tau_rel", "tau_px")
             }
             body["report"] = f"/evaluate/{job.id}/report"
     return body
