@@ -164,11 +164,12 @@ def load_models(
     seed: int = 0,
     repeat: int = 1,
     device: str | torch.device = "cpu",
-    pretext: str | Path | None = None,
+    pretext: str | Path | Sequence[str | Path] | None = None,
 ) -> list[EvaluatedModel]:
     """Load checkpoint folders; ``repeat`` > 1 evaluates each randomised model with ``repeat`` seeds.
 
-    ``pretext``: the pretext-task folder (:mod:`models.pretext`) whose backbone ``pretrained-backbone`` uses.
+    ``pretext``: the pretext-task folder(s) (:mod:`models.pretext`) whose backbone ``pretrained-backbone`` uses;
+    one per architecture, each checkpoint takes the one of its own architecture.
     """
     if not paths:
         raise EvaluationError("give at least one model checkpoint")
@@ -177,21 +178,27 @@ def load_models(
         raise EvaluationError(
             "repeat must be 1 for trained models (repeat by passing several checkpoints), and >= 1 for randomised ones"
         )
-    backbone: dict[str, torch.Tensor] | None = None
-    backbone_arch = None
+    backbones: dict[str, dict[str, torch.Tensor]] = {}
     if init == "pretrained-backbone":
-        if pretext is None:
+        folders = [pretext] if isinstance(pretext, (str, Path)) else list(pretext or [])
+        if not folders:
             raise EvaluationError("init 'pretrained-backbone' needs the pretext folder (--pretext DIR)")
         from models.pretext import load_pretext_backbone
 
-        backbone_arch, backbone = load_pretext_backbone(pretext)
+        for folder in folders:
+            arch, state = load_pretext_backbone(folder)
+            if arch in backbones:
+                raise EvaluationError(f"two pretext folders for {arch}; give one per architecture")
+            backbones[arch] = state
     names = [Path(p).name or str(p) for p in paths]
     out: list[EvaluatedModel] = []
     for index, path in enumerate(paths):
         checkpoint = load_checkpoint(path, device=device)
-        if backbone_arch is not None and backbone_arch != checkpoint.meta.arch:
+        backbone = backbones.get(checkpoint.meta.arch)
+        if init == "pretrained-backbone" and backbone is None:
             raise EvaluationError(
-                f"{path}: a {checkpoint.meta.arch} checkpoint, but the pretext backbone {pretext} is a {backbone_arch}"
+                f"{path}: a {checkpoint.meta.arch} checkpoint, but no pretext backbone of that architecture was given "
+                f"(pretext folders are for {', '.join(sorted(backbones))})"
             )
         base = names[index] if names.count(names[index]) == 1 else f"{names[index]}-{index}"
         for k in range(repeat):

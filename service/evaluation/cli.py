@@ -95,7 +95,8 @@ def build_params(
     tau_rel: float | None = None,
     postprocess: str = "none",
     path_baseline: str = "zero",
-    pretext: str | Path | None = None,
+    pretext: str | Path | Sequence[str | Path] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Validated, JSON-ready job parameters (paths made absolute). Raises EvaluateUsageError.
 
@@ -122,7 +123,11 @@ def build_params(
         init = DEPRECATED_INIT_ALIASES[init]
     if init not in INIT_MODES:
         raise EvaluateUsageError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
-    if (init == "pretrained-backbone") != (pretext is not None):
+    if isinstance(pretext, (str, Path)):
+        pretexts = _split_list(str(pretext))
+    else:
+        pretexts = [str(f) for f in pretext or []]
+    if (init == "pretrained-backbone") != bool(pretexts):
         raise EvaluateUsageError(
             "--pretext DIR (a folder of python -m models.pretext) goes with --init pretrained-backbone, and only there"
         )
@@ -157,7 +162,7 @@ def build_params(
         "tau_rel": None if tau_rel is None else float(tau_rel),
         "smooth_sigma": float(smooth_sigma),
         "init": init,
-        "pretext": None if pretext is None else str(Path(pretext).resolve()),
+        "pretext": [str(Path(f).resolve()) for f in pretexts] or None,
         "postprocess": postprocess,
         "path_baseline": path_baseline,
         "combine": combine,
@@ -167,6 +172,7 @@ def build_params(
         "repeat": int(repeat),
         "device": device,
         "out": None if out is None else str(Path(out).resolve()),
+        "report": bool(report),
     }
 
 
@@ -277,7 +283,9 @@ def _run_job(store: JobStore, job: Job, show_progress: bool) -> None:
 
     model_info = {m.key: model_record(m, config) for m in models}
     rows = store.rows(job.id)
-    gallery = build_gallery(rows, models, samples, keys, config, p["data"], device)
+    # The gallery recomputes maps for its cases; without a report nobody would look at it.
+    with_report = p.get("report", True)
+    gallery = build_gallery(rows, models, samples, keys, config, p["data"], device) if with_report else []
     write_outputs(out_dir, p, rows, model_info, gallery, elapsed_s=time.monotonic() - started)
     store.finish(job.id, "done")
 
@@ -437,8 +445,9 @@ def write_outputs(
         results["dom_architectures"] = summary["dom_architectures"]
     write_per_image_csv(out_dir / "per_image.csv", rows)
     _write_json(out_dir / "results.json", results)
-    html = render_report(results, rows, gallery or [])
-    (out_dir / "report.html").write_text(html, encoding="utf-8")
+    if params.get("report", True):
+        html = render_report(results, rows, gallery or [])
+        (out_dir / "report.html").write_text(html, encoding="utf-8")
     return results
 
 
@@ -542,7 +551,9 @@ def _run_parser() -> argparse.ArgumentParser:
         default="trained",
         help="trained | random-head | pretrained-backbone | full-random (semi-random: deprecated = random-head)",
     )
-    p.add_argument("--pretext", default=None, help="pretext backbone folder for --init pretrained-backbone")
+    p.add_argument(
+        "--pretext", default=None, help="pretext backbone folder(s), one per arch, for --init pretrained-backbone"
+    )
     p.add_argument(
         "--postprocess", default="none", help="none | seed: the papers' seed code's Grad-CAM/guided-backprop maps"
     )
@@ -560,6 +571,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-db", default=None, help="SQLite job file (default DIR/job.sqlite3); rerun to resume")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-report", action="store_true", help="write results.json and per_image.csv only (no report.html)"
+    )
     return p
 
 
@@ -643,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             postprocess=args.postprocess,
             path_baseline=args.path_baseline,
             pretext=args.pretext,
+            report=not args.no_report,
         )
     except EvaluateUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -660,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if job.status != "done":
         print(f"job {job.id} {job.status}: {job.error or ''}", file=sys.stderr)
         return 1
-    print(f"job {job.id} done: {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}, {out_dir / 'report.html'}")
+    written = ["results.json", "per_image.csv"] + (["report.html"] if params["report"] else [])
+    print(f"job {job.id} done: {', '.join(str(out_dir / name) for name in written)}")
     return 0
 
 

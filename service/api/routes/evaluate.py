@@ -53,7 +53,7 @@ class EvaluateRequest(BaseModel):
     tau_rel: float | None = Field(None, description="tolerance as a fraction of the grid side; default the model's")
     smooth_sigma: float = 0.0
     init: str = "trained"
-    pretext: str | None = Field(None, description="pretext backbone folder (init pretrained-backbone)")
+    pretext: str | list[str] | None = Field(None, description="pretext backbone folder(s) (init pretrained-backbone)")
     postprocess: str = "none"
     path_baseline: str = "zero"
     repeat: int = 1
@@ -178,9 +178,11 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
         tau_rel=req.tau_rel,
         postprocess=req.postprocess,
         path_baseline=req.path_baseline,
-        pretext=None
-        if req.pretext is None
-        else resolve_pretext_path(req.pretext, runner.models_dir, runner.data_roots),
+        pretext=[
+            resolve_pretext_path(n.strip(), runner.models_dir, runner.data_roots)
+            for n in (req.pretext.split(",") if isinstance(req.pretext, str) else req.pretext or [])
+            if n.strip()
+        ],
     )
 
 
