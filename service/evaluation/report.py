@@ -56,6 +56,14 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def html_page(title: str, body: str) -> str:
+    """A self-contained page with the report's style around ``body`` (HTML)."""
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+    )
+
+
 def ordered_methods(methods: Sequence[str]) -> list[str]:
     """Saliency methods in their given order, controls last."""
     return [m for m in methods if m not in CONTROL_METHODS] + [m for m in methods if m in CONTROL_METHODS]
