@@ -214,3 +214,13 @@ def test_pretrained_backbone_takes_the_pretext_weights_and_a_fresh_seeded_head(t
     assert first.init == "pretrained-backbone" and first.seed != second.seed
     with pytest.raises(ValueError, match="pretext"):
         load_models([tmp_path / "c"], init="pretrained-backbone")
+    # One pretext folder per architecture: a checkpoint never takes another architecture's backbone.
+    save_checkpoint(
+        build_model("resnet34"),
+        ModelMetadata(name="m", version="1", arch="resnet34", input_size=[32, 32]),
+        tmp_path / "r34",
+    )
+    with pytest.raises(ValueError, match="no pretext backbone of that architecture"):
+        load_models([tmp_path / "c", tmp_path / "r34"], init="pretrained-backbone", pretext=[out])
+    with pytest.raises(ValueError, match="two pretext folders for resnet18"):
+        load_models([tmp_path / "c"], init="pretrained-backbone", pretext=[out, out])

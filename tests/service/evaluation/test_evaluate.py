@@ -387,8 +387,15 @@ def test_relative_tolerance_controls_and_randomised_models_through_the_cli(works
     report = (out / "report.html").read_text()
     assert "τ = 5 % of the grid side = 3.2 px on the 64×64 grid" in report
     assert "control-tophat (control)" in report and "Randomisation sanity check" in report
-    auc = results["classification"]["tiny"]["auc"]
-    assert f"<td>{auc:.3f}</td>" in report
+    # The sanity table's AUC is the randomised model's ROC AUC, recomputed here from per_image.csv by sklearn.
+    from sklearn.metrics import roc_auc_score
+
+    scored = {r["image"]: (int(r["label"]), float(r["probability"])) for r in _read_csv(out / "per_image.csv")}
+    labels, probabilities = zip(*scored.values())
+    auc = roc_auc_score(labels, probabilities)
+    assert results["classification"]["tiny"]["auc"] == pytest.approx(auc, abs=1e-4)
+    sanity = report[report.index("Randomisation sanity check") :]
+    assert f"<td>{auc:.3f}</td>" in sanity[: sanity.index("</table>")]
     # One tolerance or the other.
     assert evaluate_main([*args, "--tau", "3", "--tau-rel", "0.05", "--out", str(tmp_path / "both")]) == 2
 
