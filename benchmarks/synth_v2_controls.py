@@ -29,23 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.controls import TOPHAT_ELEMENT_FRACTION, brightest_map, centre_map, tophat_map
+from models.controls import TOPHAT_ELEMENT_FRACTION, brightest_map, centre_map, random_control_maps, tophat_map
 from models.datasets import load_gray, read_split
-from models.evaluation import random_control_maps
 from models.imaging.grid import original_box_to_grid, resize_unit
-from models.pointing_game import PointingGameResult, argmax_point, pointing_game_hit
-
-BOOTSTRAP_RESAMPLES = 2000
-
-
-def bootstrap_ci(outcomes: list[bool], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95 % interval of the hit rate."""
-    hits = np.asarray(outcomes, dtype=np.float64)
-    if hits.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = hits[rng.integers(0, hits.size, size=(resamples, hits.size))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+from models.pointing_game import (
+    BOOTSTRAP_RESAMPLES,
+    PointingGameResult,
+    argmax_point,
+    bootstrap_ci,
+    pointing_game_hit,
+)
 
 
 def load_positives(root: Path, split: str, grid: int) -> tuple[list[str], torch.Tensor, list[list[tuple[float, ...]]]]:

@@ -10,15 +10,25 @@ simple image processing, so that a table can separate a trained network's explan
 - :func:`brightest_map` — the image itself: the argmax is the brightest pixel.
 - :func:`centre_map` — a cone peaking at the centre of the grid: the argmax is the image centre, the prior of a
   radiograph centred on the chest.
+- :func:`random_control_maps` — seeded uniform noise per (model, image): the chance level.
 
-All three take a batch of unit-range grayscale images on the model grid, ``[B, H, W]`` float in [0, 1] (what
-:func:`models.imaging.grid.resize_unit` makes), and return maps of the same shape, float32, on the CPU. They are
-pure functions of the pixels (``centre_map`` of the shape only): no model, no learned parameter, no randomness.
+The three image controls take a batch of unit-range grayscale images on the model grid, ``[B, H, W]`` float in
+[0, 1] (what :func:`models.imaging.grid.resize_unit` makes), and return maps of the same shape, float32, on the
+CPU. They are pure functions of the pixels (``centre_map`` of the shape only): no model, no learned parameter, no
+randomness.
+
+The controls are registered here (:func:`register_control`, :func:`list_controls`, :func:`control_maps`), apart
+from the saliency methods of :mod:`models.saliency.registry`: they are *evaluation-only* methods, which the
+Pointing Game job accepts and every table shows, marked as controls, but which no explanation API lists or serves
+(they explain no model).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -104,4 +114,88 @@ def centre_map(images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.repeat(cone[None], b, axis=0))
 
 
-CONTROL_MAPS = {"control-tophat": tophat_map, "control-brightest": brightest_map, "control-centre": centre_map}
+def stable_seed(*parts: object) -> int:
+    """A seed that depends only on the given values (Python's hash() is salted per process)."""
+    return zlib.crc32("\x1f".join(str(p) for p in parts).encode("utf-8"))
+
+
+def random_control_maps(keys: Sequence[str], model_key: str, grid_hw: Sequence[int], seed: int) -> torch.Tensor:
+    """The ``random`` control: uniform noise per (model, image), independent of batch composition."""
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    maps = torch.empty((len(keys), h, w), dtype=torch.float32)
+    for i, key in enumerate(keys):
+        generator = torch.Generator().manual_seed(stable_seed(seed, model_key, key))
+        maps[i] = torch.rand((h, w), generator=generator)
+    return maps
+
+
+# --- the registry of evaluation-only control methods ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlInputs:
+    """What a control may look at: the unit-range images on the model grid [B, H, W], the images' stable names,
+    the evaluated model's name and the run's seed (the last three only make ``random`` reproducible)."""
+
+    unit_images: torch.Tensor
+    keys: Sequence[str]
+    model_key: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ControlMethod:
+    control_id: str
+    compute: Callable[[ControlInputs], torch.Tensor]  # -> [B, H, W] float32 on the CPU
+    summary: str
+
+
+_CONTROLS: dict[str, ControlMethod] = {}
+
+
+def register_control(control_id: str, compute: Callable[[ControlInputs], torch.Tensor], summary: str) -> None:
+    if control_id in _CONTROLS:
+        raise ValueError(f"control {control_id!r} is already registered")
+    _CONTROLS[control_id] = ControlMethod(control_id, compute, summary)
+
+
+def list_controls() -> list[str]:
+    """Control ids, in registration order (the order the tables list them, after the saliency methods)."""
+    return list(_CONTROLS)
+
+
+def get_control(control_id: str) -> ControlMethod:
+    try:
+        return _CONTROLS[control_id]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown control {control_id!r}; choose one of {', '.join(_CONTROLS)}") from None
+
+
+def control_maps(control_id: str, inputs: ControlInputs) -> torch.Tensor:
+    """The control's maps [B, H, W] (float32, CPU) for ``inputs``; checked to match the images' shape."""
+    images = inputs.unit_images
+    if images.ndim != 3 or len(inputs.keys) != images.shape[0]:
+        raise ValueError(
+            f"a control needs [B, H, W] unit images and one key per image, got {tuple(images.shape)} and "
+            f"{len(inputs.keys)} keys"
+        )
+    maps = get_control(control_id).compute(inputs).to("cpu", torch.float32)
+    if tuple(maps.shape) != tuple(images.shape):
+        raise RuntimeError(
+            f"control {control_id} gave maps of shape {tuple(maps.shape)}, expected {tuple(images.shape)}"
+        )
+    return maps
+
+
+register_control(
+    "control-tophat",
+    lambda i: tophat_map(i.unit_images),
+    f"white top-hat, disk {TOPHAT_ELEMENT_FRACTION:.0%} of the side: small bright structures",
+)
+register_control("control-brightest", lambda i: brightest_map(i.unit_images), "the brightest pixel")
+register_control("control-centre", lambda i: centre_map(i.unit_images), "the centre of the image")
+register_control(
+    "random",
+    lambda i: random_control_maps(i.keys, i.model_key, i.unit_images.shape[-2:], i.seed),
+    "seeded uniform noise per (model, image): the chance level",
+)

@@ -8,14 +8,26 @@ randomisation sanity checks — *semi-random* (backbone kept, classifier head re
 *full-random* (every layer re-initialised, He init for convolutions as torchvision does) — repeated over
 checkpoints/seeds (mean ± std) and across two architectures (Difference of Means).
 
+Initialisations (``--init``, docs/evaluation.md): ``trained``; ``random-head`` (the trained backbone with a
+He-re-initialised head — formerly called ``semi-random``, which stays as a deprecated alias);
+``pretrained-backbone`` (a backbone pretrained by NormGate's own self-supervised pretext task,
+:mod:`models.pretext`, with a He-initialised head: the analogue of the papers' ImageNet backbone with a random
+head, the papers' "semi-random"); ``full-random`` (every layer re-initialised).
+
+Tolerance: τ in model-grid pixels, given directly (``tau``) or as a fraction of the grid's shorter side
+(``tau_rel``; default the checkpoint's ``model.json`` ``tau_rel``: 0.025 for the chest task, the papers' 15 px
+at 600 px). Every result records both the fraction and the pixels used.
+
 Per batch of images: each image is decoded once and preprocessed once per distinct model input grid; for each
 model one no-grad forward gives the classification probabilities of every image; saliency is computed for the
 positive images only (the Pointing Game ignores images without a box, and for FROC a negative image's point is
 a false positive wherever it lies), with the target class = the positive class (the ground-truth class of those
 images). Maps come at the model input grid; the argmax point is scored against the boxes scaled to that grid.
 
-The ``random`` method is a *control*, not a saliency method: a seeded uniform-noise map per (model, image),
-giving the chance level of the Pointing Game on the same images in the same run.
+The *controls* (:mod:`models.controls`: ``control-tophat``, ``control-brightest``, ``control-centre`` and
+``random``) are evaluation-only methods, not saliency methods: model-free maps computed from the unit-range image
+on the model grid (``random``: seeded uniform noise per (model, image)), giving what image processing alone, and
+chance, score on the same images in the same run.
 
 This module is a plain ML library: it never imports ``service`` or FastAPI.
 """
@@ -24,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-import zlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +49,21 @@ from torch import nn
 
 from models.architectures import build_model, default_normgrad_layers, reset_classifier_head
 from models.checkpoint import Checkpoint, load_checkpoint
+from models.controls import ControlInputs, control_maps, list_controls
 from models.datasets import Sample, load_gray
-from models.imaging.grid import grid_point_to_original, original_box_to_grid, preprocess_batch
+from models.imaging.grid import grid_point_to_original, original_box_to_grid, preprocess_batch, resize_unit
 from models.metadata import ModelMetadata
 from models.pointing_game import argmax_point, energy_pointing_game, pointing_game_hit
+from models.saliency.gradients import PATH_BASELINES  # "zero" (normalised 0 = mid-grey) | "black" (darkest pixel)
+from models.saliency.postprocess import POSTPROCESS_MODES  # "none" | "seed" (the papers' seed code)
 
-INIT_MODES = ("trained", "semi-random", "full-random")
+INIT_MODES = ("trained", "random-head", "pretrained-backbone", "full-random")
+RANDOMISED_INITS = INIT_MODES[1:]
+# Old init names that still work, with a warning, mapped to their current name.
+DEPRECATED_INIT_ALIASES = {"semi-random": "random-head"}
 COMBINE_MODES = ("geometric-mean", "minmax-product")
 RANDOM_CONTROL = "random"
-CONTROL_METHODS = (RANDOM_CONTROL,)
+CONTROL_METHODS = tuple(list_controls())
 
 
 class EvaluationError(ValueError):
@@ -94,23 +112,49 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def initialise_model(checkpoint: Checkpoint, init: str, seed: int) -> nn.Module:
-    """The checkpoint's model as trained, with a He-re-initialised head, or fully re-initialised (seeded).
-
-    The randomised copies never touch the checkpoint's own module, and the global RNG is left as it was.
-    """
+def canonical_init(init: str) -> str:
+    """The current name of an init mode; a deprecated alias warns (FutureWarning) and maps to its new name."""
+    if init in DEPRECATED_INIT_ALIASES:
+        current = DEPRECATED_INIT_ALIASES[init]
+        warnings.warn(
+            f"init mode {init!r} is deprecated; use {current!r} (the trained backbone with a re-initialised head)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return current
     if init not in INIT_MODES:
         raise EvaluationError(f"unknown init mode {init!r}; choose one of {', '.join(INIT_MODES)}")
+    return init
+
+
+def initialise_model(
+    checkpoint: Checkpoint, init: str, seed: int, pretext: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """The checkpoint's model as trained, or a seeded randomised copy (see the module docstring).
+
+    ``pretext``: the backbone weights of :func:`models.pretext.load_pretext_backbone`, needed (only) for
+    ``pretrained-backbone``. The randomised copies never touch the checkpoint's own module, and the global RNG
+    is left as it was.
+    """
+    init = canonical_init(init)
     if init == "trained":
         return checkpoint.model
     device = next(checkpoint.model.parameters()).device
-    if init == "semi-random":
+    head_generator = torch.Generator(device="cpu").manual_seed(seed)
+    if init == "random-head":
         model = copy.deepcopy(checkpoint.model).to("cpu")  # the seeded CPU generator fills the head on CPU
-        reset_classifier_head(model, generator=torch.Generator(device="cpu").manual_seed(seed))
+        reset_classifier_head(model, generator=head_generator)
         return _freeze(model.to(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(checkpoint.meta.arch, num_classes=len(checkpoint.meta.classes))
+    if init == "pretrained-backbone":
+        if pretext is None:
+            raise EvaluationError("init 'pretrained-backbone' needs a pretext backbone (python -m models.pretext)")
+        from models.pretext import apply_pretext_backbone
+
+        apply_pretext_backbone(model, pretext)
+        reset_classifier_head(model, generator=head_generator)
     return _freeze(model.to(device=device, dtype=torch.float32))
 
 
@@ -120,20 +164,42 @@ def load_models(
     seed: int = 0,
     repeat: int = 1,
     device: str | torch.device = "cpu",
+    pretext: str | Path | Sequence[str | Path] | None = None,
 ) -> list[EvaluatedModel]:
-    """Load checkpoint folders; ``repeat`` > 1 evaluates each randomised model with ``repeat`` seeds."""
+    """Load checkpoint folders; ``repeat`` > 1 evaluates each randomised model with ``repeat`` seeds.
+
+    ``pretext``: the pretext-task folder(s) (:mod:`models.pretext`) whose backbone ``pretrained-backbone`` uses;
+    one per architecture, each checkpoint takes the one of its own architecture.
+    """
     if not paths:
         raise EvaluationError("give at least one model checkpoint")
-    if init not in INIT_MODES:
-        raise EvaluationError(f"unknown init mode {init!r}; choose one of {', '.join(INIT_MODES)}")
+    init = canonical_init(init)
     if repeat < 1 or (repeat > 1 and init == "trained"):
         raise EvaluationError(
             "repeat must be 1 for trained models (repeat by passing several checkpoints), and >= 1 for randomised ones"
         )
+    backbones: dict[str, dict[str, torch.Tensor]] = {}
+    if init == "pretrained-backbone":
+        folders = [pretext] if isinstance(pretext, (str, Path)) else list(pretext or [])
+        if not folders:
+            raise EvaluationError("init 'pretrained-backbone' needs the pretext folder (--pretext DIR)")
+        from models.pretext import load_pretext_backbone
+
+        for folder in folders:
+            arch, state = load_pretext_backbone(folder)
+            if arch in backbones:
+                raise EvaluationError(f"two pretext folders for {arch}; give one per architecture")
+            backbones[arch] = state
     names = [Path(p).name or str(p) for p in paths]
     out: list[EvaluatedModel] = []
     for index, path in enumerate(paths):
         checkpoint = load_checkpoint(path, device=device)
+        backbone = backbones.get(checkpoint.meta.arch)
+        if init == "pretrained-backbone" and backbone is None:
+            raise EvaluationError(
+                f"{path}: a {checkpoint.meta.arch} checkpoint, but no pretext backbone of that architecture was given "
+                f"(pretext folders are for {', '.join(sorted(backbones))})"
+            )
         base = names[index] if names.count(names[index]) == 1 else f"{names[index]}-{index}"
         for k in range(repeat):
             model_seed = seed + 1000 * index + k
@@ -141,7 +207,7 @@ def load_models(
             out.append(
                 EvaluatedModel(
                     key=key,
-                    model=initialise_model(checkpoint, init, model_seed),
+                    model=initialise_model(checkpoint, init, model_seed, backbone),
                     meta=checkpoint.meta,
                     init=init,
                     seed=model_seed,
@@ -203,23 +269,57 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
+    """What to compute. The tolerance: ``tau`` (grid pixels) or ``tau_rel`` (fraction of the grid's shorter
+    side), not both; neither = each model's ``tau_rel`` from its model.json."""
+
     methods: tuple[str, ...]
-    tau: float = 15.0
+    tau: float | None = None
     smooth_sigmas: tuple[float, ...] = (0.0,)
     combine: str = "geometric-mean"
     batch_size: int = 8
     seed: int = 0
+    tau_rel: float | None = None
+    postprocess: str = "none"
+    path_baseline: str = "zero"
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_MODES:
             raise EvaluationError(f"unknown combine mode {self.combine!r}; choose one of {', '.join(COMBINE_MODES)}")
-        if not (self.tau >= 0 and math.isfinite(self.tau)):
+        if self.tau is not None and self.tau_rel is not None:
+            raise EvaluationError("give the tolerance either in pixels (tau) or as a fraction (tau_rel), not both")
+        if self.tau is not None and not (self.tau >= 0 and math.isfinite(self.tau)):
             raise EvaluationError(f"tau must be a non-negative number of pixels, got {self.tau!r}")
+        if self.tau_rel is not None and not (0 < self.tau_rel <= 1 and math.isfinite(self.tau_rel)):
+            raise EvaluationError(f"tau_rel must be a fraction of the grid side in (0, 1], got {self.tau_rel!r}")
+        if self.postprocess not in POSTPROCESS_MODES:
+            raise EvaluationError(f"unknown postprocess {self.postprocess!r}; choose one of {POSTPROCESS_MODES}")
+        if self.path_baseline not in PATH_BASELINES:
+            raise EvaluationError(f"unknown path baseline {self.path_baseline!r}; choose one of {PATH_BASELINES}")
         if self.batch_size < 1:
             raise EvaluationError("batch size must be >= 1")
         for s in self.smooth_sigmas:
             if not (s >= 0 and math.isfinite(s)):
                 raise EvaluationError(f"smoothing sigma must be >= 0, got {s!r}")
+
+    def tolerance_for(self, meta: ModelMetadata) -> tuple[float, float]:
+        """``(tau_rel, tau_px)`` for a model: the fraction of its grid's shorter side and the pixels it makes."""
+        side = float(min(meta.input_size))
+        if self.tau is not None:
+            return self.tau / side, float(self.tau)
+        rel = self.tau_rel if self.tau_rel is not None else float(meta.tau_rel)
+        return rel, rel * side
+
+    def options_for(self, method_id: str) -> dict[str, Any]:
+        """The non-default keyword options this configuration passes to a saliency method (none for controls)."""
+        from models.saliency import get_method
+
+        options = get_method(method_id).options
+        chosen: dict[str, Any] = {}
+        if self.postprocess != "none" and "postprocess" in options:
+            chosen["postprocess"] = self.postprocess
+        if self.path_baseline != "zero" and "baseline" in options:
+            chosen["baseline"] = self.path_baseline
+        return chosen
 
 
 def image_key(sample: Sample, root: str | Path | None = None) -> str:
@@ -233,21 +333,6 @@ def image_key(sample: Sample, root: str | Path | None = None) -> str:
     return path.name
 
 
-def stable_seed(*parts: object) -> int:
-    """A seed that depends only on the given values (Python's hash() is salted per process)."""
-    return zlib.crc32("\x1f".join(str(p) for p in parts).encode("utf-8"))
-
-
-def random_control_maps(keys: Sequence[str], model_key: str, grid_hw: Sequence[int], seed: int) -> torch.Tensor:
-    """The ``random`` control: uniform noise per (model, image), independent of batch composition."""
-    h, w = int(grid_hw[0]), int(grid_hw[1])
-    maps = torch.empty((len(keys), h, w), dtype=torch.float32)
-    for i, key in enumerate(keys):
-        generator = torch.Generator().manual_seed(stable_seed(seed, model_key, key))
-        maps[i] = torch.rand((h, w), generator=generator)
-    return maps
-
-
 def _explain_many_function() -> Callable[..., dict[str, torch.Tensor]] | None:
     import models.saliency as saliency
 
@@ -256,30 +341,49 @@ def _explain_many_function() -> Callable[..., dict[str, torch.Tensor]] | None:
 
 
 def saliency_maps(
-    entry: EvaluatedModel, images: torch.Tensor, methods: Sequence[str], keys: Sequence[str], config: EvaluationConfig
+    entry: EvaluatedModel,
+    images: torch.Tensor,
+    methods: Sequence[str],
+    keys: Sequence[str],
+    config: EvaluationConfig,
+    unit_images: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unsmoothed maps [B, h, w] per method for a normalised batch, target = the positive class.
 
     ``explain_many`` of the saliency engine shares one forward+backward among all NormGrad variants and
-    builds Guided Grad-CAM from Grad-CAM and guided backprop; each map equals ``explain``'s (tested).
+    builds Guided Grad-CAM from Grad-CAM and guided backprop; each map equals ``explain``'s (tested). Methods
+    with non-default options (``postprocess``, ``baseline``) run one ``explain`` each. Controls get
+    ``unit_images`` (the unit-range grayscale images on the grid, [B, h, w]); without it they get the first
+    channel of ``images`` with the model's normalisation undone.
     """
     from models.saliency import explain, get_method
 
     target = entry.meta.positive_index
     layers = list(entry.meta.normgrad_layers) or default_normgrad_layers(entry.meta.arch)
     wanted = [m for m in methods if m not in CONTROL_METHODS]
+    with_options = {m: config.options_for(m) for m in wanted}
+    shared = [m for m in wanted if not with_options[m]]
     maps: dict[str, torch.Tensor] = {}
     explain_many = _explain_many_function()
-    if wanted and explain_many is not None:
-        maps.update(explain_many(entry.model, images, wanted, target=target, layers=layers, combine=config.combine))
-    else:  # an engine without explain_many: one explain per method
-        for method_id in wanted:
-            spec = get_method(method_id)
-            options = {"combine": config.combine} if "combine" in spec.options else {}
-            method_layers = layers if method_id.startswith("normgrad-") else None
-            maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers, **options)
-    if RANDOM_CONTROL in methods:
-        maps[RANDOM_CONTROL] = random_control_maps(keys, entry.key, images.shape[-2:], config.seed)
+    if shared and explain_many is not None:
+        maps.update(explain_many(entry.model, images, shared, target=target, layers=layers, combine=config.combine))
+    for method_id in wanted:
+        if method_id in maps:
+            continue
+        spec = get_method(method_id)
+        options = dict(with_options[method_id])
+        if "combine" in spec.options:
+            options["combine"] = config.combine
+        method_layers = layers if method_id.startswith("normgrad-") else None
+        maps[method_id] = explain(entry.model, images, method_id, target=target, layers=method_layers, **options)
+    controls = [m for m in methods if m in CONTROL_METHODS]
+    if controls:
+        if unit_images is None:
+            mean, std = float(entry.meta.mean[0]), float(entry.meta.std[0])
+            unit_images = images[:, 0].detach().float().cpu() * std + mean
+        inputs = ControlInputs(unit_images.detach().to("cpu", torch.float32), list(keys), entry.key, config.seed)
+        for control_id in controls:
+            maps[control_id] = control_maps(control_id, inputs)
     return {m: maps[m].detach().to("cpu", torch.float32) for m in methods}
 
 
@@ -303,6 +407,14 @@ class DecodedBatch:
         if indices is not None:
             x = x[list(indices)]
         return x.to(device)
+
+    def unit_for(self, meta: ModelMetadata, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """The batch's unit-range grayscale images on a model's grid, [B, h, w] (what the controls look at)."""
+        cache_key = (tuple(meta.input_size), (), ())
+        if cache_key not in self._tensors:
+            self._tensors[cache_key] = torch.stack([resize_unit(g, meta.input_size) for g in self.grays])
+        x = self._tensors[cache_key]
+        return x if indices is None else x[list(indices)]
 
 
 def decode_batch(samples: Sequence[Sample], root: str | Path | None = None) -> DecodedBatch:
@@ -342,9 +454,17 @@ def evaluate_decoded(
         meta = entry.meta
         grid_hw = (int(meta.input_size[0]), int(meta.input_size[1]))
         x = batch.tensor_for(meta, device=device)
+        _, tau_px = config.tolerance_for(meta)
         probabilities = positive_probabilities(entry, x)
         raw_maps = (
-            saliency_maps(entry, x[positives], config.methods, [batch.keys[i] for i in positives], config)
+            saliency_maps(
+                entry,
+                x[positives],
+                config.methods,
+                [batch.keys[i] for i in positives],
+                config,
+                unit_images=batch.unit_for(meta, positives),
+            )
             if positives
             else {}
         )
@@ -379,7 +499,7 @@ def evaluate_decoded(
                     px, py = argmax_point(saliency)
                     original_hw = batch.grays[i].shape[:2]
                     grid_boxes = [original_box_to_grid(b, original_hw, grid_hw) for b in sample.boxes]
-                    hit = pointing_game_hit((px, py), grid_boxes, config.tau)
+                    hit = pointing_game_hit((px, py), grid_boxes, tau_px)
                     energy = energy_pointing_game(saliency, grid_boxes)
                     ox, oy = grid_point_to_original(px, py, grid_hw, original_hw)
                     objects_hit = sum(1 for a in sample.annotations if a.contains(ox, oy))

@@ -39,6 +39,8 @@ __all__ = [
 
 # The papers' Pointing Game tolerance: 15 px on a 600 px grid (Ozer et al. 2021, 2023, Object-CXR).
 CHEST_TAU_REL = 15 / 600
+# The 2023 paper's cardiac MR task (LVOT on 4-chamber cines) scores 15 px on its 224 px grid.
+CARDIAC_TAU_REL = 15 / 224
 
 
 class MetadataError(ValueError):

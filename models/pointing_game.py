@@ -160,6 +160,37 @@ class PointingGameResult:
         return cls(hits=hits, n=n)
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(
+    outcomes: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a hit rate (resampling the images); ``(nan, nan)`` without outcomes."""
+    hits = np.asarray(outcomes, dtype=np.float64)
+    if hits.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = hits[rng.integers(0, hits.size, size=(resamples, hits.size))].mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+
+
+def paired_bootstrap_difference_ci(
+    first: Sequence[bool], second: Sequence[bool], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(difference, low, high)`` of two hit rates on the same images (first − second), 95 % percentile
+    bootstrap resampling the images jointly, so the pairing is kept."""
+    a = np.asarray(first, dtype=np.float64)
+    b = np.asarray(second, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need two non-empty outcome lists of one length, got {a.size} and {b.size}")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, a.size, size=(resamples, a.size))
+    differences = a[index].mean(axis=1) - b[index].mean(axis=1)
+    return float(a.mean() - b.mean()), float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))
+
+
 # --- classification --------------------------------------------------------------------------------------------
 
 

@@ -10,8 +10,15 @@ SmoothGrad and Integrated Gradients. All batched over images; all with frozen we
 - Guided Grad-CAM (eq. 13): Grad-CAM ⊙ Guided Backpropagation.
 - SmoothGrad (Smilkov et al. 2017): mean gradient over n noisy copies, noise σ = level·(max − min) per image.
 - Integrated Gradients (Sundararajan et al. 2017): (x − x̄) ⊙ ∫₀¹ ∂y_c/∂x(x̄ + α(x − x̄)) dα with the
-  trapezoid rule on ``steps`` equally spaced α (defaults: zero baseline, 32 steps; docs/algorithms.md). The
-  weights sum to 1 (completeness); captum's ``riemann_trapezoid`` uses 1/n steps, i.e. (n−1)/n of this map.
+  trapezoid rule on ``steps`` equally spaced α (defaults: baseline ``"zero"``, 32 steps; docs/algorithms.md).
+  The weights sum to 1 (completeness); captum's ``riemann_trapezoid`` uses 1/n steps, i.e. (n−1)/n of this map.
+  Baselines (:func:`path_baseline`): ``"zero"`` is 0 in the model's *normalised* input space, i.e. the
+  normalisation mean — mid-grey for NormGate's mean 0.5, not black; ``"black"`` is the darkest pixel value of
+  the image (its minimum over pixels and channels, the black baseline XRAI and PAIR use); a number is a constant
+  in normalised space.
+
+``postprocess="seed"`` (Grad-CAM, guided backprop) applies the papers' seed code's post-processing
+(:mod:`models.saliency.postprocess`).
 
 The IG path and SmoothGrad samples are evaluated ``max_batch`` inputs at a time.
 """
@@ -23,6 +30,7 @@ from torch import nn
 
 from models.saliency.hooks import GuidedActivations, upsample_maps
 from models.saliency.layer_gradients import layer_activations_and_gradients
+from models.saliency.postprocess import check_postprocess, seed_gradcam_upsample, seed_guided_backprop_map
 from models.saliency.targets import (
     TargetSpec,
     check_logits,
@@ -66,16 +74,26 @@ def guided_backprop_gradient(model: nn.Module, images: torch.Tensor, target: Tar
     return grad
 
 
-def guided_backprop_map(model: nn.Module, images: torch.Tensor, target: TargetSpec) -> torch.Tensor:
-    return reduce_channels_abs(guided_backprop_gradient(model, images, target))
+def guided_backprop_map(
+    model: nn.Module, images: torch.Tensor, target: TargetSpec, postprocess: str = "none"
+) -> torch.Tensor:
+    gradient = guided_backprop_gradient(model, images, target)
+    if check_postprocess(postprocess) == "seed":
+        return seed_guided_backprop_map(gradient)
+    return reduce_channels_abs(gradient)
 
 
-def gradcam_map(model: nn.Module, images: torch.Tensor, target: TargetSpec, layer: str) -> torch.Tensor:
+def gradcam_map(
+    model: nn.Module, images: torch.Tensor, target: TargetSpec, layer: str, postprocess: str = "none"
+) -> torch.Tensor:
+    check_postprocess(postprocess)
     recorded = layer_activations_and_gradients(model, images, [layer], target)
     x = recorded.activations[0].float()
     g = recorded.gradients[0].float()
     weights = g.mean(dim=(2, 3), keepdim=True)  # α_k, eq. 9
     cam = (weights * x).sum(dim=1).clamp_min(0)  # eqs. 10–11
+    if postprocess == "seed":
+        return seed_gradcam_upsample(cam, images.shape[-2:])
     return upsample_maps(cam, images.shape[-2:])
 
 
@@ -131,6 +149,27 @@ def trapezoid_alphas_and_weights(steps: int) -> tuple[torch.Tensor, torch.Tensor
     return alphas, weights
 
 
+PATH_BASELINES = ("zero", "black")
+
+
+def path_baseline(images: torch.Tensor, baseline: str | float) -> torch.Tensor:
+    """The baseline x̄ of a path method as a tensor broadcastable to ``images`` [B, C, H, W] (float32).
+
+    ``"zero"``: 0 in normalised space = the normalisation mean (mid-grey for mean 0.5). ``"black"``: each
+    image's darkest value (minimum over channels and pixels), i.e. the darkest pixel. A number: that constant.
+    """
+    x = images.float()
+    if isinstance(baseline, str):
+        if baseline == "zero":
+            return torch.zeros((), dtype=torch.float32, device=images.device)
+        if baseline == "black":
+            return x.flatten(1).amin(1).view(-1, 1, 1, 1)
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(PATH_BASELINES)} or a number")
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+        raise ValueError(f"baseline must be one of {', '.join(PATH_BASELINES)} or a number, got {baseline!r}")
+    return torch.tensor(float(baseline), dtype=torch.float32, device=images.device)
+
+
 def integrated_gradients(
     model: nn.Module,
     images: torch.Tensor,
@@ -163,8 +202,9 @@ def integrated_gradients_map(
     images: torch.Tensor,
     target: TargetSpec,
     steps: int = 32,
-    baseline: float = 0.0,
+    baseline: str | float = "zero",
     max_batch: int = 32,
 ) -> torch.Tensor:
+    base = path_baseline(images, baseline)
     targets = predicted_targets(model, images, target)
-    return reduce_channels_abs(integrated_gradients(model, images, targets, baseline, steps, max_batch))
+    return reduce_channels_abs(integrated_gradients(model, images, targets, base, steps, max_batch))

@@ -1,7 +1,9 @@
 """Guided Integrated Gradients (ours), Blur IG and XRAI (wrapping Google PAIR's ``saliency`` package v0.2.1).
 
-- Guided IG (Kapishnikov et al., CVPR 2021): an adaptive path from a black baseline that moves the
-  lowest-gradient fraction of features first. Written here in torch after the paper's algorithm 1 and
+- Guided IG (Kapishnikov et al., CVPR 2021): an adaptive path from a baseline that moves the
+  lowest-gradient fraction of features first. The paper's baseline is black; NormGate's default
+  (``baseline="zero"``) is 0 in normalised input space, i.e. the normalisation mean (mid-grey for mean 0.5), and
+  ``baseline="black"`` is the image's darkest pixel value (:func:`models.saliency.gradients.path_baseline`). Written here in torch after the paper's algorithm 1 and
   PAIR's reference (whose v0.2.1 calls ``np.quantile(interpolation=)``, gone in NumPy 2), with the model's
   gradient evaluated for the whole batch at each step.
 - Blur IG (Xu et al., CVPR 2020): integrates along a path of increasingly Gaussian-blurred images
@@ -30,7 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.saliency.gradients import integrated_gradients
+from models.saliency.gradients import integrated_gradients, path_baseline
 from models.saliency.targets import (
     TargetSpec,
     check_positive_int,
@@ -126,8 +128,9 @@ def guided_ig_attribution(
     fraction: float = 0.25,
     max_dist: float = 0.02,
     max_batch: int = 32,
+    baseline: str | float = "zero",
 ) -> torch.Tensor:
-    """Guided IG [B, C, H, W] from a black (zero) baseline; one batched gradient call per path step.
+    """Guided IG [B, C, H, W] from ``baseline`` (:func:`path_baseline`); one batched gradient call per path step.
 
     At each step the fraction of features with the smallest |gradient| moves towards the input until the
     path has covered (step+1)/steps of the L1 distance; no feature strays more than ``max_dist`` (as a
@@ -141,7 +144,7 @@ def guided_ig_attribution(
         raise ValueError(f"max_dist must be in [0, 1], got {max_dist!r}")
     # float64 path bookkeeping as in the reference: the L1 targets are compared to 1e-9.
     x_input = images.detach().double()
-    x_baseline = torch.zeros_like(x_input)
+    x_baseline = path_baseline(images.detach(), baseline).double().expand_as(x_input).clone()
     x = x_baseline.clone()
     l1_totals = (x_input - x_baseline).abs().flatten(1).sum(1).tolist()
     attribution = torch.zeros_like(x_input)
@@ -169,9 +172,11 @@ def guided_ig_map(
     fraction: float = 0.25,
     max_dist: float = 0.02,
     max_batch: int = 32,
+    baseline: str | float = "zero",
 ) -> torch.Tensor:
     targets = predicted_targets(model, images, target)
-    return reduce_channels_abs(guided_ig_attribution(model, images, targets, steps, fraction, max_dist, max_batch))
+    attribution = guided_ig_attribution(model, images, targets, steps, fraction, max_dist, max_batch, baseline)
+    return reduce_channels_abs(attribution)
 
 
 def blur_ig_map(

@@ -255,13 +255,15 @@ for _kind in normgrad.LAYER_KINDS:
     _NORMGRAD_VARIANTS[f"normgrad-{_kind}-single"] = (_kind, LAYERS_SINGLE)
     _NORMGRAD_VARIANTS[f"normgrad-{_kind}-combined"] = (_kind, LAYERS_COMBINED)
 
-register_method("gradcam", gradients.gradcam_map, LAYERS_GRADCAM, "Grad-CAM (Selvaraju et al. 2017)")
+register_method(
+    "gradcam", gradients.gradcam_map, LAYERS_GRADCAM, "Grad-CAM (Selvaraju et al. 2017); postprocess='seed' option"
+)
 register_method("guided-gradcam", gradients.guided_gradcam_map, LAYERS_GRADCAM, "Grad-CAM ⊙ guided backprop")
 register_method(
     "guided-backprop",
     gradients.guided_backprop_map,
     LAYERS_NONE,
-    "Guided backpropagation, ReLU and SiLU (Ozer et al. 2023 eqs. 5, 8)",
+    "Guided backpropagation, ReLU and SiLU (Ozer et al. 2023 eqs. 5, 8); postprocess='seed' option",
 )
 register_method("input-x-grad", gradients.input_x_gradient_map, LAYERS_NONE, "Input × gradient")
 register_method("gradient", gradients.gradient_map, LAYERS_NONE, "Plain input gradient")
@@ -270,8 +272,13 @@ register_method(
     "integrated-gradients",
     gradients.integrated_gradients_map,
     LAYERS_NONE,
-    "Integrated Gradients, zero baseline, trapezoid rule",
+    "Integrated Gradients, trapezoid rule; baseline 'zero' (normalised 0 = mid-grey) or 'black' (darkest pixel)",
 )
-register_method("guided-ig", path_methods.guided_ig_map, LAYERS_NONE, "Guided IG (PAIR saliency)")
+register_method(
+    "guided-ig",
+    path_methods.guided_ig_map,
+    LAYERS_NONE,
+    "Guided IG (PAIR saliency); baseline 'zero' (normalised 0 = mid-grey) or 'black' (darkest pixel)",
+)
 register_method("blur-ig", path_methods.blur_ig_map, LAYERS_NONE, "Blur IG (PAIR saliency)")
 register_method("xrai", path_methods.xrai_map, LAYERS_NONE, "XRAI regions over IG (PAIR saliency)")

@@ -1,7 +1,9 @@
 """``python -m service.evaluate``: the offline Pointing Game job (docs/evaluation.md), resumable, shardable.
 
     python -m service.evaluate --data ROOT --split test --model PATH[,PATH…] --methods ID[,ID…] \\
-        [--tau 15] [--smooth-sigma 1.0] [--init trained|semi-random|full-random] [--repeat N] \\
+        [--tau-rel 0.025 | --tau 15] [--smooth-sigma 1.0] [--repeat N] \\
+        [--init trained|random-head|pretrained-backbone|full-random] [--pretext DIR] \\
+        [--postprocess none|seed] [--path-baseline zero|black] \\
         [--combine geometric-mean|minmax-product] [--batch-size 8] [--shard i/n] [--job-db FILE] --out DIR
     python -m service.evaluate merge --out DIR SHARD_DIR [SHARD_DIR …]
     python -m service.evaluate compare --out FILE.html [LABEL=]RUN_DIR …    # runs side by side
@@ -22,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +94,7 @@ def build_params(
     split: str,
     models: Sequence[str],
     methods: Sequence[str],
-    tau: float,
+    tau: float | None,
     smooth_sigma: float,
     init: str,
     combine: str,
@@ -101,9 +104,20 @@ def build_params(
     repeat: int = 1,
     device: str = "cpu",
     out: str | Path | None = None,
+    tau_rel: float | None = None,
+    postprocess: str = "none",
+    path_baseline: str = "zero",
+    pretext: str | Path | Sequence[str | Path] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Validated, JSON-ready job parameters (paths made absolute). Raises EvaluateUsageError."""
-    from models.evaluation import COMBINE_MODES, INIT_MODES, EvaluationError, check_methods
+    """Validated, JSON-ready job parameters (paths made absolute). Raises EvaluateUsageError.
+
+    ``tau`` (grid pixels) and ``tau_rel`` (fraction of the grid side) are exclusive; with neither, each model's
+    ``tau_rel`` from its model.json applies. A deprecated ``init`` name warns and is stored under its new name.
+    """
+    from models.evaluation import COMBINE_MODES, DEPRECATED_INIT_ALIASES, INIT_MODES, EvaluationError, check_methods
+    from models.saliency.gradients import PATH_BASELINES
+    from models.saliency.postprocess import POSTPROCESS_MODES
 
     try:
         methods = check_methods(_split_list(methods))
@@ -112,28 +126,56 @@ def build_params(
     models = _split_list(models)
     if not models:
         raise EvaluateUsageError("give at least one --model checkpoint folder")
+    if init in DEPRECATED_INIT_ALIASES:
+        warnings.warn(
+            f"--init {init} is deprecated; use --init {DEPRECATED_INIT_ALIASES[init]} (same models)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        init = DEPRECATED_INIT_ALIASES[init]
     if init not in INIT_MODES:
         raise EvaluateUsageError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
+    if isinstance(pretext, (str, Path)):
+        pretexts = _split_list(str(pretext))
+    else:
+        pretexts = [str(f) for f in pretext or []]
+    if (init == "pretrained-backbone") != bool(pretexts):
+        raise EvaluateUsageError(
+            "--pretext DIR (a folder of python -m models.pretext) goes with --init pretrained-backbone, and only there"
+        )
     if combine not in COMBINE_MODES:
         raise EvaluateUsageError(f"--combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    if postprocess not in POSTPROCESS_MODES:
+        raise EvaluateUsageError(f"--postprocess must be one of {', '.join(POSTPROCESS_MODES)}, got {postprocess!r}")
+    if path_baseline not in PATH_BASELINES:
+        raise EvaluateUsageError(f"--path-baseline must be one of {', '.join(PATH_BASELINES)}, got {path_baseline!r}")
+    if tau is not None and tau_rel is not None:
+        raise EvaluateUsageError("give the tolerance either as --tau (pixels) or as --tau-rel (fraction), not both")
     try:
-        for name, text in (("--data", str(data)), ("--split", split), *(("--model", m) for m in models)):
+        for name, text in (
+            ("--data", str(data)),
+            ("--split", split),
+            *(("--model", m) for m in models),
+            *(("--pretext", f) for f in pretexts),
+        ):
             limits.check_path_text(name, text)
         limits.check_job_bounds(
             tau=tau,
+            tau_rel=tau_rel,
             smooth_sigma=smooth_sigma,
             batch_size=batch_size,
             repeat=repeat,
             seed=seed,
             models=len(models),
             methods=len(methods),
+            pretexts=len(pretexts),
             shards=shard[1],
         )
     except limits.BoundsError as exc:
         raise EvaluateUsageError(str(exc)) from None
     if int(repeat) > 1 and init == "trained":
         raise EvaluateUsageError(
-            "--repeat N > 1 is for --init semi-random/full-random (several seeds); "
+            "--repeat N > 1 is for the randomised --init modes (several seeds); "
             "repeat trained models by passing several checkpoints"
         )
     if not split or "/" in split or "\\" in split or split.startswith("."):
@@ -143,9 +185,13 @@ def build_params(
         "split": split,
         "models": [str(Path(m).resolve()) for m in models],
         "methods": methods,
-        "tau": float(tau),
+        "tau": None if tau is None else float(tau),
+        "tau_rel": None if tau_rel is None else float(tau_rel),
         "smooth_sigma": float(smooth_sigma),
         "init": init,
+        "pretext": [str(Path(f).resolve()) for f in pretexts] or None,
+        "postprocess": postprocess,
+        "path_baseline": path_baseline,
         "combine": combine,
         "batch_size": int(batch_size),
         "shard": list(shard),
@@ -153,6 +199,41 @@ def build_params(
         "repeat": int(repeat),
         "device": device,
         "out": None if out is None else str(Path(out).resolve()),
+        "report": bool(report),
+    }
+
+
+def config_from_params(p: dict[str, Any]) -> EvaluationConfig:
+    """The engine's configuration for stored job parameters (older jobs lack the newer keys: their defaults)."""
+    from models.evaluation import EvaluationConfig
+
+    return EvaluationConfig(
+        methods=tuple(p["methods"]),
+        tau=p.get("tau"),
+        tau_rel=p.get("tau_rel"),
+        smooth_sigmas=(p["smooth_sigma"],),
+        combine=p["combine"],
+        batch_size=p["batch_size"],
+        seed=p["seed"],
+        postprocess=p.get("postprocess", "none"),
+        path_baseline=p.get("path_baseline", "zero"),
+    )
+
+
+def model_record(model: EvaluatedModel, config: EvaluationConfig) -> dict[str, Any]:
+    """One model's entry under results.json ``models``, with the tolerance used for it."""
+    tau_rel, tau_px = config.tolerance_for(model.meta)
+    return {
+        "arch": model.meta.arch,
+        "name": model.meta.name,
+        "version": model.meta.version,
+        "input_size": list(model.meta.input_size),
+        "threshold": model.meta.threshold,
+        "init": model.init,
+        "seed": model.seed,
+        "source": model.source,
+        "tau_rel": round(tau_rel, 6),
+        "tau_px": round(tau_px, 4),
     }
 
 
@@ -190,7 +271,7 @@ def _run_job(store: JobStore, job: Job, show_progress: bool, token: str) -> None
 
     from models.datasets import PathPolicy, read_split
     from models.device import resolve_device
-    from models.evaluation import EvaluationConfig, evaluate, image_key, load_models, shard_samples
+    from models.evaluation import evaluate, image_key, load_models, shard_samples
 
     threads = os.environ.get("NORMGATE_EVAL_TORCH_THREADS")
     if threads:
@@ -210,15 +291,10 @@ def _run_job(store: JobStore, job: Job, show_progress: bool, token: str) -> None
     if len(set(keys)) != len(keys):
         raise ValueError("two images of the split have the same name; image names must be unique")
     device = resolve_device(p.get("device", "cpu"))
-    models = load_models(p["models"], init=p["init"], seed=p["seed"], repeat=p["repeat"], device=device)
-    config = EvaluationConfig(
-        methods=tuple(p["methods"]),
-        tau=p["tau"],
-        smooth_sigmas=(p["smooth_sigma"],),
-        combine=p["combine"],
-        batch_size=p["batch_size"],
-        seed=p["seed"],
+    models = load_models(
+        p["models"], init=p["init"], seed=p["seed"], repeat=p["repeat"], device=device, pretext=p.get("pretext")
     )
+    config = config_from_params(p)
     rows_per_image = len(models) * len(config.methods)
     completed = store.completed_images(job.id, rows_per_image)
     remaining = [s for s, k in zip(samples, keys) if k not in completed]
@@ -246,21 +322,11 @@ def _run_job(store: JobStore, job: Job, show_progress: bool, token: str) -> None
         store.finish(job.id, "cancelled", token=token)
         return
 
-    model_info = {
-        m.key: {
-            "arch": m.meta.arch,
-            "name": m.meta.name,
-            "version": m.meta.version,
-            "input_size": list(m.meta.input_size),
-            "threshold": m.meta.threshold,
-            "init": m.init,
-            "seed": m.seed,
-            "source": m.source,
-        }
-        for m in models
-    }
+    model_info = {m.key: model_record(m, config) for m in models}
     rows = store.rows(job.id)
-    gallery = build_gallery(rows, models, samples, keys, config, p["data"], device)
+    # The gallery recomputes maps for its cases; without a report nobody would look at it.
+    with_report = p.get("report", True)
+    gallery = build_gallery(rows, models, samples, keys, config, p["data"], device) if with_report else []
     write_outputs(out_dir, p, rows, model_info, gallery, elapsed_s=time.monotonic() - started)
     store.finish(job.id, "done", token=token)
 
@@ -300,8 +366,10 @@ def build_gallery(
     grays = [load_gray(s.image_path) for _, _, s in picked]
     batch = DecodedBatch(samples=[s for _, _, s in picked], keys=[r["image"] for _, r, _ in picked], grays=grays)
     x = batch.tensor_for(entry.meta, device=device)
-    shown = methods[:max_methods]
-    maps = saliency_maps(entry, x, shown, batch.keys, config)
+    # The saliency methods first, then the controls, so that the gallery shows what a filter would point at.
+    image_controls = [m for m in config.methods if m in CONTROL_METHODS and m != "random"]
+    shown = list(dict.fromkeys(methods[:max_methods] + image_controls))
+    maps = saliency_maps(entry, x, shown, batch.keys, config, unit_images=batch.unit_for(entry.meta))
     grid_hw = tuple(int(v) for v in entry.meta.input_size)
     cases = []
     for i, (kind, row, sample) in enumerate(picked):
@@ -396,7 +464,11 @@ def write_outputs(
         method_order=params.get("methods"),
     )
     images = sorted({r["image"] for r in rows})
+    tolerances = {(v.get("tau_rel"), v.get("tau_px")) for v in model_info.values()}
+    tau_rel, tau_px = next(iter(tolerances)) if len(tolerances) == 1 else (None, None)
     results = {
+        "tau_rel": tau_rel,  # null when the models' grids give different tolerances: see models.<key>
+        "tau_px": tau_px,
         "methods": summary["methods"],
         "classification": summary["classification"],
         "dom": summary["dom"],
@@ -414,8 +486,9 @@ def write_outputs(
         results["dom_architectures"] = summary["dom_architectures"]
     write_per_image_csv(out_dir / "per_image.csv", rows)
     _write_json(out_dir / "results.json", results)
-    html = render_report(results, rows, gallery or [])
-    (out_dir / "report.html").write_text(html, encoding="utf-8")
+    if params.get("report", True):
+        html = render_report(results, rows, gallery or [])
+        (out_dir / "report.html").write_text(html, encoding="utf-8")
     return results
 
 
@@ -468,21 +541,20 @@ def merge(out_dir: str | Path, shard_dirs: Sequence[str | Path], with_gallery: b
 def _gallery_for_params(params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gallery needs the images and models again; skipped (report says so) when they are not reachable."""
     from models.datasets import read_split
-    from models.evaluation import EvaluationConfig, image_key, load_models
+    from models.evaluation import image_key, load_models
 
     try:
         samples = read_split(params["data"], params["split"])
-        models = load_models(params["models"], init=params["init"], seed=params["seed"], repeat=params["repeat"])
+        models = load_models(
+            params["models"],
+            init=params["init"],
+            seed=params["seed"],
+            repeat=params["repeat"],
+            pretext=params.get("pretext"),
+        )
     except (OSError, ValueError):
         return []
-    config = EvaluationConfig(
-        methods=tuple(params["methods"]),
-        tau=params["tau"],
-        smooth_sigmas=(params["smooth_sigma"],),
-        combine=params["combine"],
-        batch_size=params["batch_size"],
-        seed=params["seed"],
-    )
+    config = config_from_params(params)
     keys = [image_key(s, params["data"]) for s in samples]
     return build_gallery(rows, models, samples, keys, config, params["data"], "cpu")
 
@@ -503,11 +575,34 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=DEFAULT_METHOD,
-        help="saliency method ids, comma-separated; 'random' adds the random-map control",
+        help="saliency method ids, comma-separated; the model-free controls control-tophat, control-brightest, "
+        "control-centre and random are evaluation-only methods",
     )
-    p.add_argument("--tau", type=float, default=15.0, help="hit tolerance in model-grid pixels (default 15)")
+    p.add_argument(
+        "--tau-rel",
+        type=float,
+        default=None,
+        help="hit tolerance as a fraction of the model grid's side (default: the model.json's tau_rel, "
+        "0.025 = the papers' 15 px at 600 for the chest model)",
+    )
+    p.add_argument("--tau", type=float, default=None, help="hit tolerance in model-grid pixels (instead of --tau-rel)")
     p.add_argument("--smooth-sigma", type=float, default=0.0, help="Gaussian σ on the map before argmax (0 = off)")
-    p.add_argument("--init", default="trained", help="trained | semi-random | full-random")
+    p.add_argument(
+        "--init",
+        default="trained",
+        help="trained | random-head | pretrained-backbone | full-random (semi-random: deprecated = random-head)",
+    )
+    p.add_argument(
+        "--pretext", default=None, help="pretext backbone folder(s), one per arch, for --init pretrained-backbone"
+    )
+    p.add_argument(
+        "--postprocess", default="none", help="none | seed: the papers' seed code's Grad-CAM/guided-backprop maps"
+    )
+    p.add_argument(
+        "--path-baseline",
+        default="zero",
+        help="IG / Guided IG baseline: zero (0 in normalised space = mid-grey) | black (darkest pixel)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="seeds per checkpoint for the randomised inits")
     p.add_argument("--combine", default="geometric-mean", help="NormGrad combination: geometric-mean | minmax-product")
     p.add_argument("--batch-size", type=int, default=8)
@@ -517,6 +612,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-db", default=None, help="SQLite job file (default DIR/job.sqlite3); rerun to resume")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-report", action="store_true", help="write results.json and per_image.csv only (no report.html)"
+    )
     return p
 
 
@@ -542,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = argparse.ArgumentParser(
             prog="python -m service.evaluate compare",
             description="Put finished runs side by side (rows = methods; columns = runs, e.g. trained / "
-            "semi-random / full-random, σ 0 / 1), like the papers' Tables 2 and 4.",
+            "random-head / pretrained-backbone / full-random, σ 0 / 1), like the papers' Tables 2 and 4.",
         )
         p.add_argument("--out", required=True, help="HTML file to write")
         p.add_argument("--metric", default="pointing_game", choices=("pointing_game", "energy_pg", "froc"))
@@ -606,6 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeat=args.repeat,
             device=args.device,
             out=args.out,
+            tau_rel=args.tau_rel,
+            postprocess=args.postprocess,
+            path_baseline=args.path_baseline,
+            pretext=args.pretext,
+            report=not args.no_report,
         )
     except EvaluateUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -627,7 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if job.status != "done":
         print(f"job {job.id} {job.status}: {job.error or ''}", file=sys.stderr)
         return 1
-    print(f"job {job.id} done: {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}, {out_dir / 'report.html'}")
+    written = ["results.json", "per_image.csv"] + (["report.html"] if params["report"] else [])
+    print(f"job {job.id} done: {', '.join(str(out_dir / name) for name in written)}")
     return 0
 
 

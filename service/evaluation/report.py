@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.evaluation import CONTROL_METHODS
+from models.controls import get_control
+from models.evaluation import CONTROL_METHODS, RANDOMISED_INITS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,9 +56,77 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def html_page(title: str, body: str) -> str:
+    """A self-contained page with the report's style around ``body`` (HTML)."""
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+    )
+
+
 def ordered_methods(methods: Sequence[str]) -> list[str]:
     """Saliency methods in their given order, controls last."""
     return [m for m in methods if m not in CONTROL_METHODS] + [m for m in methods if m in CONTROL_METHODS]
+
+
+# A randomised model whose classifier AUC is further than this from 0.5 fails the sanity check (flagged).
+SANITY_AUC_MARGIN = 0.1
+
+
+def tolerance_text(results: dict[str, Any]) -> str:
+    """The tolerance as a caption states it: the fraction of the grid side and the pixels it makes."""
+    models = results.get("models", {})
+    per_model = sorted(
+        {
+            (v.get("tau_rel"), v.get("tau_px"), "×".join(str(s) for s in v.get("input_size", [])))
+            for v in models.values()
+        }
+    )
+    known = [(r, px, grid) for r, px, grid in per_model if r is not None and px is not None]
+    if not known:  # results written before tau_rel existed: pixels only
+        return f"τ = {results.get('params', {}).get('tau') or 15:g} px"
+    parts = [f"τ = {100 * r:.3g} % of the grid side = {px:.3g} px on the {grid} grid" for r, px, grid in known]
+    return "; ".join(parts)
+
+
+def _controls_note(methods: Sequence[str]) -> str:
+    controls = [m for m in methods if m in CONTROL_METHODS]
+    if not controls:
+        return ""
+    listed = "; ".join(f"<em>{_esc(m)}</em>: {_esc(get_control(m).summary)}" for m in controls)
+    return (
+        " Rows in grey italics are model-free <em>controls</em> (computed from the image alone, never from a "
+        f"model), shown so that a saliency method can be told apart from image processing: {listed}."
+    )
+
+
+def _sanity_section(results: dict[str, Any]) -> str:
+    """The classifier AUC of every randomised model: a randomised model must not classify (AUC ≈ 0.5)."""
+    models = results.get("models", {})
+    randomised = sorted(k for k, v in models.items() if v.get("init") in RANDOMISED_INITS)
+    if not randomised:
+        return ""
+    rows = []
+    for key in randomised:
+        entry = results.get("classification", {}).get(key, {})
+        auc = entry.get("auc")
+        ok = auc is not None and abs(auc - 0.5) <= SANITY_AUC_MARGIN
+        verdict = (
+            "–"
+            if auc is None
+            else ("≈ 0.5" if ok else f"<strong>not ≈ 0.5 (|AUC − 0.5| > {SANITY_AUC_MARGIN:g})</strong>")
+        )
+        rows.append(
+            f"<tr><td>{_esc(key)}</td><td>{_esc(models[key].get('init'))}</td><td>{_esc(models[key].get('seed'))}</td>"
+            f"<td>{_fmt(auc)}</td><td>{verdict}</td></tr>"
+        )
+    return (
+        "<h2>Randomisation sanity check</h2><p class='note'>A randomised model (re-initialised head or network) "
+        "should not classify: its ROC AUC on these images should be near 0.5. A model far from it is not the "
+        "random reference the randomisation tables assume.</p>"
+        "<table><thead><tr><th>model</th><th>init</th><th>seed</th><th>ROC AUC</th><th>check</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _metric_table(results: dict[str, Any], metric: str, title_note: str, with_counts: bool = False) -> str:
@@ -172,7 +241,7 @@ def _case_figure(case: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def _gallery(cases: list[dict[str, Any]], tau: float) -> str:
+def _gallery(cases: list[dict[str, Any]], tolerance: str) -> str:
     if not cases:
         return (
             "<p class='note'>No gallery: no image with a box was evaluated, or (after a merge) the models "
@@ -182,7 +251,7 @@ def _gallery(cases: list[dict[str, Any]], tau: float) -> str:
         f"<p class='note'>Best (hits with the most saliency inside the boxes) and worst (misses with the "
         f"least) images for <code>{_esc(cases[0]['primary_method'])}</code> on model "
         f"<code>{_esc(cases[0]['model'])}</code>; every evaluated method's map for the same image. Green: "
-        f"ground-truth boxes; ×: the map's maximum (a hit when within τ = {tau:g} px of a box).</p>"
+        f"ground-truth boxes; ×: the map's maximum (a hit when within {_esc(tolerance)} of a box).</p>"
     ]
     for case in cases:
         verdict = "hit" if case["hit"] else "miss"
@@ -219,8 +288,10 @@ def render_report(results: dict[str, Any], rows: list[dict[str, Any]], gallery: 
         "<h1>Pointing Game report</h1>",
         f"<p class='meta'>data <code>{_esc(params.get('data'))}</code> split <code>{_esc(params.get('split'))}"
         f"</code> · {counts.get('images', 0)} images, {counts.get('images_with_boxes', 0)} with boxes · "
-        f"τ = {params.get('tau', 15):g} px · smoothing σ = {params.get('smooth_sigma', 0):g} · init "
+        f"{_esc(tolerance_text(results))} · smoothing σ = {params.get('smooth_sigma', 0):g} · init "
         f"<code>{_esc(params.get('init'))}</code> · NormGrad combine <code>{_esc(params.get('combine'))}</code>"
+        f" · map post-processing <code>{_esc(params.get('postprocess', 'none'))}</code>"
+        f" · path baseline <code>{_esc(params.get('path_baseline', 'zero'))}</code>"
         + (f" · {elapsed:.1f} s" if elapsed is not None else "")
         + (f" · merged from {len(merged)} shards" if merged else "")
         + "</p>",
@@ -230,9 +301,8 @@ def render_report(results: dict[str, Any], rows: list[dict[str, Any]], gallery: 
             results,
             "pointing_game",
             "Accuracy = hits / (hits + misses) over images with at least one box: a hit when the map's "
-            "maximum lies within τ pixels (model input grid) of the nearest ground-truth box. "
-            "Bold: best saliency method per model. <em>random</em> is a control: a seeded uniform-noise "
-            "map, i.e. the chance level on these images.",
+            f"maximum lies within {_esc(tolerance_text(results))} (model input grid) of the nearest ground-truth "
+            "box. Bold: best saliency method per model." + _controls_note(list(results["methods"])),
             with_counts=True,
         ),
         f"<img alt='Pointing Game bar chart' src='{_bar_chart(results)}'>",
@@ -255,8 +325,9 @@ def render_report(results: dict[str, Any], rows: list[dict[str, Any]], gallery: 
         "<h2>Classification</h2>",
         "<table><thead><tr><th>model</th><th>accuracy</th><th>ROC AUC</th><th>images</th><th>positives</th>"
         f"</tr></thead><tbody>{classification}</tbody></table>",
+        _sanity_section(results),
         "<h2>Best and worst cases</h2>",
-        _gallery(gallery, float(params.get("tau", 15))),
+        _gallery(gallery, tolerance_text(results)),
         "</body></html>",
     ]
     return "\n".join(sections)

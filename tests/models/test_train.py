@@ -18,7 +18,7 @@ from models.architectures import build_model
 from models.checkpoint import load_checkpoint
 from models.datasets import dataset_fingerprint, load_gray, read_split
 from models.imaging.grid import preprocess_batch
-from models.train import TrainError, augment, main
+from models.train import TrainError, augment, main, task_tau_rel
 from tests.models.tiny_cxr import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +75,7 @@ def test_one_epoch_writes_a_loadable_checkpoint_matching_the_trained_model(tiny,
     assert meta["classes"] == ["no_foreign_object", "foreign_object"]
     assert meta["positive_class"] == "foreign_object" and meta["threshold"] == 0.5
     assert meta["normgrad_layers"] == ["layer2.0", "layer3.0", "layer4.0", "layer4.1"]
+    assert meta["tau_rel"] == pytest.approx(15 / 600)  # a chest data set: the papers' 15 px at 600
     trained_on = meta["trained_on"]
     by_split = {d["split"]: d for d in trained_on["data"]}
     assert by_split["train"]["fingerprint"] == dataset_fingerprint(read_split(tiny, "train"))
@@ -171,6 +172,20 @@ def test_pretrained_backbone_fp16_weights_clean_state_and_separate_test_data(tin
     assert test_record["fingerprint"] == dataset_fingerprint(read_split(heldout, "test"))
     assert not (out / "state").exists()
     load_checkpoint(out)
+
+
+def test_recorded_tolerance_is_the_tasks_unless_given(tmp_path):
+    chest, cardiac = tmp_path / "chest", tmp_path / "cardiac"
+    chest.mkdir()
+    cardiac.mkdir()
+    (cardiac / "synth.json").write_text(json.dumps({"generator": "models.synth.cmr", "seed": 0}))
+    (chest / "synth.json").write_text(json.dumps({"generator": "models.synth", "style": "v2"}))
+    assert task_tau_rel(cardiac) == pytest.approx(15 / 224)  # the 2023 paper's 15 px at 224
+    assert task_tau_rel(chest) == pytest.approx(0.025)
+    assert task_tau_rel(tmp_path) == pytest.approx(0.025)  # no synth.json: a chest set such as Object-CXR
+    assert task_tau_rel(cardiac, 0.05) == 0.05
+    with pytest.raises(TrainError, match="tau-rel"):
+        task_tau_rel(chest, 1.5)
 
 
 def test_missing_dev_split_is_a_clear_error(tiny, tmp_path):

@@ -10,7 +10,8 @@ Everything a job would refuse is refused here, before it is queued, as ``422 bad
 the bounds of :mod:`service.evaluation.limits` (the CLI's), paths that leave the configured roots, and a data set
 any of whose image paths is absolute, goes up with ``..``, or is a symbolic link out of ``NORMGATE_DATA_DIR``
 (the error names the CSV file and line). ``data`` is relative to ``NORMGATE_DATA_DIR`` (or an absolute path
-inside it); a model is a checkpoint name under ``NORMGATE_MODELS_DIR`` or a folder inside one of the roots.
+inside it); a model is a checkpoint name under ``NORMGATE_MODELS_DIR`` or a folder inside one of the roots,
+and so is a ``pretext`` backbone folder (``init: pretrained-backbone``), its ``pretext.json`` resolved too.
 A full queue is 503 ``overloaded`` with Retry-After. Answers name files relative to those folders, never by
 their path on the server. Errors are :mod:`service.errors` (so they carry the request id). Routes only move JSON
 and files; no tensor is touched here.
@@ -79,9 +80,19 @@ class EvaluateRequest(BaseModel):
         Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_NAME_CHARS * limits.MAX_METHODS)]
         | Annotated[list[Name], Field(min_length=1, max_length=limits.MAX_METHODS)]
     ) = DEFAULT_METHOD
-    tau: float = Field(15.0, ge=0, le=limits.MAX_TAU, allow_inf_nan=False)
+    tau: Annotated[float, Field(ge=0, le=limits.MAX_TAU, allow_inf_nan=False)] | None = Field(
+        None, description="tolerance in grid pixels; not with tau_rel"
+    )
+    tau_rel: Annotated[float, Field(gt=0, le=limits.MAX_TAU_REL, allow_inf_nan=False)] | None = Field(
+        None, description="tolerance as a fraction of the grid's shorter side; default the model's"
+    )
     smooth_sigma: float = Field(0.0, ge=0, le=limits.MAX_SMOOTH_SIGMA, allow_inf_nan=False)
     init: Name = "trained"
+    pretext: PathText | Annotated[list[PathText], Field(min_length=1, max_length=limits.MAX_PRETEXTS)] | None = Field(
+        None, description="pretext backbone folder(s), one per architecture (init pretrained-backbone)"
+    )
+    postprocess: Name = "none"
+    path_baseline: Name = "zero"
     repeat: int = Field(1, ge=1, le=limits.MAX_REPEAT)
     combine: Name = "geometric-mean"
     batch_size: int = Field(8, ge=1, le=limits.MAX_BATCH_SIZE)
@@ -157,6 +168,25 @@ def resolve_model_path(text: str, models_dir: Path, roots: list[Path]) -> Path:
     return path
 
 
+def resolve_pretext_path(text: str, models_dir: Path, roots: list[Path]) -> Path:
+    """A pretext backbone folder (python -m models.pretext) under the models folder or inside the data roots,
+    confined like the data set: resolved with its symbolic links, and its pretext.json too."""
+    if not text or "\x00" in text:
+        raise _PathRejected("pretext must be a non-empty folder name")
+    allowed = [models_dir, *roots]
+    candidate = Path(text)
+    base = models_dir if (models_dir / candidate).exists() else roots[0]
+    path = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not _inside(path, allowed):
+        raise _PathRejected(f"pretext {text!r} is outside the models and data folders")
+    meta = path / "pretext.json"
+    if not meta.is_file():
+        raise _PathRejected(f"pretext {text!r} is not a pretext folder (no pretext.json)")
+    if not _inside(meta.resolve(), allowed):
+        raise _PathRejected(f"pretext {text!r}: pretext.json is a symbolic link out of the models and data folders")
+    return path
+
+
 def check_data_set(data: Path, split: str, shard: tuple[int, int], root: Path) -> int:
     """Read the split's CSV as the job will, confined to ``root``: every image path relative, without ``..``, and
     inside ``root`` once symbolic links are resolved. Returns the job's image count; raises _PathRejected."""
@@ -196,6 +226,14 @@ def _build(runner: EvaluationRunner, req: EvaluateRequest) -> dict[str, Any]:
         seed=req.seed,
         repeat=req.repeat,
         device="cpu",
+        tau_rel=req.tau_rel,
+        postprocess=req.postprocess,
+        path_baseline=req.path_baseline,
+        pretext=[
+            resolve_pretext_path(n.strip(), runner.models_dir, runner.data_roots)
+            for n in (req.pretext.split(",") if isinstance(req.pretext, str) else req.pretext or [])
+            if n.strip()
+        ],
     )
     root = runner.data_roots[0].resolve()
     check_data_set(data, req.split, shard, root)
@@ -255,8 +293,10 @@ def _redactor(runner: EvaluationRunner) -> PathRedactor:
         **_documented(
             _413="too_large: the body is over 64 KiB",
             _415="unsupported_media_type: the body is not application/json",
-            _422="bad_parameter: a field out of its bounds, an unknown method/init, a path outside the data folder, "
-            "a data set row whose image path leaves it (the CSV file and line are named)",
+            _422="bad_parameter: a field out of its bounds, an unknown method/init/postprocess/path baseline, both "
+            "tau and tau_rel, a pretext without init pretrained-backbone (or the reverse), a data, model or pretext "
+            "path outside the data and models folders, a data set row whose image path leaves the data folder (the "
+            "CSV file and line are named)",
             _503="overloaded: the job queue is full (Retry-After); not_ready: the job runner is not running or its "
             "store is not writable",
         ),
@@ -309,7 +349,8 @@ def _job_body(runner: EvaluationRunner, job_id: str) -> dict[str, Any]:
         if results_path.is_file():
             results = json.loads(results_path.read_text(encoding="utf-8"))
             body["results"] = {
-                k: results.get(k) for k in ("methods", "classification", "dom", "repeated", "counts", "models")
+                k: results.get(k)
+                for k in ("methods", "classification", "dom", "repeated", "counts", "models", "tau_rel", "tau_px")
             }
             body["report"] = f"/evaluate/{job.id}/report"
     redactor = _redactor(runner)

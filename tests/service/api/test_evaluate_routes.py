@@ -48,6 +48,12 @@ def folders(tmp_path_factory):
     (root / "dotdot.csv").write_text(header + "test/t0.png,\n../../outside/secret.png,\n")
     (root / "link.csv").write_text(header + "ok.png,\nout.png,0 1 1 5 5\n")
     (root / "long.csv").write_text(header + "test/t0.png,\n" + "a" * 10_000 + ".png,\n")
+    # Pretext backbone folders (init pretrained-backbone): one inside, one whose pretext.json links out.
+    for folder in (data_dir / "pretexts" / "r18", data_dir / "pretexts" / "linked"):
+        folder.mkdir(parents=True)
+    (data_dir / "pretexts" / "r18" / "pretext.json").write_text('{"arch": "resnet18"}')
+    (outside / "pretext.json").write_text('{"arch": "resnet18"}')
+    os.symlink(outside / "pretext.json", data_dir / "pretexts" / "linked" / "pretext.json")
     return base, data_dir
 
 
@@ -77,8 +83,14 @@ EDGES = {
     "batch_size": ((limits.MAX_BATCH_SIZE, limits.MAX_BATCH_SIZE + 1), (1, 0)),
     "smooth_sigma": ((limits.MAX_SMOOTH_SIGMA, limits.MAX_SMOOTH_SIGMA + 0.5), (0.0, -0.1)),
     "tau": ((limits.MAX_TAU, limits.MAX_TAU + 0.5), (0.0, -1.0)),
+    "tau_rel": ((limits.MAX_TAU_REL, limits.MAX_TAU_REL + 0.5), (1e-6, 0.0)),  # above 0: 0 itself is refused
     "seed": ((limits.MAX_SEED, limits.MAX_SEED + 1), (0, -1)),
 }
+
+
+def _not_null(prop: dict) -> dict:
+    """The schema of an optional field's value (``anyOf: [value, null]``), or the field's own."""
+    return next((branch for branch in prop.get("anyOf", []) if branch.get("type") != "null"), prop)
 
 
 def test_the_request_schema_carries_the_cli_bounds():
@@ -86,9 +98,17 @@ def test_the_request_schema_carries_the_cli_bounds():
     schema = EvaluateRequest.model_json_schema()["properties"]
     assert schema["repeat"]["maximum"] == limits.MAX_REPEAT and schema["repeat"]["minimum"] == 1
     assert schema["batch_size"]["maximum"] == limits.MAX_BATCH_SIZE
-    assert schema["tau"]["maximum"] == limits.MAX_TAU and schema["smooth_sigma"]["maximum"] == limits.MAX_SMOOTH_SIGMA
+    assert _not_null(schema["tau"])["maximum"] == limits.MAX_TAU and _not_null(schema["tau"])["minimum"] == 0
+    assert schema["smooth_sigma"]["maximum"] == limits.MAX_SMOOTH_SIGMA
+    tau_rel = _not_null(schema["tau_rel"])
+    assert tau_rel["maximum"] == limits.MAX_TAU_REL and tau_rel["exclusiveMinimum"] == 0
     assert schema["seed"]["maximum"] == limits.MAX_SEED and schema["seed"]["minimum"] == 0
     assert schema["data"]["maxLength"] == limits.MAX_PATH_CHARS
+    pretext = [branch for branch in schema["pretext"]["anyOf"] if branch.get("type") != "null"]
+    assert {b.get("maxLength") for b in pretext if b["type"] == "string"} == {limits.MAX_PATH_CHARS}
+    assert {b.get("maxItems") for b in pretext if b["type"] == "array"} == {limits.MAX_PRETEXTS}
+    for name in ("split", "init", "combine", "postprocess", "path_baseline"):
+        assert schema[name]["maxLength"] == limits.MAX_NAME_CHARS, name
 
 
 def test_bounds_content_type_paths_and_queue(models_dir, folders, fault_row, monkeypatch):
@@ -131,6 +151,21 @@ def test_bounds_content_type_paths_and_queue(models_dir, folders, fault_row, mon
             for split in ("abs", "dotdot", "link", "long"):
                 answers[split] = await post({**GOOD, "split": split})
             answers["data through a link out"] = await post({**GOOD, "data": "escape"})
+            with_pretext = {**GOOD, "init": "pretrained-backbone"}
+            answers["pretext inside"] = await post({**with_pretext, "pretext": "pretexts/r18"})
+            answers["pretext up"] = await post({**with_pretext, "pretext": "../outside"})
+            answers["pretext through a link out"] = await post({**with_pretext, "pretext": "escape"})
+            answers["pretext.json a link out"] = await post({**with_pretext, "pretext": "pretexts/linked"})
+            answers["10k pretext"] = await post({**with_pretext, "pretext": "p" * 10_000})
+            answers["pretexts over the bound"] = await post(
+                {**with_pretext, "pretext": ["pretexts/r18"] * (limits.MAX_PRETEXTS + 1)}
+            )
+            answers["pretext without its init"] = await post({**GOOD, "pretext": "pretexts/r18"})
+            answers["init without its pretext"] = await post(with_pretext)
+            answers["both tolerances"] = await post({**GOOD, "tau": 3.0, "tau_rel": 0.05})
+            answers["unknown postprocess"] = await post({**GOOD, "postprocess": "cv2"})
+            answers["unknown path baseline"] = await post({**GOOD, "path_baseline": "white"})
+            answers["long postprocess"] = await post({**GOOD, "postprocess": "s" * 10_000})
             runner = app.state.evaluation_runner
             runner.max_queued = runner.store.list().__len__() + 1
             answers["last queue place"] = await post(GOOD)
@@ -169,6 +204,29 @@ def test_bounds_content_type_paths_and_queue(models_dir, folders, fault_row, mon
         "link": ("a CSV row that is a symbolic link out of the data folder", "422 bad_parameter", "link.csv line 3"),
         "long": ("a CSV row with a 10 000-character image path", "422 bad_parameter", "long.csv line 3"),
         "data through a link out": ("`data` a symbolic link out of the data folder", "422 bad_parameter", "outside"),
+        "pretext up": ("`pretext` going up out of the data folder", "422 bad_parameter", "outside"),
+        "pretext through a link out": (
+            "`pretext` a symbolic link out of the data folder",
+            "422 bad_parameter",
+            "outside",
+        ),
+        "pretext.json a link out": (
+            "a `pretext` folder whose pretext.json links out",
+            "422 bad_parameter",
+            "symbolic link",
+        ),
+        "10k pretext": ("a 10 000-character `pretext`", "422 bad_parameter", "pretext"),
+        "pretexts over the bound": (
+            f"{limits.MAX_PRETEXTS + 1} `pretext` folders",
+            "422 bad_parameter",
+            "pretext",
+        ),
+        "pretext without its init": ("`pretext` without `init: pretrained-backbone`", "422 bad_parameter", "pretext"),
+        "init without its pretext": ("`init: pretrained-backbone` without `pretext`", "422 bad_parameter", "pretext"),
+        "both tolerances": ("both `tau` and `tau_rel`", "422 bad_parameter", "tau-rel"),
+        "unknown postprocess": ("`postprocess: cv2`", "422 bad_parameter", "postprocess"),
+        "unknown path baseline": ("`path_baseline: white`", "422 bad_parameter", "path-baseline"),
+        "long postprocess": ("a 10 000-character `postprocess`", "422 bad_parameter", "postprocess"),
         "queue full": ("one job more than NORMGATE_EVALUATE_MAX_QUEUED", "503 overloaded", "limit"),
         "unknown job": ("GET of an unknown 10 000-character job id", "404 not_found", "no evaluation job"),
     }
@@ -181,6 +239,7 @@ def test_bounds_content_type_paths_and_queue(models_dir, folders, fault_row, mon
         _assert_no_server_path(response.text, base)
         fault_row(AREA, case, f"{expected}, request_id", f"{outcome(response)}, request_id")
     assert answers["queue full"].headers["retry-after"] == "60"
+    assert outcome(answers["pretext inside"]) == "202", answers["pretext inside"].text[:300]
     assert outcome(answers["last queue place"]) == "202"
 
 

@@ -131,10 +131,16 @@ NUMERIC_BOUNDS = {
     "batch_size": (1, limits.MAX_BATCH_SIZE),
     "seed": (0, limits.MAX_SEED),
     "tau": (0.0, limits.MAX_TAU),
+    "tau_rel": (0.0, limits.MAX_TAU_REL),
     "smooth_sigma": (0.0, limits.MAX_SMOOTH_SIGMA),
 }
+# Fields whose lower bound is itself refused: a relative tolerance is above 0.
+OPEN_BELOW = {"tau_rel"}
+# Fields that may be null (the model's own tolerance then applies); at most one of them may be given.
+OPTIONAL_TOLERANCES = ("tau", "tau_rel")
 EDGE_NUMBERS = sorted(
-    {v for low, high in NUMERIC_BOUNDS.values() for v in (low - 1, low, high, high + 1)} | {2**70, -(2**70)}
+    {v for low, high in NUMERIC_BOUNDS.values() for v in (low - 1, low, high, high + 1)}
+    | {2**70, -(2**70), 0.025, limits.MAX_TAU_REL / 2}
 )
 PATHS_OUT = ["../set", "/etc", "set/../..", "escape", "d" * 10_000, "set\x00x", "", "set/test/../../.."]
 JSON_TYPES = ("application/json", "application/json; charset=utf-8")
@@ -145,24 +151,40 @@ def _out_of_bounds(body: object) -> list[str]:
     if not isinstance(body, dict):
         return []
     bad = []
-    for field, (low, high) in NUMERIC_BOUNDS.items():
+    for field in NUMERIC_BOUNDS:
         value = body.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_bounds(field, value):
             bad.append(field)  # NaN compares false both ways, so it lands here too
     return bad
+
+
+def _in_bounds(field: str, value: float) -> bool:
+    low, high = NUMERIC_BOUNDS[field]
+    above_low = low < value if field in OPEN_BELOW else low <= value
+    return math.isfinite(value) and above_low and value <= high
+
+
+def _both_tolerances(body: object) -> bool:
+    """``tau`` and ``tau_rel`` both given (not null): one tolerance or the other, never both."""
+    return isinstance(body, dict) and all(body.get(field) is not None for field in OPTIONAL_TOLERANCES)
 
 
 def _stored_job_is_within_bounds(params: dict, data_dir, models_dir) -> list[str]:
     """What a job accepted with 202 must look like in the store: every number in bounds, every path inside."""
     problems = [
         f"{field}={params[field]!r}"
-        for field, (low, high) in NUMERIC_BOUNDS.items()
-        if not (math.isfinite(params[field]) and low <= params[field] <= high)
+        for field in NUMERIC_BOUNDS
+        if not (params[field] is None and field in OPTIONAL_TOLERANCES) and not _in_bounds(field, params[field])
     ]
+    if _both_tolerances(params):
+        problems.append(f"both tau={params['tau']!r} and tau_rel={params['tau_rel']!r}")
     if len(params["models"]) * params["repeat"] > limits.MAX_MODEL_INSTANCES:
         problems.append(f"{len(params['models'])} models × repeat {params['repeat']}")
+    pretexts = params["pretext"] or []
+    if len(pretexts) > limits.MAX_PRETEXTS or bool(pretexts) != (params["init"] == "pretrained-backbone"):
+        problems.append(f"pretext {pretexts} with init {params['init']}")
     inside = [os.path.realpath(data_dir), os.path.realpath(models_dir)]
-    for path in [params["data"], *params["models"]]:
+    for path in [params["data"], *params["models"], *pretexts]:
         if not any(Path(os.path.realpath(path)).is_relative_to(root) for root in inside):
             problems.append(f"{path} outside the data and models folders")
     return problems
@@ -172,8 +194,9 @@ def test_evaluate_bodies_with_the_bounded_fields(models_dir, tmp_path, fault_row
     """Hypothesis bodies for POST /evaluate over every field: in-bound, edge and out-of-bound numbers (NaN and
     ±inf too), paths that leave the data folder, wrong types, unknown fields, and the content types a browser form
     can send. Every answer is 202, 415, 422 or 503 (the bounded queue fills up); a body that is not JSON is 415
-    whatever it holds, a number out of its bound is 422, and a job that is accepted is stored with every number in
-    bounds and every path inside the data and models folders. Every error carries its request id, no answer names a
+    whatever it holds, a number out of its bound is 422, so is a body with both ``tau`` and ``tau_rel``, and a job
+    that is accepted is stored with every number in bounds, one tolerance at most, and every path (data, models,
+    pretext folders) inside the data and models folders. Every error carries its request id, no answer names a
     server folder, and nothing is evaluated (the runner is stopped)."""
     data_dir, outside = tmp_path / "data", tmp_path / "outside"
     (data_dir / "set" / "test").mkdir(parents=True)
@@ -181,6 +204,9 @@ def test_evaluate_bodies_with_the_bounded_fields(models_dir, tmp_path, fault_row
     (data_dir / "set" / "test" / "a.png").write_bytes(png_bytes(radiograph(32, 32)))
     (data_dir / "set" / "test.csv").write_text("image_name,annotation\na.png,0 1 1 5 5\n")
     (data_dir / "escape").symlink_to(outside)
+    (data_dir / "pretext-r18").mkdir()  # a pretext folder inside: jobs naming it with pretrained-backbone are valid
+    (data_dir / "pretext-r18" / "pretext.json").write_text('{"arch": "resnet18"}')
+    (outside / "pretext.json").write_text('{"arch": "resnet18"}')  # reachable only through "escape"
     max_queued = 4
     app = create_app(settings_for(models_dir, data_dir=data_dir, evaluate_max_queued=max_queued))
 
@@ -189,6 +215,7 @@ def test_evaluate_bodies_with_the_bounded_fields(models_dir, tmp_path, fault_row
     )
     texts = st.one_of(
         st.sampled_from(["set", "test", "default", "wide", "full-random", "semi-random", "0/2", "1/1024"]),
+        st.sampled_from(["pretrained-backbone", "random-head", "pretext-r18", "seed", "none", "zero", "black"]),
         st.sampled_from(PATHS_OUT),
         st.sampled_from(["normgrad-conv1x1-combined", "gradcam,random", "nope"]),
         st.text(max_size=20),
@@ -243,6 +270,8 @@ def test_evaluate_bodies_with_the_bounded_fields(models_dir, tmp_path, fault_row
                 problems.append(f"not 415: {said}")
             elif content_type in JSON_TYPES and _out_of_bounds(body) and status != 422:
                 problems.append(f"{_out_of_bounds(body)} out of bounds, not 422: {said}")
+            elif content_type in JSON_TYPES and _both_tolerances(body) and status != 422:
+                problems.append(f"both tau and tau_rel, not 422: {said}")
             if status == 202:
                 job = runner.store.get(response.json()["job_id"])
                 problems.extend(f"{p}: {said}" for p in _stored_job_is_within_bounds(job.params, data_dir, models_dir))
@@ -251,7 +280,10 @@ def test_evaluate_bodies_with_the_bounded_fields(models_dir, tmp_path, fault_row
 
         run()
         jobs = runner.store.list(limit=1000)
-    expected = "415 for every non-JSON body, 422 for every number out of bounds, 202 only in bounds; request_id"
+    expected = (
+        "415 for every non-JSON body, 422 for every number out of bounds and for both tolerances, 202 only in "
+        "bounds; request_id"
+    )
     observed = expected if not problems else "; ".join(problems[:3])
     fault_row(
         "schema fuzzing",

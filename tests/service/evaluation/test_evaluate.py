@@ -28,7 +28,7 @@ from models.architectures import build_model
 from models.checkpoint import save_checkpoint
 from models.metadata import ModelMetadata
 from service.evaluation.cli import main as evaluate_main
-from tests.helpers import REPO
+from tests.helpers import REPO, png_bytes, radiograph
 
 SIZE = 64
 TAU = 3.0
@@ -350,6 +350,56 @@ def test_two_shards_merged_equal_the_single_run(workspace, tmp_path):
     assert evaluate_main(["merge", "--out", str(tmp_path / "bad"), str(shard_dirs[0]), str(workspace.single)]) == 2
 
 
+def test_relative_tolerance_controls_and_randomised_models_through_the_cli(workspace, tmp_path):
+    """--tau-rel gives τ = fraction × grid side (64 px here); the controls' points are the maxima of their maps on
+    the image resized to the grid (recomputed here), scored at that τ; the deprecated init name warns and is
+    recorded under its new name; the report states the tolerance and the randomised model's AUC."""
+    from models.controls import tophat_map
+    from models.imaging.grid import resize_unit
+
+    out = tmp_path / "relative"
+    methods = "gradcam,control-tophat,control-brightest,control-centre,random"
+    args = ["--data", str(workspace.data), "--model", str(workspace.checkpoint), "--methods", methods]
+    with pytest.warns(FutureWarning, match="random-head"):
+        code = evaluate_main([*args, "--tau-rel", "0.05", "--init", "semi-random", "--out", str(out), "--quiet"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["params"]["init"] == "random-head" and results["params"]["tau"] is None
+    assert results["tau_rel"] == pytest.approx(0.05) and results["tau_px"] == pytest.approx(0.05 * SIZE)
+    assert results["models"]["tiny"]["tau_px"] == pytest.approx(3.2)
+    boxes = _boxes_from_csv(workspace.data, "test")
+    rows = [r for r in _read_csv(out / "per_image.csv") if r["hit"] != ""]
+    assert {r["method"] for r in rows} == set(methods.split(","))
+    for r in rows:
+        gray = np.asarray(Image.open(workspace.data / r["image"]).convert("L"))
+        unit = resize_unit(gray, (SIZE, SIZE))
+        expected_map = {"control-tophat": tophat_map(unit[None])[0], "control-brightest": unit}.get(r["method"])
+        if expected_map is not None:
+            flat = int(torch.argmax(expected_map))
+            assert (int(r["point_x"]), int(r["point_y"])) == (flat % SIZE, flat // SIZE), r
+        if r["method"] == "control-centre":
+            assert (int(r["point_x"]), int(r["point_y"])) == (SIZE // 2 - 1, SIZE // 2 - 1)
+        sy = SIZE / gray.shape[0]
+        grid = [(b[0], b[1] * sy, b[2], b[3] * sy) for b in boxes[r["image"]]]
+        d = min(_brute_force_distance(int(r["point_x"]), int(r["point_y"]), b) for b in grid)
+        if abs(d - 3.2) > 0.05:
+            assert int(r["hit"]) == int(d <= 3.2), r
+    report = (out / "report.html").read_text()
+    assert "τ = 5 % of the grid side = 3.2 px on the 64×64 grid" in report
+    assert "control-tophat (control)" in report and "Randomisation sanity check" in report
+    # The sanity table's AUC is the randomised model's ROC AUC, recomputed here from per_image.csv by sklearn.
+    from sklearn.metrics import roc_auc_score
+
+    scored = {r["image"]: (int(r["label"]), float(r["probability"])) for r in _read_csv(out / "per_image.csv")}
+    labels, probabilities = zip(*scored.values())
+    auc = roc_auc_score(labels, probabilities)
+    assert results["classification"]["tiny"]["auc"] == pytest.approx(auc, abs=1e-4)
+    sanity = report[report.index("Randomisation sanity check") :]
+    assert f"<td>{auc:.3f}</td>" in sanity[: sanity.index("</table>")]
+    # One tolerance or the other.
+    assert evaluate_main([*args, "--tau", "3", "--tau-rel", "0.05", "--out", str(tmp_path / "both")]) == 2
+
+
 def test_cli_refuses_bad_parameters(workspace, tmp_path, capsys):
     common = ["--data", str(workspace.data), "--model", str(workspace.checkpoint), "--out", str(tmp_path / "o")]
     assert evaluate_main([*common, "--methods", "no-such-method"]) == 2
@@ -438,6 +488,11 @@ def test_evaluate_routes_run_report_cancel_and_refuse_paths_outside_the_roots(wo
             {"init": "x"},
             {"unknown_flag": 1},
             {"split": "../test"},
+            {"tau_rel": 0.05},  # the body gives tau too: one tolerance or the other
+            {"tau": None, "tau_rel": 1.5},
+            {"init": "pretrained-backbone"},  # without a pretext folder
+            {"pretext": "../../etc"},
+            {"postprocess": "cv2"},
         ):
             response = client.post("/evaluate", json=dict(body, **bad))
             assert response.status_code == 422, (bad, response.text)
@@ -465,6 +520,18 @@ def test_the_service_app_serves_evaluate_with_json_errors(workspace, tmp_path):
         assert response.status_code == 422 and response.json()["error"] == "bad_parameter"
         missing = client.get("/evaluate/0123")
         assert missing.status_code == 404 and set(missing.json()) >= {"error", "detail"}
+        # The controls are evaluation-only: never listed as saliency methods, never computed by /assess.
+        listed = client.get("/methods").json()["methods"]
+        assert "gradcam" in listed and not {"control-tophat", "control-brightest", "control-centre", "random"} & set(
+            listed
+        )
+        refused = client.post(
+            "/assess",
+            params={"method": "control-tophat"},
+            content=png_bytes(radiograph(256, 256, seed=1)),
+            headers={"content-type": "image/png"},
+        )
+        assert refused.status_code == 422 and "control-tophat" in refused.json()["detail"]
 
 
 def test_a_running_job_stops_between_batches_when_cancelled(workspace, tmp_path):
