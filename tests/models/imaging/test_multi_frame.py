@@ -129,3 +129,20 @@ def test_display_png_stacks_the_frames_top_to_bottom():
     sprite = np.asarray(Image.open(io.BytesIO(to_display_png(decoded))))
     assert sprite.shape == (30, 12)
     np.testing.assert_array_equal(sprite[10:20], np.rint(decoded.pixels[1] * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("description", "body_part"), [("SSFP 4ch retro", "HEART"), (None, None), ("Ciné 4CH", "CHEST")]
+)
+def test_the_header_walk_reads_the_routing_attributes_the_decoder_reads(description, body_part):
+    body = enhanced_mr(cine_frames(2, 16, 16), series_description=description, body_part=body_part)
+    header = inspect_upload(body, DICOM)
+    decoded = decode_image(body, DICOM, multi_frame=True)
+    assert header is not None and header.frames == 2
+    assert (header.modality, header.series_description, header.body_part_examined, header.view_position) == (
+        decoded.modality,
+        decoded.series_description,
+        decoded.body_part_examined,
+        decoded.view_position,
+    )
+    assert header.modality == "MR" and header.series_description == description
