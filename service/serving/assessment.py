@@ -316,13 +316,21 @@ class Assessor:
         )
 
     def record_decision(
-        self, response: AssessResponse, worker: ModelWorker, params: AssessParams, decoded: DecodedImage | None
+        self,
+        response: AssessResponse,
+        worker: ModelWorker,
+        params: AssessParams,
+        decoded: DecodedImage | None,
+        *,
+        series: tuple[str, str] | None = None,
     ) -> None:
         """Count the decision, log it with the caller's key id (never the key), and hand its record to every
-        listener (the audit trail)."""
-        self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
-        if response.probability is not None:
-            self.metrics.probability.labels(response.model.name).observe(response.probability)
+        listener (the audit trail). ``series``: (Study, Series Instance UID) of a series result made from
+        instances already counted one by one: audited, not counted again."""
+        if series is None:
+            self.metrics.decisions.labels(response.model.name, response.decision, response.reason or "none").inc()
+            if response.probability is not None:
+                self.metrics.probability.labels(response.model.name).observe(response.probability)
         log.info(
             "decision %s: %s%s by model %s %s, key %s",
             response.assessment_id,
@@ -337,8 +345,8 @@ class Assessor:
             assessment_id=response.assessment_id,
             request_id=response.request_id,
             source=params.source,
-            study_instance_uid=decoded.study_instance_uid if decoded else None,
-            series_instance_uid=decoded.series_instance_uid if decoded else None,
+            study_instance_uid=decoded.study_instance_uid if decoded else series[0] if series else None,
+            series_instance_uid=decoded.series_instance_uid if decoded else series[1] if series else None,
             sop_instance_uid=decoded.sop_instance_uid if decoded else None,
             model_name=response.model.name,
             model_version=response.model.version,

@@ -226,9 +226,11 @@ def mr_series(
     study_uid: str | None = None,
     series_uid: str | None = None,
     window: tuple[float, float] = (2048.0, 4096.0),
+    cardiac_number_of_images: int | None = -1,
 ) -> list[bytes]:
     """A classic MR series: one single-frame MR Image instance per frame of ``frames`` (uint16 [F, H, W]), with
-    InstanceNumber 1…F, TriggerTime and the image plane of a 4-chamber view, sharing study and series UIDs."""
+    InstanceNumber 1…F, TriggerTime and the image plane of a 4-chamber view, sharing study and series UIDs.
+    ``cardiac_number_of_images``: -1 declares F, None leaves the attribute out."""
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     count, rows, cols = frames.shape
@@ -240,7 +242,8 @@ def mr_series(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
         ds.InstanceNumber = index + 1
         ds.TriggerTime = f"{index * 40.0:.1f}"
-        ds.CardiacNumberOfImages = count
+        if cardiac_number_of_images is not None:
+            ds.CardiacNumberOfImages = count if cardiac_number_of_images == -1 else cardiac_number_of_images
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "GR", "SS", "", "2D"
         ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "3.2", "1.6", 1
         ds.PixelSpacing = ["1.5", "1.5"]

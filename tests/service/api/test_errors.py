@@ -117,9 +117,11 @@ def test_bad_parameters(client, params, word):
     assert word in body["detail"]
 
 
-def test_multi_frame_dicom(client):
-    body = dicom_bytes(radiograph(30, 30), frames=3)
-    assert_error(post(client, body, "application/dicom"), 422, "bad_parameter")
+def test_multi_frame_dicom_is_assessed_per_frame_up_to_the_frame_limit(client):
+    answer = post(client, dicom_bytes(radiograph(30, 30), frames=3), "application/dicom")
+    assert answer.status_code == 200 and [f["index"] for f in answer.json()["frames"]] == [0, 1, 2]
+    too_many = post(client, dicom_bytes(radiograph(30, 30), frames=65), "application/dicom")  # NORMGATE_MAX_FRAMES 64
+    assert_error(too_many, 413, "too_large")
 
 
 def test_unknown_path_and_wrong_method(client):
