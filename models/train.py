@@ -1,5 +1,10 @@
-"""Training CLI for the foreign-object classifier: ``python -m models.train``; it writes a checkpoint folder
-(docs/formats.md, "Checkpoint folders").
+"""Training CLI for NormGate's binary quality classifiers: ``python -m models.train``; it writes a checkpoint
+folder (docs/formats.md, "Checkpoint folders").
+
+The defaults train the chest foreign-object model. A second application names its own classes and positive
+class (``--classes``, ``--positive-class``), the DICOM it serves (``--serves-*``, the ``serves`` block that routes
+instances to it), its Pointing Game tolerance (``--tau-rel``) and how its result series are filed
+(``--results-series-*``); the cardiac LVOT model is trained this way (docs/model-card.md, "cmr-lvot").
 
 The recipe is the papers' (Ozer et al. 2021 MIDL §3 "Experimental setup"; Ozer et al. 2023 §4.1 "Object-CXR"):
 a torchvision ResNet/EfficientNet with a 2-class head (He initialisation), the grayscale radiograph duplicated to
@@ -55,6 +60,8 @@ from models.metadata import (
     CHEST_TAU_REL,
     DatasetRecord,
     ModelMetadata,
+    ResultSeries,
+    Serves,
     TrainingRecord,
     portable_command,
 )
@@ -63,6 +70,7 @@ from models.ood import fit_ood, write_statistics
 if TYPE_CHECKING:
     from models.datasets import Sample
 
+# The chest model's classes; --classes / --positive-class name another application's.
 CLASSES = ["no_foreign_object", "foreign_object"]
 POSITIVE_CLASS = "foreign_object"
 # Normalisation for networks trained from scratch on radiographs in [0, 1]; ImageNet's for --pretrained.
@@ -339,13 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--fp16-weights", action="store_true", help="store the checkpoint's floats as float16")
-    p.add_argument(
-        "--tau-rel",
-        type=float,
-        default=None,
-        help="the task's Pointing Game tolerance as a fraction of the grid side, recorded in model.json "
-        "(default: 15/224 for a models.synth.cmr data set, else 15/600)",
-    )
     p.add_argument("--name", default="default")
     p.add_argument("--version", default="1")
     p.add_argument(
@@ -362,7 +363,79 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete OUT/state once the checkpoint is written (for a folder that ships)",
     )
+    task = p.add_argument_group("the application (model.json: classes, serves, tau_rel, results)")
+    task.add_argument(
+        "--classes",
+        nargs=2,
+        metavar=("NEGATIVE", "POSITIVE"),
+        default=list(CLASSES),
+        help="the two class names in output order: label 0 (no annotation), label 1 (annotated)",
+    )
+    task.add_argument(
+        "--positive-class",
+        default=None,
+        help="the class whose probability decides 'reacquire' and that saliency explains (default: the second)",
+    )
+    task.add_argument("--serves-modality", default=None, help="serves block: Modality pattern, e.g. 'CR|DX|DR' or MR")
+    task.add_argument("--serves-body-part", default=None, help="serves block: Body Part Examined pattern")
+    task.add_argument("--serves-series-description", default=None, help="serves block: Series Description pattern")
+    task.add_argument("--serves-view-position", default=None, help="serves block: View Position pattern")
+    task.add_argument(
+        "--tau-rel",
+        type=float,
+        default=None,
+        help="the task's Pointing Game tolerance as a fraction of the grid side, recorded in model.json "
+        "(default: 15/224 for a models.synth.cmr data set such as the LVOT task's, else 15/600)",
+    )
+    task.add_argument("--results-series-number", type=int, default=None, help="Series Number of result objects")
+    task.add_argument("--results-series-description", default=None, help="Series Description of result objects")
+    task.add_argument("--notes", default="", help="a sentence for trained_on.notes (where the data came from)")
     return p
+
+
+def application_metadata(args: argparse.Namespace, data_root: str | Path) -> dict[str, Any]:
+    """The model.json fields of the application from the command line, validated before any training starts:
+    classes, positive_class, tau_rel (``--tau-rel``, else the task's from the data set: :func:`task_tau_rel`)
+    and the optional serves and results blocks."""
+    classes = [str(c) for c in args.classes]
+    positive = args.positive_class if args.positive_class is not None else classes[1]
+    serves_patterns = {
+        "modality": args.serves_modality,
+        "body_part_examined": args.serves_body_part,
+        "series_description": args.serves_series_description,
+        "view_position": args.serves_view_position,
+    }
+    fields: dict[str, Any] = {
+        "classes": classes,
+        "positive_class": positive,
+        "tau_rel": task_tau_rel(data_root, args.tau_rel),
+    }
+    if (args.results_series_number is None) != (args.results_series_description is None):
+        raise TrainError("--results-series-number and --results-series-description go together")
+    if any(v is not None for v in serves_patterns.values()) and args.serves_modality is None:
+        raise TrainError("--serves-*: a serves block needs --serves-modality (DICOM is routed by modality first)")
+    # The same checks model.json gets when it is loaded (two distinct classes, the positive one of them, …).
+    try:
+        if args.serves_modality is not None:
+            fields["serves"] = Serves(**serves_patterns)
+        if args.results_series_number is not None:
+            fields["results"] = ResultSeries(
+                series_number=args.results_series_number, series_description=args.results_series_description
+            )
+        ModelMetadata(name="check", version="0", arch=args.arch, input_size=[args.input_size] * 2, **fields)
+    except ValueError as exc:
+        raise TrainError(f"the application's model.json fields are invalid: {_first_line(exc)}") from None
+    return fields
+
+
+def _first_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    from models.metadata import describe_validation_error
+
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    return str(exc).splitlines()[0]
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -386,7 +459,9 @@ def task_tau_rel(data_root: str | Path, given: float | None = None) -> float:
     """
     if given is not None:
         if not (0 < given <= 1 and math.isfinite(given)):
-            raise TrainError(f"--tau-rel must be a fraction of the grid side in (0, 1], got {given!r}")
+            raise TrainError(
+                f"--tau-rel (model.json's tau_rel) must be a fraction of the grid side in (0, 1], got {given!r}"
+            )
         return float(given)
     summary = Path(data_root) / "synth.json"
     try:
@@ -411,6 +486,8 @@ def _settings_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
             "seed",
             "amp",
             "pretrained",
+            "classes",
+            "positive_class",
         )
     }
 
@@ -444,12 +521,14 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     std = args.std or (IMAGENET_STD if args.pretrained else SCRATCH_STD)
     amp = args.amp == "bf16"
     channels_last = not args.no_channels_last
-    positive_index = CLASSES.index(POSITIVE_CLASS)
+    application = application_metadata(args, root)  # tau_rel included: checked before hours of training
+    classes: list[str] = application["classes"]
+    # Label 1 (an annotated image: the quality problem) is the positive class, whichever output it is.
+    positive_index = classes.index(application["positive_class"])
 
     # ---- data
     if not root.is_dir():
         raise TrainError(f"--data {root}: no such folder")
-    tau_rel = task_tau_rel(root, args.tau_rel)  # checked before hours of training, recorded at the end
     for split in ("train", "dev"):
         if not _split_csv_exists(root, split):
             raise TrainError(f"--data {root}: missing {split}.csv (training needs train and dev splits)")
@@ -469,11 +548,13 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
     train_labels = torch.tensor([s.label for s in splits["train"]], dtype=torch.long)
     if int(train_labels.sum()) in (0, len(train_labels)):
         raise TrainError(f"--data {root}: train.csv has only one class; need positives and negatives")
+    # The output index each image is trained towards: the positive class's for label 1, the other one's for 0.
+    train_targets = train_labels if positive_index == 1 else 1 - train_labels
     fingerprints = {name: dataset_fingerprint(samples) for name, samples in splits.items()}
 
     # ---- model, optimiser, schedule (seeded: the same --seed gives the same initial weights)
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, num_classes=len(CLASSES))
+    model = build_model(args.arch, num_classes=len(classes))
     if args.pretrained:
         load_backbone(model, read_state_dict(args.pretrained), args.pretrained, args.arch)
         reset_classifier_head(model, generator=torch.Generator().manual_seed(args.seed))
@@ -536,7 +617,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
             x = normalise(unit, mean, std).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = train_labels[idx].to(device)
+            y = train_targets[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
@@ -627,6 +708,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         pretrained=Path(args.pretrained).name if args.pretrained else None,
         amp=args.amp,
         device=str(device),
+        notes=args.notes,
     )
     meta = ModelMetadata(
         name=args.name,
@@ -635,13 +717,11 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         input_size=size,
         mean=list(mean),
         std=list(std),
-        classes=list(CLASSES),
-        positive_class=POSITIVE_CLASS,
         threshold=0.5,
         normgrad_layers=default_normgrad_layers(args.arch),
-        tau_rel=tau_rel,
         trained_on=trained_on,
         metrics={},
+        **application,
     )
     dtype = torch.float16 if args.fp16_weights else torch.float32
     save_checkpoint(model, meta, out, dtype=dtype)
@@ -664,7 +744,7 @@ def run(args: argparse.Namespace, command: str) -> TrainResult:
         shipped.model,
         meta,
         train_cache,
-        train_labels.tolist(),
+        train_targets.tolist(),
         dev_cache,
         test_cache,
         device=device,

@@ -70,6 +70,21 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest declared DICOM element length (413 beyond it).",
     )
+    max_frames: int = Field(
+        DEFAULT_LIMITS.max_frames,
+        ge=1,
+        le=4096,
+        description="Most frames of one multi-frame DICOM (a cine) /assess takes (413 beyond it, from the header); "
+        "each frame is one model input and counts against NORMGATE_MAX_QUEUE_SIZE.",
+    )
+    series_settle_s: float = Field(
+        10.0,
+        gt=0,
+        le=86_400,
+        description="A series whose instances came in more than one STOW-RS request (or by C-STORE) gets its "
+        "series result this many seconds after its last instance arrived; one that came in one request gets it "
+        "at once.",
+    )
     min_image_side: int = Field(
         DEFAULT_MIN_SIDE,
         ge=1,
@@ -317,6 +332,7 @@ class Settings(BaseSettings):
             max_pixels=self.max_pixels,
             max_dicom_element_bytes=self.max_dicom_element_bytes,
             max_decode_bytes=int(self.max_decode_mb * MIB),
+            max_frames=self.max_frames,
         )
 
 

@@ -28,6 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = [64, 64]
 # The shipped chest model's routing (models/checkpoints/default/model.json): test checkpoints stand in for it.
 CHEST_SERVES = {"modality": "CR|DX|DR", "body_part_examined": "CHEST"}
+# The shipped cardiac model's routing (models/checkpoints/cmr-lvot/model.json; tests/service/test_shipped.py
+# checks they are the same): MR 4-chamber series.
+LVOT_SERVES = {
+    "modality": "MR",
+    "body_part_examined": "HEART|CARDIAC|CHEST|THORAX",
+    "series_description": r".*(?<![0-9])(4[ _-]?ch(amber)?s?|4[ _-]?c|four[ _-]?chamber|(?<![a-z])hla)(?![a-z]).*",
+}
 # NORMGATE_MIN_IMAGE_SIDE for tests: their images are tiny (the default, 128, would call them too_small).
 TEST_MIN_IMAGE_SIDE = 16
 

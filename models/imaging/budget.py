@@ -20,6 +20,7 @@ budget itself, before any pixel is decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -83,6 +84,12 @@ class ImageHeader:
     bytes_per_sample: int
     layout: str  # key of WORKING_FACTORS
     transposed: bool = False  # an EXIF orientation Pillow applies by transposing the decoded image
+    # DICOM only: the attributes a model's ``serves`` block routes by, read from the same header walk (so the
+    # model is known before decoding, and the image is resized for its grid once); None when absent or empty.
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    view_position: str | None = None
 
     @property
     def pixels(self) -> int:
@@ -275,6 +282,11 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
 _WANTED = {0x0002: "samples", 0x0004: "photometric", 0x0008: "frames", 0x0010: "rows", 0x0011: "columns"}
 _WANTED[0x0100] = "bits_allocated"
+# Top-level routing attributes (General Series, DX Positioning): Modality, Series Description, Body Part
+# Examined, View Position.
+_ROUTING = {(0x0008, 0x0060): "modality", (0x0008, 0x103E): "series_description"}
+_ROUTING[(0x0018, 0x0015)] = "body_part_examined"
+_ROUTING[(0x0018, 0x5101)] = "view_position"
 
 
 class _Unreadable(Exception):
@@ -356,6 +368,7 @@ def dicom_header(body: bytes) -> ImageHeader | None:
         little = syntax_uid != dicom_uid.ExplicitVRBigEndian
     walk = _Walk(body, implicit, little)
     found: dict[str, int | str] = {}
+    routing: dict[str, str] = {}
     order = "<" if little else ">"
     try:
         while offset + 8 <= len(body):
@@ -365,6 +378,12 @@ def dicom_header(body: bytes) -> ImageHeader | None:
             if length == _UNDEFINED:
                 offset = walk.skip_undefined(value_at, implicit or vr == b"UN", 1)
                 continue
+            if (group, element) in _ROUTING:
+                # Latin-1 reads every byte: the text only has to match a pattern, and a value in another
+                # character set that reads differently is routed again from the decoder's reading.
+                text = body[value_at : value_at + length].decode("latin-1").strip(" \x00")
+                if text:
+                    routing[_ROUTING[(group, element)]] = text
             if group == 0x0028 and element in _WANTED:
                 value = body[value_at : value_at + length]
                 name = _WANTED[element]
@@ -387,7 +406,14 @@ def dicom_header(body: bytes) -> ImageHeader | None:
     assert isinstance(frames, int) and isinstance(samples, int)
     if rows <= 0 or columns <= 0 or frames < 0 or samples < 1:
         return None
-    return dicom_image_header(rows, columns, frames, samples, bits, str(found.get("photometric", "MONOCHROME2")))
+    header = dicom_image_header(rows, columns, frames, samples, bits, str(found.get("photometric", "MONOCHROME2")))
+    return dataclasses.replace(
+        header,
+        modality=routing.get("modality"),
+        body_part_examined=routing.get("body_part_examined"),
+        series_description=routing.get("series_description"),
+        view_position=routing.get("view_position"),
+    )
 
 
 def dicom_image_header(

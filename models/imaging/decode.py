@@ -107,7 +107,9 @@ def strip_bounds(height: int, width: int) -> list[tuple[int, int]]:
 
 @dataclass
 class DecodedImage:
-    pixels: npt.NDArray[np.float32]  # float32 [H, W] in [0, 1], higher = brighter (MONOCHROME2), display orientation
+    # float32 [H, W] in [0, 1], higher = brighter (MONOCHROME2), display orientation; [F, H, W] for a multi-frame
+    # DICOM decoded with ``multi_frame=True`` (F = number_of_frames > 1), frames in stored order.
+    pixels: npt.NDArray[np.float32]
     width: int
     height: int
     source: str  # "dicom" | "png" | "jpeg"
@@ -126,6 +128,13 @@ class DecodedImage:
     # Number of Frames as declared (1 when absent). 0: the instance holds no frame, nothing was decoded and
     # ``pixels`` is empty (0 × 0) while width/height are Columns/Rows; the caller decides, not the decoder.
     number_of_frames: int = 1
+
+    @property
+    def frames(self) -> list[npt.NDArray[np.float32]]:
+        """Every decoded frame as an [H, W] array (one for a single-frame image, none for Number of Frames 0)."""
+        if self.pixels.ndim == 3:
+            return list(self.pixels)
+        return [self.pixels] if self.pixels.size else []
 
 
 # Decoders written in Rust (pylibjpeg-rle, via pyo3) report a panic on hostile input as
@@ -209,11 +218,17 @@ def _declared_kind(content_type: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def decode_image(body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
-    """Request body → :class:`DecodedImage`, or an :class:`ImageError` (never another exception)."""
+def decode_image(
+    body: bytes, content_type: str | None, limits: DecodeLimits = DEFAULT_LIMITS, *, multi_frame: bool = False
+) -> DecodedImage:
+    """Request body → :class:`DecodedImage`, or an :class:`ImageError` (never another exception).
+
+    ``multi_frame``: a DICOM with Number of Frames > 1 (up to ``limits.max_frames``) is decoded to
+    ``pixels`` [F, H, W]; without it such a DICOM is refused (``UnsupportedImage``), for callers that handle
+    one frame only (training, evaluation)."""
     kind, body = _upload_kind(body, content_type, limits)
     if kind == "dicom":
-        return _decode_dicom(body, limits)
+        return _decode_dicom(body, limits, multi_frame)
     return _decode_raster(body, kind, limits)
 
 
@@ -227,6 +242,7 @@ def inspect_upload(body: bytes, content_type: str | None, limits: DecodeLimits =
     if header is None or header.kind != kind:
         return None
     _check_pixel_count(header.width, header.height, header.frames, limits, _NAME_OF_KIND[kind])
+    _check_frame_count(header.frames, limits)
     check_decode_budget(header, limits)
     return header
 
@@ -253,7 +269,7 @@ def _upload_kind(body: bytes, content_type: str | None, limits: DecodeLimits) ->
     return kind, body
 
 
-def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
+def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS, *, multi_frame: bool = False) -> DecodedImage:
     """An image file → :class:`DecodedImage` by exactly the path ``decode_image`` takes for uploaded bytes.
 
     The format comes from the file's magic bytes, not its name. Training, evaluation and the service therefore
@@ -269,12 +285,14 @@ def decode_file(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Deco
         raise BadImage(f"{file_path}: no such image file") from None
     except OSError as exc:
         raise BadImage(f"{file_path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(body, None, limits)
+    return decode_image(body, None, limits, multi_frame=multi_frame)
 
 
 def to_display_png(image: DecodedImage) -> bytes:
-    """8-bit grayscale PNG of exactly the array the model sees (same size, so viewer overlays line up)."""
-    gray8 = np.rint(np.clip(image.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """8-bit grayscale PNG of exactly the array the model sees (same size, so viewer overlays line up). A
+    multi-frame image becomes one PNG with its frames stacked top to bottom (F × H rows): the viewer cuts it."""
+    pixels = image.pixels.reshape(-1, image.pixels.shape[-1]) if image.pixels.ndim == 3 else image.pixels
+    gray8 = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(gray8, mode="L").save(out, format="PNG", compress_level=3)
     return out.getvalue()
@@ -290,6 +308,11 @@ def _check_pixel_count(width: int, height: int, frames: int, limits: DecodeLimit
             f"the {what} header declares {width}×{height}{frames_text} = {count} pixels; "
             f"the limit is {limits.max_pixels}"
         )
+
+
+def _check_frame_count(frames: int, limits: DecodeLimits) -> None:
+    if frames > limits.max_frames:
+        raise TooLarge(f"the DICOM declares {frames} frames; at most {limits.max_frames} are assessed per instance")
 
 
 def _library_failure(exc: BaseException) -> str:
@@ -449,12 +472,12 @@ _REQUIRED_PIXEL_ELEMENTS = (
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 
 
-def _decode_dicom(body: bytes, limits: DecodeLimits) -> DecodedImage:
+def _decode_dicom(body: bytes, limits: DecodeLimits, multi_frame: bool = False) -> DecodedImage:
     ds, stream_length = _read_dicom(body, limits)
     # pydicom converts element values lazily, on first access, so a hostile value (unknown VR, unparsable
     # number, wrong length) raises wherever it is first touched; at this boundary all of those are "bad image".
     try:
-        return _dicom_to_image(ds, stream_length, limits)
+        return _dicom_to_image(ds, stream_length, limits, multi_frame)
     except (ImageError, *_CONTROL_FLOW):
         raise
     except MemoryError as exc:
@@ -463,7 +486,7 @@ def _decode_dicom(body: bytes, limits: DecodeLimits) -> DecodedImage:
         raise BadImage(f"the DICOM file is malformed: {_library_failure(exc)}") from exc
 
 
-def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> DecodedImage:
+def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits, multi_frame: bool = False) -> DecodedImage:
     _check_element_lengths(ds, stream_length, limits)
 
     if "PixelData" not in ds:
@@ -490,6 +513,7 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         raise BadImage(f"DICOM Number of Frames is {frames}")
     if frames == 0:  # a fact for the gate to answer (unassessable), not a decode error: no pixel is read
         return _dicom_image(ds, np.zeros((0, 0), dtype=np.float32), columns, rows, bits_stored, photometric, None, 0)
+    _check_frame_count(frames, limits)
     check_decode_budget(
         dicom_image_header(
             rows,
@@ -501,8 +525,8 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         ),
         limits,
     )
-    if frames > 1:
-        raise UnsupportedImage("multi-frame DICOM is not supported; send one frame per instance")
+    if frames > 1 and not multi_frame:
+        raise UnsupportedImage("multi-frame DICOM is not supported here; send one frame per instance")
     if not 1 <= bits_stored <= 32:
         raise BadImage(f"DICOM Bits Stored {bits_stored} is outside 1–32")
     if photometric not in _MONOCHROME + _COLOUR:
@@ -513,10 +537,12 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
     transfer_syntax = ds.file_meta.TransferSyntaxUID
     decoder = _decoder_for(transfer_syntax)
     if transfer_syntax.is_compressed:
-        _check_codestream_size(ds, transfer_syntax, rows, columns)
+        _check_codestream_size(ds, transfer_syntax, rows, columns, frames)
+    elif photometric != "YBR_FULL_422":  # 4:2:2 native data is smaller than Rows × Columns × 3 samples
+        _check_native_length(ds, rows, columns, frames, samples)
 
     try:
-        stored, decoded_meta = decoder.as_array(ds, index=0)
+        stored, decoded_meta = decoder.as_array(ds, index=0 if frames == 1 else None)
     except _CONTROL_FLOW:
         raise
     except MemoryError as exc:
@@ -526,9 +552,118 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
             f"the DICOM pixel data ({transfer_syntax.name}) could not be decoded: {_library_failure(exc)}"
         ) from exc
     expected_shape = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if frames > 1:
+        expected_shape = (frames, *expected_shape)
     if stored.shape != expected_shape:
         raise BadImage(f"the DICOM pixel data decodes to shape {stored.shape}, not {expected_shape}")
 
+    if frames > 1 or "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+        pixels, window = _frames_to_display(stored, ds, photometric, bits_stored, decoded_meta, frames)
+        return _dicom_image(ds, pixels, columns, rows, bits_stored, photometric, window, frames)
+    pixels, window = _to_display(stored, ds, photometric, bits_stored, decoded_meta)
+    return _dicom_image(ds, pixels, columns, rows, bits_stored, photometric, window, frames)
+
+
+# The elements of the Pixel Value Transformation and Frame VOI LUT functional groups (PS3.3 C.7.6.16.2.9,
+# C.7.6.16.2.10) that the pixel pipeline reads: a frame's value overrides the shared one, which overrides the
+# top-level element (Enhanced MR/CT/XA keep them only in the functional groups).
+_FRAME_GROUP_ELEMENTS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+}
+# What the pipeline reads from the dataset besides those: copied into each frame's view unchanged.
+_PIPELINE_ELEMENTS = (
+    "BitsAllocated",
+    "PixelRepresentation",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+)
+
+
+def _group_values(item: Dataset | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if item is None:
+        return values
+    for sequence, keywords in _FRAME_GROUP_ELEMENTS.items():
+        macro = item.get(sequence)
+        if macro:
+            for keyword in keywords:
+                if keyword in macro[0]:
+                    values[keyword] = macro[0][keyword].value
+    return values
+
+
+def _frame_views(ds: Dataset, frames: int) -> list[tuple[Dataset, list[int]]]:
+    """The dataset each frame's pixels are converted with (the top level overridden by the shared and then the
+    frame's own functional groups), with the frames that share it: [(view, frame indices)], in frame order."""
+    shared_items = ds.get("SharedFunctionalGroupsSequence") or [None]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != frames:  # inconsistent (e.g. frames extracted from a larger object): shared values only
+        per_frame = []
+    shared = _group_values(shared_items[0])
+    views: dict[tuple[tuple[str, str], ...], tuple[Dataset, list[int]]] = {}
+    for index in range(frames):
+        values = {**shared, **_group_values(per_frame[index] if per_frame else None)}
+        key = tuple(sorted((k, str(v)) for k, v in values.items()))
+        if key not in views:
+            view = Dataset()
+            for keyword in _PIPELINE_ELEMENTS:
+                if keyword in ds:
+                    view[keyword] = ds[keyword]
+            for keyword, value in values.items():
+                setattr(view, keyword, value)
+            implicit, little = ds.original_encoding
+            view.set_original_encoding(implicit, little, ds.original_character_set)
+            views[key] = (view, [])
+        views[key][1].append(index)
+    return list(views.values())
+
+
+def _frames_to_display(
+    stored: npt.NDArray[Any],
+    ds: Dataset,
+    photometric: str,
+    bits_stored: int,
+    decoded_meta: dict[str, Any],
+    frames: int,
+) -> tuple[npt.NDArray[np.float32], tuple[float, float] | None]:
+    """Every frame through the pixel pipeline with its functional groups' values. Frames that share their
+    values are converted together as one tall image, so a min–max VOI spans the whole cine (its frames stay
+    comparable, as one window over the series would keep them)."""
+    if frames == 1:
+        stored = stored[None]
+    height, width = stored.shape[1], stored.shape[2]
+    out = np.empty((frames, height, width), dtype=np.float32)
+    window = None
+    for view, indices in _frame_views(ds, frames):
+        group = stored[indices] if len(indices) < frames else stored
+        tall = group.reshape(len(indices) * height, width, *group.shape[3:])
+        converted, group_window = _to_display(tall, view, photometric, bits_stored, decoded_meta)
+        out[indices] = converted.reshape(len(indices), height, width)
+        window = window or group_window
+    return (out if frames > 1 else out[0]), window
+
+
+def _to_display(
+    stored: npt.NDArray[Any], ds: Dataset, photometric: str, bits_stored: int, decoded_meta: dict[str, Any]
+) -> tuple[npt.NDArray[np.float32], tuple[float, float] | None]:
+    """One image's (or a stack's, as one tall image) stored values → display values in [0, 1]."""
     window = None
     try:
         if photometric in _MONOCHROME:
@@ -551,8 +686,31 @@ def _dicom_to_image(ds: Dataset, stream_length: int, limits: DecodeLimits) -> De
         raise
     except Exception as exc:  # malformed LUTs / palette descriptors in hostile files
         raise BadImage(f"the DICOM LUT or palette is malformed: {_library_failure(exc)}") from exc
+    return pixels, window
 
-    return _dicom_image(ds, pixels, columns, rows, bits_stored, photometric, window, frames)
+
+def _check_native_length(ds: Dataset, rows: int, columns: int, frames: int, samples: int) -> None:
+    """Native Pixel Data must hold Rows × Columns × Samples × Number of Frames values: fewer (a truncated
+    cine) or a whole frame more (a count that disagrees with the data) is refused, never guessed at. Trailing
+    bytes short of a frame are tolerated as padding, as pydicom does (its MR_small_padded.dcm has 128)."""
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(raw, "length", None)
+    if not isinstance(length, int) or length == _UNDEFINED_LENGTH:
+        value = getattr(raw, "value", None)
+        if not isinstance(value, (bytes, bytearray)):
+            return
+        length = len(value)
+    bits_allocated = int(ds.get("BitsAllocated") or 16)
+    frame_bits = rows * columns * samples * bits_allocated
+    expected = -(-frame_bits * frames // 8)
+    whole_frames, rest = divmod(length * 8, frame_bits)
+    if length >= expected and whole_frames == frames:
+        return
+    holds = f"{whole_frames} frame{'s' * (whole_frames != 1)}" + (" and a part of one" if rest >= 16 else "")
+    raise BadImage(
+        f"the DICOM Pixel Data holds {length} bytes ({holds} of {columns}×{rows}), but Number of Frames is "
+        f"{frames} ({expected} bytes): Number of Frames does not match the pixel data"
+    )
 
 
 def _dicom_image(
@@ -724,25 +882,39 @@ def _decoder_for(transfer_syntax: dicom_uid.UID) -> Decoder:
     return decoder
 
 
-def _check_codestream_size(ds: Dataset, transfer_syntax: dicom_uid.UID, rows: int, columns: int) -> None:
-    """The size the JPEG/JPEG-LS SOF or JPEG 2000 SIZ marker declares must be Rows × Columns: the codec
-    allocates what the codestream says, so a small header in front of a huge codestream is a bomb."""
-    from pydicom.encaps import generate_fragments
+def _check_codestream_size(
+    ds: Dataset, transfer_syntax: dicom_uid.UID, rows: int, columns: int, frames: int = 1
+) -> None:
+    """The size the JPEG/JPEG-LS SOF or JPEG 2000 SIZ marker of every frame declares must be Rows × Columns:
+    the codec allocates what the codestream says, so a small header in front of a huge codestream is a bomb,
+    and frames of different sizes are no cine. A multi-frame's encapsulated data must hold Number of Frames
+    frames."""
+    from pydicom.encaps import generate_fragments, generate_frames
 
     try:
-        items = generate_fragments(ds.PixelData)
-        next(items)  # the Basic Offset Table item (PS3.5 A.4), possibly empty
-        first_fragment = next(items)
+        if frames == 1:
+            items = generate_fragments(ds.PixelData)
+            next(items)  # the Basic Offset Table item (PS3.5 A.4), possibly empty
+            starts = [next(items)]
+        else:
+            starts = list(generate_frames(ds.PixelData, number_of_frames=frames))
     except Exception as exc:
         raise BadImage(f"the encapsulated DICOM pixel data is malformed: {_library_failure(exc)}") from exc
+    if len(starts) != frames:
+        raise BadImage(
+            f"the encapsulated DICOM pixel data holds {len(starts)} frames, but Number of Frames is {frames}: "
+            "Number of Frames does not match the pixel data"
+        )
     if transfer_syntax == dicom_uid.RLELossless:
         return  # RLE output size comes from Rows × Columns only, already checked
-    declared = _jpeg2000_size(first_fragment) or _jpeg_size(first_fragment)
-    if declared is None:
-        return  # unparsable headers are left to the codec, which then fails on its own
-    width, height = declared
-    if (width, height) != (columns, rows):
-        raise BadImage(f"the compressed frame declares {width}×{height} but Rows × Columns say {columns}×{rows}")
+    for index, start in enumerate(starts):
+        declared = _jpeg2000_size(start) or _jpeg_size(start)
+        if declared is None:
+            continue  # unparsable headers are left to the codec, which then fails on its own
+        width, height = declared
+        if (width, height) != (columns, rows):
+            which = "the compressed frame" if frames == 1 else f"compressed frame {index + 1} of {frames}"
+            raise BadImage(f"{which} declares {width}×{height} but Rows × Columns say {columns}×{rows}")
 
 
 def _jpeg_size(stream: bytes) -> tuple[int, int] | None:

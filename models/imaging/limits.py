@@ -1,7 +1,8 @@
 """Decode limits: the library's one definition of how much an image may cost before a pixel is decoded.
 
 The service's settings (``NORMGATE_MAX_BODY_MB``, ``NORMGATE_MAX_PIXELS``, ``NORMGATE_MAX_DICOM_ELEMENT_MB``,
-``NORMGATE_MAX_DECODE_MB``) take their defaults from here; docs/ingestion.md is tested against these values.
+``NORMGATE_MAX_DECODE_MB``, ``NORMGATE_MAX_FRAMES``) take their defaults from here; docs/ingestion.md is tested
+against these values.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class DecodeLimits:
     # JPEG scans (SOS markers): a progressive decoder passes over the whole coefficient buffer once per scan.
     # Encoders write 1–3 (baseline) or ~10 (libjpeg's progressive script; mozjpeg's are similar).
     max_jpeg_scans: int = 64
+    # Frames of one multi-frame DICOM that are assessed (a cine): each is one model input. Cardiac cines have
+    # 20–50 phases; 64 is also the model queue's default bound, which a cine counts against frame by frame.
+    max_frames: int = 64
 
 
 DEFAULT_LIMITS = DecodeLimits()

@@ -38,6 +38,23 @@ For every assessed image, in the original's study, each in a new series of its o
   C.18.6.1.1), so the 0-based pixel (x, y) of the /assess answer is the point (x + 0.5, y + 0.5). NUM items
   carry the exact binary value in Floating Point Value (0040,A161) besides the 16-character Numeric Value.
 
+For a **series** (a cine stored as single-frame instances: every frame is assessed on arrival and gets the
+three objects above) one more Comprehensive SR, made when the series is complete (``build_series_report``;
+service/dicomweb/series.py says when), in a series of its own (Series Number ``series_number + 3``)::
+
+      Imaging Measurement Report (DCM 126000), TID 1500
+        Image Library → every frame (instance) of the series, in order
+        Imaging Measurements
+          Measurement Group (TID 1501) "NormGate series assessment"
+            Source image for measurement group → every frame
+            NUM Probability (of the deciding frame), NUM Threshold Value, CODE Recommendation (the series'),
+            CODE UNASSESSABLE-WHY                                               (unassessable only)
+          Measurement Group (TID 1501) "frame N" for each frame N (1-based, in series order)
+            Source image for measurement group → that instance
+            NUM Probability (absent when never computed), CODE Recommendation, CODE UNASSESSABLE-WHY
+          Measurement Group (TID 1410) "saliency peak of frame N"   (the deciding frame, when it has a heatmap)
+            SCOORD POINT on that instance
+
 Codes come from PS3.16 (DCM, SCT, UCUM) where one fits; the others are NormGate's local scheme ``99NORMGATE``
 (PS3.3 §8.1 reserves ``99`` prefixes for private schemes), declared in each SR's Coding Scheme Identification
 Sequence. Code values are at most 16 characters (SH) by construction: a fixed table for decisions and reasons,
@@ -88,10 +105,13 @@ __all__ = [
     "DicomResults",
     "ResultNaming",
     "ResultUids",
+    "SeriesFrame",
     "build_results",
+    "build_series_report",
     "dataset_bytes",
     "heatmap_overlay",
     "read_source_header",
+    "series_report_uids",
 ]
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -565,6 +585,18 @@ def finding_code(label: str) -> hd.sr.CodedConcept:
     return _code(label.upper(), LOCAL_SCHEME, label.replace("_", " "))
 
 
+def _region_source(source: Dataset, answer: AssessResponse) -> hd.sr.SourceImageForRegion:
+    """The image the saliency peak lies on: the original, and in a multi-frame original the deciding frame."""
+    if answer.frames is not None and answer.worst_frame is not None:
+        return hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=[answer.worst_frame + 1],
+        )
+    region_source: hd.sr.SourceImageForRegion = _source_for(hd.sr.SourceImageForRegion, source)
+    return region_source
+
+
 def _source_for(cls: Any, source: Dataset) -> Any:
     return cls(referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID))
 
@@ -651,7 +683,7 @@ def build_structured_report(
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POINT,
                     graphic_data=np.array([[answer.point.x + 0.5, answer.point.y + 0.5]]),
-                    source_image=_source_for(hd.sr.SourceImageForRegion, source),
+                    source_image=_region_source(source, answer),
                 ),
                 finding_type=SALIENCY,
                 algorithm_id=saliency_algorithm,
@@ -699,6 +731,161 @@ def build_structured_report(
     return sr
 
 
+@dataclass(frozen=True)
+class SeriesFrame:
+    """One frame (single-frame instance) of a series as its series report needs it: the original's header
+    and that frame's result (``FrameResult`` fields, heatmap left out)."""
+
+    source: Dataset
+    probability: float | None
+    decision: str
+    reason: str | None
+    point: tuple[int, int] | None
+
+
+def series_report_uids(
+    series_instance_uid: str, sop_instance_uids: list[str], model_name: str, model_version: str, method: str
+) -> tuple[str, str]:
+    """(SR series UID, SR instance UID) of a series report: the series UID from (series, model, method), the
+    instance UID from the frames too, so the same frames give the same report and a grown series a new one."""
+    common = ["normgate-series", series_instance_uid, model_name, model_version, method]
+    return (
+        str(generate_uid(entropy_srcs=[*common, "sr-series"])),
+        str(generate_uid(entropy_srcs=[*common, *sorted(sop_instance_uids), "sr"])),
+    )
+
+
+def build_series_report(
+    frames: list[SeriesFrame],
+    answer: AssessResponse,
+    method: str,
+    positive_class: str,
+    input_size: list[int],
+    app_version: str,
+    naming: ResultNaming,
+    now: dt.datetime | None = None,
+) -> Dataset:
+    """The Comprehensive SR (TID 1500) of a whole series (module docstring): ``frames`` in series order,
+    ``answer`` the series' decision (``frames`` and ``worst_frame`` as /assess answers a cine), ``method`` the
+    saliency method its frames were explained with ("none" without heatmaps)."""
+    now = now or dt.datetime.now()
+    if not frames:
+        raise ValueError("a series report needs at least one frame")
+    model = answer.model
+    first = frames[0].source
+    sr_series, sr_instance = series_report_uids(
+        str(first.SeriesInstanceUID), [str(f.source.SOPInstanceUID) for f in frames], model.name, model.version, method
+    )
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"NormGate {model.name}",
+        version=model.version,
+        parameters=[
+            f"arch={model.arch}",
+            f"input={input_size[0]}x{input_size[1]}",
+            f"positive_class={positive_class}",
+            f"calibration={answer.calibration or 'none'}",
+            "series rule=reacquire if any assessable frame reaches the threshold",
+        ],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=str(generate_uid(entropy_srcs=["normgate-device", model.name, model.version])),
+            name=f"NormGate {model.name}",
+            manufacturer_name=MANUFACTURER,
+            model_name=model.arch,
+        ),
+    )
+
+    def tracking(identifier: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(
+            uid=str(generate_uid(entropy_srcs=["normgate-track", sr_instance, identifier])), identifier=identifier
+        )
+
+    def assessment_group(
+        identifier: str,
+        sources: list[Dataset],
+        probability: float | None,
+        decision: str,
+        reason: str | None,
+        threshold: bool,
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        measurements = []
+        if probability is not None:
+            measurements.append(
+                hd.sr.Measurement(name=codes.DCM.Probability, value=probability, unit=codes.UCUM.NoUnits)
+            )
+        if threshold:
+            measurements.append(
+                hd.sr.Measurement(name=THRESHOLD_VALUE, value=answer.threshold, unit=codes.UCUM.NoUnits)
+            )
+        evaluations = [hd.sr.QualitativeEvaluation(name=codes.DCM.Recommendation, value=DECISION_CODES[decision])]
+        if decision == "unassessable" and reason is not None:
+            evaluations.append(hd.sr.QualitativeEvaluation(name=UNASSESSABLE_REASON, value=REASON_CODES[reason]))
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(identifier),
+            finding_type=finding_code(positive_class),
+            algorithm_id=algorithm,
+            source_images=[_source_for(hd.sr.SourceImageForMeasurementGroup, source) for source in sources],
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        )
+
+    groups: list[Any] = [
+        assessment_group(
+            "NormGate series assessment",
+            [f.source for f in frames],
+            answer.probability,
+            answer.decision,
+            answer.reason,
+            threshold=True,
+        )
+    ]
+    for number, frame in enumerate(frames, start=1):
+        groups.append(
+            assessment_group(
+                f"frame {number}", [frame.source], frame.probability, frame.decision, frame.reason, threshold=False
+            )
+        )
+    worst_index = answer.worst_frame
+    worst = frames[worst_index] if worst_index is not None else None
+    if worst is not None and worst.point is not None and worst_index is not None:
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking(f"saliency peak of frame {worst_index + 1}"),
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POINT,
+                    graphic_data=np.array([[worst.point[0] + 0.5, worst.point[1] + 0.5]]),
+                    source_image=_source_for(hd.sr.SourceImageForRegion, worst.source),
+                ),
+                finding_type=SALIENCY,
+                algorithm_id=hd.sr.AlgorithmIdentification(name=method, version=model.version),
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURES.get(str(first.get("Modality", "")).upper(), _ANY_PROCEDURE),
+        imaging_measurements=groups,
+        referenced_images=[_library_entry(f.source) for f in frames],
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[_without_patient_and_study(f.source) for f in frames],
+        content=report[0],
+        series_instance_uid=sr_series,
+        series_number=naming.series_number + 3,
+        sop_instance_uid=sr_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=naming.describe("series report"),
+        coding_schemes=[_CODING_SCHEME],
+    )
+    versions = [f"NormGate {app_version}", f"model {model.name} {model.version}"]
+    _copy_patient_and_study(sr, first)
+    _stamp(sr, now, versions, model.name)
+    return sr
+
+
 def _frame_or_segment_number(ds: Dataset) -> None:
     """Image references name a SEG frame or a segment, not both (PS3.3 C.18.4: Referenced Segment Number only
     when no Referenced Frame Number is present). highdicom writes both; the one frame of NormGate's SEG is
@@ -729,8 +916,14 @@ def build_results(
     """The SC, the SEG (when there is a heatmap with a region) and the SR for one assessed image.
 
     ``source``: the original's header (``read_source_header``); ``display``: the decoded pixels the model saw
-    (``DecodedImage.pixels``); ``answer``: the /assess answer for them."""
+    (``DecodedImage.pixels``); ``answer``: the /assess answer for them. A multi-frame original ([F, H, W]
+    pixels, an answer with ``frames``) is shown by its deciding frame (``worst_frame``, else the first); its
+    saliency peak is referenced on that frame, and it gets no SEG (a single-frame SEG cannot say which frame
+    it segments)."""
     now = now or dt.datetime.now()
+    multi_frame = display.ndim == 3
+    if multi_frame:
+        display = display[answer.worst_frame or 0]
     method = answer.heatmap.method if answer.heatmap else "none"
     uids = ResultUids.derive(str(source.SOPInstanceUID), answer.model.name, answer.model.version, method)
     heatmap = None
@@ -745,7 +938,7 @@ def build_results(
     versions = [f"NormGate {app_version}", f"model {answer.model.name} {answer.model.version}"]
     sc = build_secondary_capture(source, picture, answer, uids, naming, now, versions)
     seg = None
-    if heatmap is not None:
+    if heatmap is not None and not multi_frame:
         region = saliency_region(heatmap, int(source.Rows), int(source.Columns))
         if region.any():
             try:

@@ -11,6 +11,10 @@ concurrent /assess requests):
    retrieval (``ResultStore``) and written to the durable outbox for the push server when one is configured
    (before the STOW answer goes out: what the sender was told was stored has its results on disk).
 
+Single-frame instances of one series (a cine stored frame by frame) are also collected
+(``service.dicomweb.series``): when the series is complete its decision and one SR referencing every frame are
+made, published and pushed like an instance's results.
+
 Failures become the instance's Failure Reason (``service.dicomweb.FailureReason``); nothing an instance
 carries can fail the whole request. Logs name request ids and SOP Instance UIDs only — never a patient
 attribute, and not even an exception's message (library messages may quote element values).
@@ -33,7 +37,15 @@ from service.dicomweb.multipart import (
     read_instance_ids,
 )
 from service.dicomweb.outbox import OutboxSender
-from service.dicomweb.results import DicomResults, ResultNaming, build_results, read_source_header
+from service.dicomweb.results import (
+    DicomResults,
+    ResultNaming,
+    build_results,
+    build_series_report,
+    dataset_bytes,
+    read_source_header,
+)
+from service.dicomweb.series import SeriesCollector, SeriesKey, SeriesResult
 from service.errors import (
     ApiError,
     BadImage,
@@ -173,12 +185,18 @@ class StowService:
         senders: list[OutboxSender],
         app_version: str,
         metrics: ServiceMetrics,
+        series_settle_s: float = 10.0,
     ) -> None:
         self.assessor = assessor
         self.results = results
         self.senders = senders  # one per configured destination: STOW-RS push, DIMSE C-STORE
         self.app_version = app_version
         self.metrics = metrics
+        self.series = SeriesCollector(series_settle_s, self._series_complete)
+        # The JSON description of each series result made, by key (the STOW answer of the request that
+        # completed it quotes it).
+        self._series_described: dict[SeriesKey, dict[str, Any]] = {}
+        self._retrieve_base = ""
 
     async def store(
         self,
@@ -189,12 +207,17 @@ class StowService:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
+        series_out: list[dict[str, Any]] | None = None,
     ) -> list[StowOutcome]:
-        """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``)."""
+        """One outcome per part, in request order. ``params`` were checked by the caller (``Assessor.check``).
+        ``series_out`` receives the results of the series this request completed (module docstring)."""
         worker = self.assessor.check(params)
+        if retrieve_base:
+            self._retrieve_base = retrieve_base
+        keys: set[SeriesKey] = set()
         outcomes = await asyncio.gather(
             *(
-                self._store_one(part, study_uid, params, worker, request_id, arrived, disconnected, retrieve_base)
+                self._store_one(part, study_uid, params, worker, request_id, arrived, disconnected, retrieve_base, keys)
                 for part in parts
             )
         )
@@ -202,7 +225,61 @@ class StowService:
         log.info(
             "stow %s: %d instances, %d assessed, %d failed", request_id, len(outcomes), stored, len(outcomes) - stored
         )
+        for result in await self.series.request_done(request_id, keys):
+            described = self._series_described.pop(result.key, None)
+            if series_out is not None and described is not None:
+                series_out.append(described)
         return list(outcomes)
+
+    async def _series_complete(self, result: SeriesResult) -> None:
+        """A complete series: its decision audited, its SR built, kept for WADO-RS and pushed."""
+        key, answer, meta = result.key, result.answer, result.meta
+        worker = self.assessor.registry.get(key.model)
+        if worker is not None:
+            self.assessor.record_decision(
+                answer, worker, result.params, None, series=(key.study_instance_uid, key.series_instance_uid)
+            )
+        report = await asyncio.to_thread(
+            build_series_report,
+            result.frames,
+            answer,
+            result.method,
+            meta.positive_class,
+            list(meta.input_size),
+            self.app_version,
+            ResultNaming.for_model(meta),
+        )
+        part10 = await asyncio.to_thread(dataset_bytes, report)
+        item = StoredResult(key.study_instance_uid, str(report.SeriesInstanceUID), str(report.SOPInstanceUID), part10)
+        kept = self.results.put(item)
+        push = await self._send_files([item.sop_instance_uid], [part10])
+        log.info(
+            "series %s (%d frames) assessed: %s (SR %s)",
+            key.series_instance_uid,
+            len(result.frames),
+            answer.decision,
+            item.sop_instance_uid,
+        )
+        self._series_described[key] = {
+            "study_instance_uid": key.study_instance_uid,
+            "series_instance_uid": key.series_instance_uid,
+            "assessment": answer.model_dump(mode="json"),
+            "sop_instance_uids": [str(frame.source.SOPInstanceUID) for frame in result.frames],
+            "structured_report": {
+                "sop_class_uid": str(report.SOPClassUID),
+                "sop_instance_uid": item.sop_instance_uid,
+                "series_instance_uid": item.series_instance_uid,
+                "retrieve_url": (
+                    f"{self._retrieve_base}/studies/{key.study_instance_uid}/series/{item.series_instance_uid}"
+                    f"/instances/{item.sop_instance_uid}"
+                )
+                if kept and self._retrieve_base
+                else None,
+            },
+            "push": push,
+        }
+        if len(self._series_described) > 64:  # results completed by settling are not quoted by any answer
+            self._series_described.pop(next(iter(self._series_described)))
 
     async def _store_one(
         self,
@@ -214,6 +291,7 @@ class StowService:
         arrived: float,
         disconnected: asyncio.Future[None] | None,
         retrieve_base: str,
+        series_keys: set[SeriesKey],
     ) -> StowOutcome:
         ids = await asyncio.to_thread(read_instance_ids, part.body)
         outcome = StowOutcome(index=part.index, ids=ids)
@@ -250,9 +328,10 @@ class StowService:
         meta = (self.assessor.registry.get(answer.model.name) or worker).meta
         assert meta is not None  # the assessment above ran on this worker, so it is loaded
         try:
+            source = await asyncio.to_thread(read_source_header, part.body)
             results: DicomResults = await asyncio.to_thread(
                 lambda: build_results(
-                    read_source_header(part.body),
+                    source,
                     decoded.pixels,
                     answer,
                     meta.positive_class,
@@ -269,6 +348,8 @@ class StowService:
             return outcome
         outcome.extras = self._publish(ids, answer.model_dump(mode="json"), results, files, retrieve_base)
         outcome.extras["push"] = await self._send(results, files)
+        if answer.frames is None:  # a single frame: part of its series' result when the series is complete
+            series_keys.add(self.series.add(request_id, source, answer, meta, params))
         log.info(
             "stow %s: instance %s assessed: %s (SC %s, SR %s)",
             request_id,
@@ -307,9 +388,11 @@ class StowService:
         """Hand the result set to the outbox of every configured destination (durably, before the answer):
         queued (by all) | dropped (an outbox was full) | failed (an outbox could not be written) |
         not_configured (no destination)."""
+        return await self._send_files([str(ds.SOPInstanceUID) for ds in results.datasets], files)
+
+    async def _send_files(self, uids: list[str], files: list[bytes]) -> str:
         if not self.senders:
             return "not_configured"
-        uids = [str(ds.SOPInstanceUID) for ds in results.datasets]
         states = []
         for sender in self.senders:
             try:

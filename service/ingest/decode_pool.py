@@ -47,6 +47,7 @@ import numpy as np
 
 from models.imaging import DecodedImage, DecodeLimits, ImageError
 from models.imaging.assessability import ImageStatistics
+from models.imaging.budget import ImageHeader
 from models.imaging.decode import inspect_upload
 from service.errors import (
     ApiError,
@@ -166,8 +167,11 @@ class DecodeResult:
     height: int = 0
     lane: str = ""  # which lane decoded it
     seconds: float = 0.0  # in the lane's thread: sending the body to having the answer
-    # The full-resolution image's assessability statistics (models.imaging.assessability); None: no pixels.
+    # The full-resolution image's assessability statistics (models.imaging.assessability); None: no pixels
+    # or a multi-frame image, whose frames have theirs in ``frame_statistics`` (in frame order).
     statistics: ImageStatistics | None = None
+    frame_statistics: list[ImageStatistics] | None = None
+    frames: int = 1  # display jobs: frames stacked top to bottom in ``display_png`` (each width × height)
 
 
 _NO_PIXELS: np.ndarray[Any, np.dtype[np.float32]] = np.zeros((0, 0), dtype=np.float32)
@@ -288,9 +292,13 @@ class _Worker:
         if kind == "failed":
             raise InternalError(f"the decoder failed: {reply[1]}")
         if kind == "display":
-            return DecodeResult(None, None, reply[1], reply[2], reply[3], self.lane, seconds)
+            return DecodeResult(None, None, reply[1], reply[2], reply[3], self.lane, seconds, frames=reply[4])
         _, fields, grid, _, statistics = reply
         decoded = DecodedImage(pixels=pixels, **fields)
+        if isinstance(statistics, list):
+            return DecodeResult(
+                decoded, grid, None, decoded.width, decoded.height, self.lane, seconds, None, statistics
+            )
         return DecodeResult(decoded, grid, None, decoded.width, decoded.height, self.lane, seconds, statistics)
 
     def _reap(self) -> int | None:
@@ -523,6 +531,15 @@ class DecodePool:
         for lane in self.lanes:
             lane.shutdown()
 
+    def inspect(self, upload: Upload) -> ImageHeader | None:
+        """The upload's header as far as it can be read cheaply (size, frames, DICOM routing attributes), after
+        the checks that need no decode: 413 over the limits, 415 for an unknown type. None: only the decoder
+        can read it."""
+        try:
+            return inspect_upload(upload.body, upload.content_type, self.limits)
+        except ImageError as exc:
+            raise from_image_error(exc) from None
+
     async def decode(
         self,
         upload: Upload,
@@ -532,14 +549,13 @@ class DecodePool:
         grid: GridSpec | None = None,
         keep_pixels: bool = False,
         display: bool = False,
+        header: ImageHeader | None = None,
     ) -> DecodeResult:
         """Decode ``upload`` in a worker process: the model input for ``grid``, the pixels if ``keep_pixels``,
         or the display PNG. 413 from the header alone when it is over the limits, 504 at the deadline, 499 when
-        the client left."""
-        try:
-            header = inspect_upload(upload.body, upload.content_type, self.limits)
-        except ImageError as exc:
-            raise from_image_error(exc) from None
+        the client left. ``header``: what ``inspect`` already answered for this upload (not read again)."""
+        if header is None:
+            header = self.inspect(upload)
         work = WorkerJob(upload.content_type, display=display, grid=grid, keep_pixels=keep_pixels)
         large = header is not None and header.estimated_peak_bytes > self.large_threshold_bytes
         lane = self.large if large else self.ordinary

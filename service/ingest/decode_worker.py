@@ -13,13 +13,16 @@ Protocol, on a duplex socket pair, one job at a time:
   times 15 MB for a radiograph);
 * worker → server, one of:
 
-  - ``("decoded", fields, grid, pixels_shape)``: the decoded image's fields (``DecodedImage`` without its
-    pixels), the model's input (``preprocess_batch`` of the pixels: [3, h, w] float32, ~0.8 MB for 256²) when
-    the job named a grid, and the pixels' shape when the job asked for them; the pixels then follow as raw
+  - ``("decoded", fields, grid, pixels_shape, statistics)``: the decoded image's fields (``DecodedImage``
+    without its pixels), the model's input (``preprocess_batch`` of the pixels: [3, h, w] float32, ~0.8 MB for
+    256²; [F, 3, h, w] for the F frames of a multi-frame DICOM) when the job named a grid, the assessability
+    statistics (one per frame, a list, for a multi-frame image), and the pixels' shape when the job asked for
+    them; the pixels then follow as raw
     bytes on the socket (``os.write`` of the array, read straight into the server's array). /assess asks for
     the grid only: what crosses is the grid, not the 30 MB of a radiograph's float32 pixels (a copy the
     server would make while holding the GIL the model thread needs);
-  - ``("display", png, width, height)`` for display jobs (POST /render);
+  - ``("display", png, width, height, frames)`` for display jobs (POST /render; a multi-frame image's PNG
+    holds its frames stacked top to bottom);
   - ``("refused", code, detail, estimated_bytes)`` when the decoder refuses the image (its ``ImageError``);
   - ``("failed", text)`` for anything else (a bug).
 
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.imaging.assessability import image_statistics
+from models.imaging.assessability import ImageStatistics, image_statistics
 from models.imaging.decode import decode_image, to_display_png
 from models.imaging.errors import BadImage, ImageError
 from models.imaging.limits import DecodeLimits
@@ -123,23 +126,28 @@ def serve(conn: Connection, nice: int, memory_headroom_bytes: int) -> None:
 
 def answer(conn: Connection, body: bytes, job: WorkerJob, limits: DecodeLimits) -> None:
     grid = None
-    statistics = None
+    statistics: ImageStatistics | list[ImageStatistics] | None = None
     try:
-        decoded = decode_image(body, job.content_type, limits)
+        # Every job takes multi-frame DICOM (NORMGATE_MAX_FRAMES frames at most): /assess assesses each frame.
+        decoded = decode_image(body, job.content_type, limits, multi_frame=True)
         if job.display and decoded.number_of_frames == 0:  # /assess answers it unassessable (no_frames)
             raise BadImage("the DICOM declares Number of Frames 0: it holds no frame to display")
         if job.display:
             png = to_display_png(decoded)
-            conn.send(("display", png, decoded.width, decoded.height))
+            conn.send(("display", png, decoded.width, decoded.height, max(decoded.number_of_frames, 1)))
             return
         if job.grid is not None:
             from models.imaging.grid import preprocess_batch  # preloaded (PRELOAD)
 
             spec = job.grid
             if decoded.pixels.size:
-                grid = preprocess_batch([decoded.pixels], spec.input_size, spec.mean, spec.std)[0].numpy()
-        if decoded.pixels.size:
-            # The assessability statistics need the full-resolution pixels, which stay in this process.
+                grid = preprocess_batch(decoded.frames, spec.input_size, spec.mean, spec.std).numpy()
+                if decoded.pixels.ndim == 2:
+                    grid = grid[0]
+        # The assessability statistics need the full-resolution pixels, which stay in this process.
+        if decoded.pixels.ndim == 3:
+            statistics = [image_statistics(frame) for frame in decoded.frames]
+        elif decoded.pixels.size:
             statistics = image_statistics(decoded.pixels)
     except ImageError as exc:
         conn.send(("refused", exc.code, exc.detail, getattr(exc, "estimated_bytes", None)))

@@ -98,6 +98,24 @@ class BatchQueue(Generic[P, R]):
             self._cond.notify_all()
             return pending
 
+    def put_many(self, payloads: Sequence[P], deadline: float) -> list[PendingRequest[P, R]]:
+        """Enqueue several requests at once, one after another (the frames of a cine: each is one model input
+        and takes one place in the queue), or none of them: ``QueueFull`` when they do not all fit."""
+        with self._cond:
+            if self._closed:
+                raise QueueClosed("the queue is closed")
+            if len(self._items) + len(payloads) > self.max_size:
+                raise QueueFull(
+                    f"{len(self._items)} requests already queued; {len(payloads)} more do not fit in {self.max_size}"
+                )
+            pendings: list[PendingRequest[P, R]] = [
+                PendingRequest(payload=payload, deadline=deadline) for payload in payloads
+            ]
+            self._items.extend(pendings)
+            self._depth_changed()
+            self._cond.notify_all()
+            return pendings
+
     def withdraw(self, pending: PendingRequest[P, R]) -> bool:
         """Take a request back if no worker has started it (client gone, deadline passed).
 

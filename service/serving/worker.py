@@ -332,6 +332,60 @@ class ModelWorker:
         """Queue one request for this model; raises ``QueueFull`` or ``QueueClosed`` instead of waiting."""
         return self._queue.put(model_input, deadline)
 
+    def submit_many(
+        self, model_inputs: Sequence[ModelInput], deadline: float
+    ) -> list[PendingRequest[ModelInput, ModelOutput]]:
+        """Queue the frames of a cine together (all or none; each counts against the queue bound and in
+        ``normgate_queue_depth``); they are batched like any other requests, in order."""
+        return self._queue.put_many(model_inputs, deadline)
+
+    async def results(
+        self,
+        pendings: Sequence[PendingRequest[ModelInput, ModelOutput]],
+        disconnected: asyncio.Future[None] | None = None,
+    ) -> list[ModelOutput]:
+        """Every answer of ``submit_many``'s requests, in order, under the same rules as ``result``: at the
+        deadline or a disconnect the frames still queued are withdrawn (never computed) and ``DeadlineExceeded``
+        or ``ClientGone`` raised; frames already being computed are awaited. A frame that fails fails the cine
+        (its exception is raised; the frames not yet started are withdrawn)."""
+        waiters = [asyncio.wrap_future(pending.future) for pending in pendings]
+        for waiter in waiters:
+            waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        deadline = min((pending.deadline for pending in pendings), default=math.inf)
+        remaining: set[asyncio.Future[Any]] = set(waiters)
+        watched = disconnected
+        try:
+            while remaining:
+                waitables = remaining | ({watched} if watched is not None else set())
+                timeout = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finished = done & remaining
+                remaining -= finished
+                failed = next((w for w in finished if not w.cancelled() and w.exception() is not None), None)
+                if failed is not None:
+                    self._withdraw_unstarted(pendings)
+                    error = failed.exception()
+                    assert error is not None
+                    raise error
+                gone = watched is not None and watched in done
+                if gone or (not finished and time.monotonic() >= deadline):
+                    if self._withdraw_unstarted(pendings):
+                        raise ClientGone() if gone else DeadlineExceeded("deadline passed while queued")
+                    # Every frame left is being computed: its answer is awaited, as for one request.
+                    watched, deadline = None, math.inf
+            return [waiter.result() for waiter in waiters]
+        except asyncio.CancelledError:
+            self._withdraw_unstarted(pendings)
+            raise
+
+    def _withdraw_unstarted(self, pendings: Sequence[PendingRequest[ModelInput, ModelOutput]]) -> bool:
+        """Withdraw every request of ``pendings`` no worker has started; True when any was."""
+        withdrawn = False
+        for pending in pendings:
+            if not pending.future.done() and self._queue.withdraw(pending):
+                withdrawn = True
+        return withdrawn
+
     async def result(
         self, pending: PendingRequest[ModelInput, ModelOutput], disconnected: asyncio.Future[None] | None = None
     ) -> ModelOutput:

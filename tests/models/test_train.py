@@ -247,3 +247,70 @@ def test_augment_translation_moves_a_dot_by_the_drawn_offset(monkeypatch):
         cx = (y[i].sum(0) * torch.arange(64)).sum() / mass
         assert abs(cx.item() - exp_x) < 0.6 and abs(cy.item() - exp_y) < 0.6
     assert y.min() >= 0 and y.max() <= 1
+
+
+def test_application_flags_name_classes_serves_tau_and_results(tiny, tmp_path):
+    """A second application: its own class names (positive first in the output, to check the label mapping),
+    a serves block, its Pointing Game tolerance and result series, all in model.json."""
+    out = tmp_path / "ck"
+    result = main(
+        _args(
+            tiny,
+            out,
+            "--epochs",
+            "1",
+            "--classes",
+            "lvot",
+            "no_lvot",
+            "--positive-class",
+            "lvot",
+            "--serves-modality",
+            "MR",
+            "--serves-body-part",
+            "HEART",
+            "--serves-series-description",
+            ".*4ch.*",
+            "--tau-rel",
+            str(15 / 224),
+            "--results-series-number",
+            "9100",
+            "--results-series-description",
+            "NormGate LVOT",
+            "--notes",
+            "tiny data",
+        )
+    )
+    ck = load_checkpoint(out)
+    meta = ck.meta
+    assert meta.classes == ["lvot", "no_lvot"] and meta.positive_class == "lvot" and meta.positive_index == 0
+    assert meta.serves is not None and (meta.serves.modality, meta.serves.body_part_examined) == ("MR", "HEART")
+    assert meta.serves.series_description == ".*4ch.*" and meta.serves.view_position is None
+    assert meta.tau_rel == pytest.approx(15 / 224)
+    assert meta.results is not None and (meta.results.series_number, meta.results.series_description) == (
+        9100,
+        "NormGate LVOT",
+    )
+    assert meta.trained_on.notes == "tiny data"
+    # Label 1 (annotated) was trained towards output 0: the recorded AUC is of P(lvot) = softmax[:, 0].
+    samples = read_split(tiny, "test")
+    labels = np.array([s.label for s in samples])
+    probs = _independent_probs(ck.model, meta, samples)
+    assert meta.metrics["test"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+    assert result.meta.to_dict() == json.loads((out / "model.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--classes", "a", "a"], "classes"),
+        (["--positive-class", "lvot"], "positive_class 'lvot' is not one of"),
+        (["--serves-body-part", "HEART"], "needs --serves-modality"),
+        (["--serves-modality", "MR("], "not a regular expression"),
+        (["--results-series-number", "9100"], "go together"),
+        (["--tau-rel", "0"], "tau_rel"),
+    ],
+)
+def test_application_flags_are_checked_before_training(tiny, tmp_path, extra, message):
+    with pytest.raises(TrainError, match=message):
+        main(_args(tiny, tmp_path / "ck", "--epochs", "1", *extra))
+    assert not (tmp_path / "ck").exists()

@@ -4,8 +4,10 @@ Response format of the store (docs/integration.md):
 
 * ``Accept: application/dicom+json`` (the default, also for ``*/*`` or no Accept): the pure Store Instances
   Response (PS3.18 Table 10.5.3-1) in DICOM JSON; NormGate's findings travel as DICOM (the SR and the SC).
-* ``Accept: application/json``: ``{"stow": <that same DICOM JSON>, "results": [one object per part]}`` with
-  each instance's /assess answer, its result instances (UIDs, WADO-RS URL) and the push state.
+* ``Accept: application/json``: ``{"stow": <that same DICOM JSON>, "results": [one object per part],
+  "series": [one object per series the request completed]}`` with each instance's /assess answer, its result
+  instances (UIDs, WADO-RS URL) and the push state; a series object has the series' decision (an /assess
+  answer with ``frames``), its frames' SOP Instance UIDs in order and its SR (service/dicomweb/series.py).
 
 Status 200 / 202 / 409 per PS3.18 §10.5.3 (all / some / none assessed); request-level problems (content
 type, malformed multipart, too many parts, unknown model, not ready, API key) are the API's JSON errors
@@ -110,6 +112,7 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
         senders,
         app.version,
         app.state.metrics,
+        series_settle_s=settings.series_settle_s,
     )
     app.state.stow = stow
     app.state.dimse_listener = None
@@ -129,6 +132,7 @@ async def start_dicomweb(app: FastAPI, settings: Settings) -> None:
 async def stop_dicomweb(app: FastAPI, timeout_s: float = 5.0) -> None:
     stow: StowService | None = getattr(app.state, "stow", None)
     if stow is not None:
+        stow.series.close()
         try:
             await asyncio.wait_for(stow.results.drain(), timeout_s)
         except TimeoutError:
@@ -236,6 +240,7 @@ async def _store(
     del body  # the parts hold their own copies
     request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     disconnected = asyncio.ensure_future(wait_for_disconnect(request))
+    series: list[dict[str, Any]] = []
     try:
         outcomes = await service.store(
             parts,
@@ -245,6 +250,7 @@ async def _store(
             arrived,
             disconnected,
             retrieve_base=str(request.base_url).rstrip("/") + router.prefix,
+            series_out=series,
         )
     finally:
         disconnected.cancel()
@@ -273,7 +279,7 @@ async def _store(
                 }
             )
         results.append(entry)
-    return JSONResponse({"stow": stow, "results": results}, status_code=status, headers=headers)
+    return JSONResponse({"stow": stow, "results": results, "series": series}, status_code=status, headers=headers)
 
 
 # Seconds a sender should wait before resending instances refused for lack of resources (0xA700), by error.

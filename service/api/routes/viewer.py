@@ -65,7 +65,9 @@ def viewer_asset(name: str) -> FileResponse:
     description=(
         "Same body and errors as POST /assess (raw DICOM/PNG/JPEG bytes or multipart field `file`). Answers "
         "an 8-bit grayscale PNG of the decoded pixels /assess would feed the model, at the original size; "
-        "the viewer shows DICOM through it so the heatmap and the marker line up."
+        "the viewer shows DICOM through it so the heatmap and the marker line up. A multi-frame DICOM's frames "
+        "are stacked top to bottom in the one PNG: X-Image-Width and X-Image-Height give one frame's size, "
+        "X-Image-Frames their count."
     ),
     response_class=Response,
     responses={
@@ -86,5 +88,10 @@ async def render(request: Request, assessor: AssessorDep, settings: SettingsDep,
     return Response(
         png,
         media_type="image/png",
-        headers={"X-Image-Width": str(width), "X-Image-Height": str(height), "Cache-Control": "no-store"},
+        headers={
+            "X-Image-Width": str(width),
+            "X-Image-Height": str(height),
+            "X-Image-Frames": str(result.frames),
+            "Cache-Control": "no-store",
+        },
     )

@@ -14,6 +14,9 @@ const HISTORY_LIMIT = 20;
 const MAX_CANVAS_PIXELS = 32e6; // larger images are drawn downsampled; coordinates stay in original pixels
 const ZOOM_STEP = 1.25;
 const PAN_FRACTION = 0.1;
+// Cine playback: 12 frames per second shows a 25–30 frame cardiac cycle in about two and a half seconds,
+// slow enough to follow one structure (the outflow tract) through systole.
+const CINE_FRAME_MS = 1000 / 12;
 
 // Perceptual colour map (matplotlib "inferno", 32 stops, linearly interpolated to 256).
 const INFERNO_STOPS = [
@@ -90,8 +93,11 @@ const el = {
   heatmapCaption: $("heatmap-caption"), history: $("history"), historyEmpty: $("history-empty"),
   verdictButtons: Array.from(document.querySelectorAll(".verdict-button")),
   verdictNote: $("verdict-note"), verdictStatus: $("verdict-status"),
+  cine: $("cine"), cinePlay: $("cine-play"), cinePrev: $("cine-prev"), cineNext: $("cine-next"),
+  cineSlider: $("cine-slider"), cineWorst: $("cine-worst"), cineReadout: $("cine-readout"), cineStrip: $("cine-strip"),
   d: {
-    file: $("d-file"), label: $("d-label"), prob: $("d-prob"), ood: $("d-ood"), point: $("d-point"), size: $("d-size"),
+    file: $("d-file"), label: $("d-label"), prob: $("d-prob"), ood: $("d-ood"), point: $("d-point"),
+    frames: $("d-frames"), size: $("d-size"),
     model: $("d-model"), method: $("d-method"), time: $("d-time"), request: $("d-request"),
   },
 };
@@ -113,6 +119,7 @@ const state = {
   settled: 0,
   positiveClass: {},    // model name → its positive class, from GET /models
   oodThreshold: {},     // model name → the threshold of its out-of-distribution check, from GET /models
+  playTimer: null,      // the interval that advances the cine while it plays
 };
 
 // ---------------------------------------------------------------------------------------------- util
@@ -285,8 +292,12 @@ async function submit(upload) {
       }
     }
     const heatmap = await decodeHeatmap(result.heatmap);
+    // A multi-frame image: one heatmap per frame, decoded once so that playback only draws.
+    const frames = Array.isArray(result.frames) && result.frames.length > 1 ? result.frames : null;
+    const frameHeatmaps = frames ? await Promise.all(frames.map((f) => decodeHeatmap(f.heatmap))) : null;
     const entry = {
-      id: state.nextId++, fileName: upload.fileName, result, bitmap, heatmap,
+      id: state.nextId++, fileName: upload.fileName, result, bitmap, heatmap, frames, frameHeatmaps,
+      frame: frames ? clamp(Number(result.worst_frame ?? 0), 0, frames.length - 1) : 0,
       wl: { window: 256, level: 128, invert: false }, at: new Date(),
     };
     state.entries.unshift(entry);
@@ -346,6 +357,7 @@ function currentEntry() {
 function showEntry(id, { refit = false } = {}) {
   const entry = state.entries.find((e) => e.id === id);
   if (!entry) return;
+  stopCine();
   state.currentId = id;
   const { result } = entry;
   const w = result.image.width, h = result.image.height;
@@ -359,37 +371,16 @@ function showEntry(id, { refit = false } = {}) {
   }
   // Display image at (at most) full resolution; grayscale luminance as the model reads it.
   const k = Math.min(1, Math.sqrt(MAX_CANVAS_PIXELS / (w * h)));
-  const cw = Math.max(1, Math.round(w * k)), ch = Math.max(1, Math.round(h * k));
   state.canvasScale = k;
-  const canvas = el.imageCanvas;
-  canvas.width = cw;
-  canvas.height = ch;
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(entry.bitmap, 0, 0, cw, ch);
-  // The display PNG is 8-bit grayscale, so any one channel is the value.
-  const rgba = ctx.getImageData(0, 0, cw, ch).data;
-  const gray = new Uint8Array(cw * ch);
-  for (let i = 0, j = 0; j < gray.length; i += 4, j++) gray[j] = rgba[i];
-  state.gray = gray;
-
+  el.imageCanvas.width = Math.max(1, Math.round(w * k));
+  el.imageCanvas.height = Math.max(1, Math.round(h * k));
   el.stage.style.width = `${w}px`;
   el.stage.style.height = `${h}px`;
-  canvas.style.width = `${w}px`;
-  canvas.style.height = `${h}px`;
-
-  const hm = el.heatmapCanvas;
-  if (entry.heatmap) {
-    hm.width = entry.heatmap.width;
-    hm.height = entry.heatmap.height;
-    hm.getContext("2d").putImageData(entry.heatmap, 0, 0);
-  } else {
-    hm.width = 1;
-    hm.height = 1;
-    hm.getContext("2d").clearRect(0, 0, 1, 1);
-  }
-  hm.style.width = `${w}px`;
-  hm.style.height = `${h}px`;
+  el.imageCanvas.style.width = `${w}px`;
+  el.imageCanvas.style.height = `${h}px`;
+  el.heatmapCanvas.style.width = `${w}px`;
+  el.heatmapCanvas.style.height = `${h}px`;
+  drawFrame(entry);
 
   el.stage.hidden = false;
   el.emptyState.hidden = true;
@@ -398,11 +389,178 @@ function showEntry(id, { refit = false } = {}) {
   if (refit || state.view.fit) fitView(); else applyView();
   applyOverlaySettings();
   showResultText(entry);
+  renderCine(entry);
   renderHistory();
   renderVerdict();
 }
 
+function drawFrame(entry) {
+  // The frame on screen (a single image is its only frame) and its own heatmap. /render stacks a cine's frames
+  // top to bottom in one PNG, so frame i is the band of rows [i·h, (i + 1)·h).
+  const { width: w, height: h } = entry.result.image;
+  const canvas = el.imageCanvas;
+  const cw = canvas.width, ch = canvas.height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.imageSmoothingEnabled = true;
+  if (entry.frames) ctx.drawImage(entry.bitmap, 0, entry.frame * h, w, h, 0, 0, cw, ch);
+  else ctx.drawImage(entry.bitmap, 0, 0, cw, ch);
+  // The display PNG is 8-bit grayscale, so any one channel is the value.
+  const rgba = ctx.getImageData(0, 0, cw, ch).data;
+  const gray = new Uint8Array(cw * ch);
+  for (let i = 0, j = 0; j < gray.length; i += 4, j++) gray[j] = rgba[i];
+  state.gray = gray;
+
+  const heatmap = entry.frames ? entry.frameHeatmaps[entry.frame] : entry.heatmap;
+  const hm = el.heatmapCanvas;
+  if (heatmap) {
+    if (hm.width !== heatmap.width || hm.height !== heatmap.height) {
+      hm.width = heatmap.width;
+      hm.height = heatmap.height;
+    }
+    hm.getContext("2d").putImageData(heatmap, 0, 0);
+  } else {
+    hm.width = 1;
+    hm.height = 1;
+    hm.getContext("2d").clearRect(0, 0, 1, 1);
+  }
+}
+
+function shownPoint(entry) {
+  // The marker follows the frame on screen; a single image has one point.
+  return entry.frames ? entry.frames[entry.frame].point : entry.result.point;
+}
+
+// ---------------------------------------------------------------------------------------------- cine
+
+function decisionWords(frame) {
+  if (frame.decision === "unassessable") return `unassessable (${reasonText(frame.reason)[0].toLowerCase()})`;
+  return frame.decision === "reacquire" ? "re-acquire" : "accept";
+}
+
+function frameSummary(entry, index) {
+  const f = entry.frames[index];
+  const p = f.probability == null ? "no probability" : `probability ${fmtProb(f.probability)}`;
+  return `Frame ${index + 1} / ${entry.frames.length}: ${p}, ${decisionWords(f)}`;
+}
+
+function renderCine(entry) {
+  // Built once per shown result: the strip's bars, the slider's range; showFrame then only moves the marks.
+  const frames = entry && entry.bitmap ? entry.frames : null;
+  el.cine.hidden = !frames;
+  el.cineStrip.replaceChildren();
+  if (!frames) {
+    el.d.frames.textContent = "—";
+    return;
+  }
+  const worst = entry.result.worst_frame;
+  el.cineSlider.max = String(frames.length);
+  el.cineWorst.disabled = worst == null;
+  const threshold = Number(entry.result.threshold);
+  if (Number.isFinite(threshold)) {
+    const line = document.createElement("div");
+    line.className = "cine-threshold";
+    line.style.bottom = `${clamp(threshold, 0, 1) * 100}%`;
+    line.setAttribute("aria-hidden", "true");
+    el.cineStrip.append(line);
+  }
+  frames.forEach((f, index) => {
+    const bar = document.createElement("button");
+    bar.type = "button";
+    bar.tabIndex = -1;  // the slider and the keys reach every frame; 30 tab stops would not help
+    bar.className = `cine-bar ${f.decision}${index === worst ? " worst" : ""}`;
+    bar.dataset.frame = String(index);
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.height = `${clamp(Number(f.probability ?? 0), 0, 1) * 100}%`;
+    bar.append(fill);
+    bar.setAttribute("aria-label", `${frameSummary(entry, index)}${index === worst ? " (deciding frame)" : ""}`);
+    bar.title = bar.getAttribute("aria-label");
+    bar.addEventListener("click", () => { stopCine(); showFrame(index); });
+    el.cineStrip.append(bar);
+  });
+  const worstText = worst == null ? "no deciding frame" : `deciding frame ${worst + 1}`;
+  el.d.frames.textContent = `${frames.length} frames · ${worstText}`;
+  markFrame(entry);
+}
+
+function markFrame(entry) {
+  const index = entry.frame;
+  el.cineSlider.value = String(index + 1);
+  el.cineSlider.setAttribute("aria-valuetext", frameSummary(entry, index));
+  for (const bar of el.cineStrip.querySelectorAll(".cine-bar")) {
+    bar.classList.toggle("current", Number(bar.dataset.frame) === index);
+  }
+  const worst = entry.result.worst_frame;
+  el.cineReadout.textContent = `${frameSummary(entry, index)}${index === worst ? " · deciding frame" : ""}`;
+  const point = shownPoint(entry);
+  el.d.point.textContent = point ? `${point.x}, ${point.y} (frame ${index + 1})` : "—";
+}
+
+function showFrame(index) {
+  const entry = currentEntry();
+  if (!entry || !entry.frames || !entry.bitmap) return;
+  const n = entry.frames.length;
+  entry.frame = ((index % n) + n) % n;  // stepping past either end wraps, as a cine loops
+  drawFrame(entry);
+  applyWindowLevel();
+  placeMarker();
+  markFrame(entry);
+}
+
+function stepFrame(delta) {
+  const entry = currentEntry();
+  if (!entry || !entry.frames) return false;
+  stopCine();
+  showFrame(entry.frame + delta);
+  return true;
+}
+
+function showDecidingFrame() {
+  const entry = currentEntry();
+  if (!entry || !entry.frames || entry.result.worst_frame == null) return false;
+  stopCine();
+  showFrame(entry.result.worst_frame);
+  return true;
+}
+
+function playing() {
+  return state.playTimer !== null;
+}
+
+function setPlayButton() {
+  const on = playing();
+  el.cinePlay.firstChild.textContent = on ? "Pause " : "Play ";
+  el.cine.dataset.playing = String(on);
+  // A live region that spoke every frame would drown the screen reader while the cine plays.
+  el.cineReadout.setAttribute("aria-live", on ? "off" : "polite");
+}
+
+function stopCine() {
+  if (state.playTimer !== null) clearInterval(state.playTimer);
+  state.playTimer = null;
+  setPlayButton();
+}
+
+function togglePlay() {
+  const entry = currentEntry();
+  if (!entry || !entry.frames) return false;
+  if (playing()) {
+    stopCine();
+  } else {
+    state.playTimer = setInterval(() => {
+      const current = currentEntry();
+      if (!current || !current.frames) { stopCine(); return; }
+      showFrame(current.frame + 1);
+    }, CINE_FRAME_MS);
+    setPlayButton();
+  }
+  return true;
+}
+
 function clearImage() {
+  stopCine();
+  el.cine.hidden = true;
+  el.cineStrip.replaceChildren();
   el.stage.hidden = true;
   el.marker.hidden = true;
   el.emptyState.hidden = false;
@@ -467,8 +625,9 @@ function showResultText(entry) {
       : `Where the model looked for ${positive}; nothing reached the threshold.`;
   el.cornerFile.textContent = `${entry.fileName}\n${r.image.width} × ${r.image.height} px`;
   const where = r.point ? ` Heatmap peak marked at x ${r.point.x}, y ${r.point.y}.` : "";
+  const cine = entry.frames ? ` Cine of ${entry.frames.length} frames; the series decision is shown.` : "";
   el.viewport.setAttribute("aria-label",
-    `${entry.fileName}, ${r.image.width} by ${r.image.height} pixels. ` +
+    `${entry.fileName}, ${r.image.width} by ${r.image.height} pixels.${cine} ` +
     `${reacquire ? "Re-acquire" : "Accept"}: ${humanLabel(r.label)}, probability ${fmtProb(p)}.${where}`);
 }
 
@@ -729,7 +888,7 @@ function applyView() {
 
 function placeMarker() {
   const entry = currentEntry();
-  const point = entry && entry.result.point;
+  const point = entry && shownPoint(entry);
   if (!point || !state.markerOn) {
     el.marker.hidden = true;
     return;
@@ -869,6 +1028,10 @@ function onKeyDown(event) {
     case "c": case "C": sendVerdict("accepted_anyway"); break;
     case "w": case "W": sendVerdict("wrong_location"); break;
     case "k": case "K": flip(-1); break;
+    case "p": case "P": handled = togglePlay(); break;
+    case ",": case "<": handled = stepFrame(-1); break;
+    case ".": case ">": handled = stepFrame(+1); break;
+    case "f": case "F": handled = showDecidingFrame(); break;
     case "Escape": hideError(); break;
     case "ArrowLeft": case "ArrowRight": case "ArrowUp": case "ArrowDown": {
       if (onSlider && !event.shiftKey) { handled = false; break; }
@@ -918,6 +1081,11 @@ function bindEvents() {
     if (entry) { entry.wl.level = Number(el.levelSlider.value); scheduleWindowLevel(); }
   });
   el.wlReset.addEventListener("click", resetWl);
+  el.cinePlay.addEventListener("click", togglePlay);
+  el.cinePrev.addEventListener("click", () => stepFrame(-1));
+  el.cineNext.addEventListener("click", () => stepFrame(+1));
+  el.cineWorst.addEventListener("click", showDecidingFrame);
+  el.cineSlider.addEventListener("input", () => { stopCine(); showFrame(Number(el.cineSlider.value) - 1); });
   el.wlInvert.addEventListener("click", () => {
     const entry = currentEntry();
     if (entry) { entry.wl.invert = !entry.wl.invert; applyWindowLevel(); }
@@ -998,6 +1166,7 @@ function showPixel(event) {
 
 bindEvents();
 applyOverlaySettings();
+setPlayButton();
 checkServer();
 loadModels();
 
@@ -1006,7 +1175,10 @@ window.normgateViewer = Object.freeze({
   current: () => {
     const entry = currentEntry();
     return entry
-      ? { fileName: entry.fileName, result: entry.result, view: { ...state.view }, verdict: entry.verdict || null }
+      ? {
+        fileName: entry.fileName, result: entry.result, view: { ...state.view }, verdict: entry.verdict || null,
+        frame: entry.frames ? entry.frame : null, playing: playing(),
+      }
       : null;
   },
   count: () => state.entries.length,

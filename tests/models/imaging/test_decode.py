@@ -476,7 +476,7 @@ def test_dicom_rows_columns_over_the_limit_are_refused_before_decoding(monkeypat
         decode_image(frames, DICOM, DecodeLimits(max_pixels=3 * 3072 - 1))  # frames count too
     with pytest.raises(UnsupportedImage) as caught:
         decode_image(frames, DICOM)
-    assert caught.value.detail == "multi-frame DICOM is not supported; send one frame per instance"
+    assert caught.value.detail == "multi-frame DICOM is not supported here; send one frame per instance"
 
 
 def test_body_over_the_limit_is_refused():

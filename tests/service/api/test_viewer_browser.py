@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from load_tests.driver import served
-from tests.helpers import REPO
+from tests.helpers import LVOT_SERVES, REPO, make_checkpoint
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -131,6 +131,8 @@ def models_dir(tmp_path_factory) -> Path:
             ModelMetadata(name="default", version="test", arch="resnet18", input_size=[64, 64]),
             folder / "default",
         )
+    # The cardiac stand-in: MR 4-chamber DICOM routes to it (a tiny random model keeps the cine test fast).
+    make_checkpoint(folder / "cmr-test", seed=3, serves=LVOT_SERVES, version="test-cmr")
     return folder
 
 
@@ -781,3 +783,146 @@ def test_unassessable_answers_have_their_own_banner_and_words(page, server, imag
     assert page.locator("#d-file").inner_text() == chest["path"].name
     page.keyboard.press("k")
     assert "banner-unassessable" in banner.get_attribute("class") and "Blank image" in banner.inner_text()
+
+
+# ------------------------------------------------------------------------------------------ cine
+
+
+CINE_FRAMES, CINE_ROWS, CINE_COLS = 8, 128, 144
+
+
+def heatmap_alpha(grid_value: np.ndarray) -> np.ndarray:
+    """The overlay's opacity for each heatmap value, as the viewer documents it: transparent below 20 % of the
+    map's range, smoothstep to opaque at 80 %."""
+    t = np.clip((grid_value / 255 - 0.2) / 0.6, 0, 1)
+    return np.rint(255 * t * t * (3 - 2 * t))
+
+
+def overlay_alpha(page) -> np.ndarray:
+    shape_and_alpha = page.evaluate("""() => {
+        const c = document.getElementById('heatmap-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return [c.height, c.width, Array.from(d.filter((_, i) => i % 4 === 3))];
+    }""")
+    height, width, alpha = shape_and_alpha
+    return np.array(alpha, np.float64).reshape(height, width)
+
+
+def frame_heatmap(frame: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["heatmap"]["png_base64"])))).astype(np.float64)
+
+
+def shown_frame(page) -> int:
+    return page.evaluate("() => window.normgateViewer.current().frame")
+
+
+def assert_frame_shown(page, expected: dict, index: int, display: np.ndarray) -> None:
+    """Frame ``index`` is on screen: its pixels (the server's /render band), its own heatmap, its marker, and the
+    strip, slider and readout say so."""
+    frames = expected["frames"]
+    assert shown_frame(page) == index
+    canvas = np.array(
+        page.evaluate("""() => {
+        const c = document.getElementById('image-canvas');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 0));
+    }"""),
+        dtype=np.int64,
+    ).reshape(CINE_ROWS, CINE_COLS)
+    band = display[index * CINE_ROWS : (index + 1) * CINE_ROWS].astype(np.int64)
+    assert np.abs(canvas - band).max() <= 1
+    assert np.abs(overlay_alpha(page) - heatmap_alpha(frame_heatmap(frames[index]))).max() <= 1
+    assert_marker_on(page, frames[index]["point"], {"width": CINE_COLS, "height": CINE_ROWS})
+    assert page.locator("#cine-slider").input_value() == str(index + 1)
+    assert page.locator(".cine-bar.current").get_attribute("data-frame") == str(index)
+    assert page.locator("#cine-readout").inner_text().startswith(f"Frame {index + 1} / {len(frames)}")
+
+
+@pytest.fixture(scope="module")
+def cine(tmp_path_factory) -> Path:
+    from tests.service.dicom_factory import cine_frames, enhanced_mr
+
+    path = tmp_path_factory.mktemp("viewer-cine") / "cine-4ch.dcm"
+    path.write_bytes(enhanced_mr(cine_frames(CINE_FRAMES, CINE_ROWS, CINE_COLS, seed=5)))
+    return path
+
+
+def test_cine_plays_with_a_heatmap_per_frame_and_the_deciding_frame_marked(page, server, cine, images):
+    expected = assess_directly(server, cine, "application/dicom")
+    assert expected["model"]["name"] == "cmr-test"  # routed by its header: MR, 4-chamber
+    frames, worst = expected["frames"], expected["worst_frame"]
+    assert len(frames) == CINE_FRAMES and worst == max(range(CINE_FRAMES), key=lambda i: frames[i]["probability"])
+    following = (worst + 1) % CINE_FRAMES
+    # The per-frame check below can only tell frames apart if their heatmaps differ.
+    assert not np.array_equal(frame_heatmap(frames[worst]), frame_heatmap(frames[following]))
+    display = np.asarray(
+        Image.open(
+            io.BytesIO(
+                httpx.post(
+                    f"{server}/render", content=cine.read_bytes(), headers={"Content-Type": "application/dicom"}
+                ).content
+            )
+        )
+    )
+    assert display.shape == (CINE_FRAMES * CINE_ROWS, CINE_COLS)
+
+    upload(page, cine)
+    assert page.locator("#error").is_hidden() and page.locator("#cine").is_visible()
+    # Opens on the frame that decided the series; the strip has one bar per frame, its height the probability.
+    assert_frame_shown(page, expected, worst, display)
+    bars = page.locator(".cine-bar")
+    assert bars.count() == CINE_FRAMES
+    assert page.locator(".cine-bar.worst").get_attribute("data-frame") == str(worst)
+    strip_height = page.locator("#cine-strip").bounding_box()["height"]
+    for index in (worst, following):
+        fill = bars.nth(index).locator(".fill").bounding_box()["height"]
+        assert fill == pytest.approx(frames[index]["probability"] * strip_height, abs=1.5)
+        label = bars.nth(index).get_attribute("aria-label")
+        assert f"Frame {index + 1} / {CINE_FRAMES}: probability {frames[index]['probability']:.2f}" in label
+    assert page.locator("#d-frames").inner_text() == f"{CINE_FRAMES} frames · deciding frame {worst + 1}"
+    screenshot(page, "viewer-cine.png")
+
+    # Keys: . next, , previous (wrapping like a cine), F back to the deciding frame.
+    page.locator("#viewport").focus()
+    page.keyboard.press(".")
+    assert_frame_shown(page, expected, following, display)
+    page.keyboard.press(",")
+    page.keyboard.press(",")
+    assert_frame_shown(page, expected, (worst - 1) % CINE_FRAMES, display)
+    page.keyboard.press("f")
+    assert_frame_shown(page, expected, worst, display)
+
+    # P plays (the frames advance by themselves) and pauses (they stop).
+    page.keyboard.press("p")
+    sync_api.expect(page.locator("#cine")).to_have_attribute("data-playing", "true")
+    assert page.locator("#cine-play").inner_text().startswith("Pause")
+    sync_api.expect(page.locator("#cine-readout")).not_to_have_text(re.compile(rf"^Frame {worst + 1} /"))
+    page.keyboard.press("p")
+    sync_api.expect(page.locator("#cine")).to_have_attribute("data-playing", "false")
+    assert page.locator("#cine-play").inner_text().startswith("Play")
+    paused_at = shown_frame(page)
+    page.wait_for_timeout(400)  # about five frames' time at 12 frames per second
+    assert shown_frame(page) == paused_at
+    assert_frame_shown(page, expected, paused_at, display)
+
+    # Every control is reachable by Tab, in order, with a name; the slider moves by arrow keys, buttons by Enter.
+    page.locator("#cine-play").focus()
+    for name in ("cine-prev", "cine-slider", "cine-next", "cine-worst"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == name
+    for role, name in [("button", "Play"), ("button", "Previous frame"), ("slider", "Frame"), ("button", "Next frame")]:
+        assert page.get_by_role(role, name=name, exact=False).count() >= 1
+    page.keyboard.press("Enter")  # on the deciding-frame button
+    assert_frame_shown(page, expected, worst, display)
+    page.locator("#cine-slider").focus()
+    page.keyboard.press("ArrowRight")
+    assert_frame_shown(page, expected, following, display)
+    page.locator("#cine-prev").focus()
+    page.keyboard.press("Enter")
+    assert_frame_shown(page, expected, worst, display)
+    bars.nth(following).click()
+    assert_frame_shown(page, expected, following, display)
+
+    # A single image afterwards has no cine controls.
+    upload(page, images["chest_b.png"]["path"])
+    assert page.locator("#cine").is_hidden()
+    assert page.evaluate("() => window.normgateViewer.current().frame") is None

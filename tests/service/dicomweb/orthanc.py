@@ -79,7 +79,7 @@ def stop(process: subprocess.Popen | None) -> None:
 class Orthanc:
     """deploy/orthanc/orthanc.json and forward-to-normgate.lua on loopback; ``start``/``stop`` keep the storage."""
 
-    def __init__(self, root: Path, normgate_url: str) -> None:
+    def __init__(self, root: Path, normgate_url: str, **overrides: Any) -> None:
         self.root = root
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -96,6 +96,7 @@ class Orthanc:
             DicomPort=self.dicom_port,
             Plugins=[dicomweb_plugin()],
             LuaScripts=[str(lua)],
+            **overrides,
         )
         config["DicomWeb"]["Servers"]["normgate"] = [normgate_url]
         self.config = root / "orthanc.json"

@@ -135,3 +135,57 @@ def test_storescu_to_orthanc_to_normgate_and_results_back_in_orthanc(tmp_path):
     text = normgate.log.read_text(errors="replace")
     assert original.SOPInstanceUID in text
     assert PHI_NAME not in text and PHI_ID not in text and "Sentinel" not in text
+
+
+@pytest.mark.timeout(300)
+def test_a_stable_mr_four_chamber_series_is_forwarded_whole_and_gets_one_series_report(tmp_path):
+    """The cardiac rule of the Lua script: an MR 4-chamber cine series is forwarded in one STOW-RS request when
+    Orthanc finds it stable, and NormGate's series SR (referencing every frame) lands in Orthanc; a short-axis
+    MR series stays in Orthanc."""
+    from tests.helpers import LVOT_SERVES
+    from tests.service.dicom_factory import cine_frames, mr_series
+    from tests.service.dicomweb.test_results import _groups
+
+    models = tmp_path / "models"
+    make_checkpoint(models / "default", seed=0)
+    make_checkpoint(models / "lvot", seed=3, input_size=[48, 48], serves=LVOT_SERVES)
+    normgate = NormGate(tmp_path, {})
+    orthanc = Orthanc(tmp_path, f"{normgate.url}/dicomweb/", StableAge=2)
+    normgate.env.update(
+        NORMGATE_MODELS_DIR=str(models),
+        NORMGATE_DICOMWEB_PUSH_URL=f"{orthanc.url}/dicom-web",
+        NORMGATE_DICOMWEB_PUSH_BACKOFF_S="0.5",
+        NORMGATE_STATE_DIR=str(tmp_path / "state"),
+        NORMGATE_MIN_IMAGE_SIDE="16",
+    )
+    logs = [normgate.log, orthanc.log]
+    study_uid = generate_uid()
+    cine = mr_series(cine_frames(4, 40, 48, seed=5), study_uid=study_uid, series_description="CINE_4CH")
+    short_axis = mr_series(cine_frames(2, 40, 48, seed=6), study_uid=study_uid, series_description="SAX cine")
+    uids = [str(pydicom.dcmread(io.BytesIO(body)).SOPInstanceUID) for body in cine]
+    with httpx.Client(timeout=30) as http:
+        try:
+            orthanc.start(http)
+            normgate.start(http)
+            for index, body in enumerate(cine + short_axis):
+                path = tmp_path / f"mr-{index}.dcm"
+                path.write_bytes(body)
+                orthanc.store_scu(path)
+
+            def series_report():
+                for instance in orthanc.study_instances(http, study_uid):
+                    tags = http.get(f"{orthanc.url}/instances/{instance['ID']}/simplified-tags").json()
+                    if tags["SOPClassUID"] == SR_CLASS and tags.get("SeriesDescription", "").endswith("series report"):
+                        return instance["ID"]
+                return None
+
+            sr_id = wait_until(series_report, 90, "the series SR in Orthanc", logs)
+            report = pydicom.dcmread(io.BytesIO(http.get(f"{orthanc.url}/instances/{sr_id}/file").content))
+            assert _groups(report)["NormGate series assessment"]["sources"] == uids
+            # One STOW request for the whole cine; every frame also has its own three results; the short-axis
+            # series was never forwarded (its instances have no results).
+            assert normgate.metric(http, STOW_COUNT) == 1
+            assert len(orthanc.study_instances(http, study_uid)) == 4 + 2 + 4 * 3 + 1
+        finally:
+            orthanc.stop()
+            normgate.stop()

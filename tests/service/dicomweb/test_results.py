@@ -32,7 +32,7 @@ from service.dicomweb.results import (
     dataset_bytes,
     read_source_header,
 )
-from service.schemas import AssessResponse, UnassessableReason
+from service.schemas import AssessResponse, Point, UnassessableReason
 from tests.helpers import REPO
 from tests.service.dicom_factory import chest_like, dx_instance
 from tests.service.dicomweb.sr_reading import read_sr
@@ -325,3 +325,147 @@ def test_the_same_image_gives_the_same_uids():
         for _ in range(2)
     ]
     assert again[0] == again[1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A series (a cine stored frame by frame) and a multi-frame original
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _series_built(tmp_path: Path):
+    from service.dicomweb.results import build_series_report
+    from service.dicomweb.series import series_answer
+    from tests.service.dicom_factory import cine_frames, mr_series
+
+    sources = [read_source_header(body) for body in mr_series(cine_frames(4, 40, 48, seed=8))]
+    probabilities = [0.2, 0.81, None, 0.64]
+    answers = []
+    for index, probability in enumerate(probabilities):
+        if probability is None:
+            answer = _answer("unassessable", width=48, height=40, reason="blank", heatmap=False)
+        else:
+            decision = "reacquire" if probability >= 0.5 else "accept"
+            answer = _answer(decision, width=48, height=40, label="lvot" if decision == "reacquire" else "no_lvot")
+            answer.probability = probability
+            answer.point = Point(x=10 + index, y=20)
+        answers.append(answer)
+    series, frames = series_answer(list(zip(sources, answers)), "r-series", 0.0)
+    report = build_series_report(frames, series, "normgrad-conv1x1-combined", "lvot", [48, 48], "0.1.0", NAMING)
+    path = tmp_path / "series-sr.dcm"
+    path.write_bytes(dataset_bytes(report))
+    return sources, series, report, path
+
+
+def _groups(sr: pydicom.Dataset) -> dict[str, dict]:
+    from tests.service.dicomweb.sr_reading import concept, walk
+
+    groups = {}
+    for group in walk(sr.ContentSequence):
+        if concept(group) != ("125007", "DCM"):
+            continue
+        by_concept = {concept(i): i for i in group.ContentSequence if "ConceptNameCodeSequence" in i}
+        entry: dict = {"sources": []}
+        for item in group.ContentSequence:
+            if item.ValueType == "IMAGE":
+                entry["sources"].append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        if ("122157", "DCM") in by_concept:
+            entry["probability"] = float(by_concept[("122157", "DCM")].MeasuredValueSequence[0].FloatingPointValue)
+        if ("121075", "DCM") in by_concept:
+            entry["recommendation"] = str(by_concept[("121075", "DCM")].ConceptCodeSequence[0].CodeValue)
+        if ("UNASSESSABLE-WHY", "99NORMGATE") in by_concept:
+            entry["reason"] = str(by_concept[("UNASSESSABLE-WHY", "99NORMGATE")].ConceptCodeSequence[0].CodeValue)
+        if ("111030", "DCM") in by_concept:
+            region = by_concept[("111030", "DCM")]
+            entry["point"] = [float(v) for v in region.GraphicData]
+            entry["sources"].append(str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        groups[str(by_concept[("112039", "DCM")].TextValue)] = entry
+    return groups
+
+
+def test_series_report_references_every_frame_and_passes_dciodvfy(tmp_path):
+    sources, series, report, path = _series_built(tmp_path)
+    errors, warnings = _dciodvfy(path)
+    assert errors == [] and set(warnings) <= KNOWN_WARNINGS, (errors, warnings)
+    run = subprocess.run([_tool("dsr2xml"), str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    uids = [str(s.SOPInstanceUID) for s in sources]
+    # The rule: frame 2 (0.81) reaches the threshold, so the series is reacquired and frame 2 decided it.
+    assert (series.decision, series.worst_frame, series.probability) == ("reacquire", 1, 0.81)
+    groups = _groups(report)
+    assert list(groups) == [
+        "NormGate series assessment",
+        "frame 1",
+        "frame 2",
+        "frame 3",
+        "frame 4",
+        "saliency peak of frame 2",
+    ]
+    top = groups["NormGate series assessment"]
+    assert top["sources"] == uids and top["probability"] == 0.81 and top["recommendation"] == "REACQUIRE"
+    assert [groups[f"frame {n}"]["sources"] for n in range(1, 5)] == [[u] for u in uids]
+    assert [groups[f"frame {n}"].get("probability") for n in range(1, 5)] == [0.2, 0.81, None, 0.64]
+    assert [groups[f"frame {n}"]["recommendation"] for n in range(1, 5)] == [
+        "ACCEPT",
+        "REACQUIRE",
+        "UNASSESSABLE",
+        "REACQUIRE",
+    ]
+    assert groups["frame 3"]["reason"] == "BLANK"
+    assert groups["saliency peak of frame 2"] == {"sources": [uids[1]], "point": [11.5, 20.5]}
+    library = [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for group in report.ContentSequence
+        if group.ConceptNameCodeSequence[0].CodeValue == "111028"  # Image Library
+        for entry in group.ContentSequence
+        for item in [entry, *entry.get("ContentSequence", [])]
+        if item.ValueType == "IMAGE"
+    ]
+    assert library == uids
+    assert report.SeriesNumber == NAMING.series_number + 3
+    assert report.SeriesDescription == "NormGate default series report"
+    assert report.StudyInstanceUID == sources[0].StudyInstanceUID
+    # The same frames give the same report UID; one frame more, a new report.
+    from service.dicomweb.results import series_report_uids
+
+    series_uid = str(sources[0].SeriesInstanceUID)
+    method = "normgrad-conv1x1-combined"
+    same = series_report_uids(series_uid, list(reversed(uids)), "default", "1.0.0", method)
+    assert same == (str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
+    grown = series_report_uids(series_uid, [*uids, "1.2.3"], "default", "1.0.0", method)
+    assert grown[0] == same[0] and grown[1] != same[1]
+
+
+def test_a_multi_frame_original_gets_an_sc_of_its_deciding_frame_and_an_sr_pointing_at_it(tmp_path):
+    from tests.service.dicom_factory import cine_frames, enhanced_mr
+
+    frames = cine_frames(3, 40, 48, seed=9)
+    body = enhanced_mr(frames)
+    answer = _answer("reacquire", width=48, height=40, label="lvot")
+    answer.frames = [
+        {"index": i, "probability": p, "decision": "reacquire" if p >= 0.5 else "accept"}
+        for i, p in enumerate((0.1, 0.2, 0.93))
+    ]
+    answer.worst_frame = 2
+    display = frames.astype(np.float32) / 4095.0
+    results = build_results(read_source_header(body), display, answer, "lvot", [48, 48], "0.1.0", NAMING)
+    assert results.segmentation is None
+    for ds in results.datasets:
+        path = tmp_path / f"{ds.Modality}.dcm"
+        path.write_bytes(dataset_bytes(ds))
+        errors, warnings = _dciodvfy(path)
+        assert errors == [] and set(warnings) <= KNOWN_WARNINGS, (ds.Modality, errors, warnings)
+    summary = read_sr(results.structured_report)
+    assert summary.peak == [answer.point.x + 0.5, answer.point.y + 0.5]
+    peak_group = [g for g in walk_items(results.structured_report) if g.get("ReferencedFrameNumber") is not None]
+    assert [int(g.ReferencedFrameNumber) for g in peak_group] == [3]
+    # The SC shows frame 3 (the deciding one): its grey pixels below the banner follow that frame, not frame 1.
+    sc = results.secondary_capture.pixel_array.astype(float).mean(axis=2)
+    image = sc[-40:, :]
+    corr = [np.corrcoef(image.ravel(), (f / 4095.0).ravel())[0, 1] for f in frames]
+    assert int(np.argmax(corr)) == 2
+
+
+def walk_items(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    from tests.service.dicomweb.sr_reading import walk
+
+    return [ref for item in walk(sr.ContentSequence) for ref in item.get("ReferencedSOPSequence", [])]
