@@ -4,7 +4,7 @@ folder (docs/formats.md, "Checkpoint folders").
 The defaults train the chest foreign-object model. A second application names its own classes and positive
 class (``--classes``, ``--positive-class``), the DICOM it serves (``--serves-*``, the ``serves`` block that routes
 instances to it), its Pointing Game tolerance (``--tau-rel``) and how its result series are filed
-(``--results-series-*``); the cardiac LVOT model is trained this way (docs/model-card.md, "cmr-lvot").
+(``--results-series-*``); the cardiac LVOT model is trained this way (docs/model-card.md, "Cardiac model").
 
 The recipe is the papers' (Ozer et al. 2021 MIDL §3 "Experimental setup"; Ozer et al. 2023 §4.1 "Object-CXR"):
 a torchvision ResNet/EfficientNet with a 2-class head (He initialisation), the grayscale radiograph duplicated to

@@ -68,7 +68,16 @@ def render_block(examples: list[dict[str, Any]]) -> str:
     answer = dict(first["answer"])
     shown = {**answer, "heatmap": {**answer["heatmap"], "png_base64": answer["heatmap"]["png_base64"][:24] + "…"}}
     point = answer["point"]
-    where = "lies inside it" if _inside(point, first["boxes"]) else "lies outside it"
+    if first["boxes"]:
+        where = "lies inside it" if _inside(point, first["boxes"]) else "lies outside it"
+    elif answer["decision"] == "reacquire":
+        # A negative answered reacquire is a false alarm; say so rather than let the example read as a detection.
+        where = (
+            "marks where the model's evidence peaked: a false alarm, since the calibrated threshold is set for "
+            "sensitivity 0.95 and gives up specificity for it (docs/model-card.md)"
+        )
+    else:
+        where = f"marks where the model's evidence peaked; the decision is `{answer['decision']}`"
     second_answer = second["answer"]
     lines = [
         START,
