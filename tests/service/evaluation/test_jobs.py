@@ -275,9 +275,11 @@ def test_sigkill_of_the_server_leaves_no_job_process_and_the_restart_finishes_th
         _wait_until(lambda: status_of(url)["progress"]["done"] >= 1, STARTUP_S, "the job's first image", 0.02)
         (child,) = _job_processes(job_id)
         assert _parent_of(child) == server.pid  # the server's own child: the only process this test stops
+        # Read before the freeze: a child stopped inside a store transaction can hold the job's database lock, and
+        # the server's status read would wait on it (a CI run timed out here).
+        done_at_kill = status_of(url)["progress"]["done"]
         # Frozen, so the kill lands mid-job however fast this machine is (a stopped process dies of SIGKILL too).
         os.kill(child, signal.SIGSTOP)
-        done_at_kill = status_of(url)["progress"]["done"]
         server.send_signal(signal.SIGKILL)
         server.wait(30)
         killed_at = time.monotonic()
