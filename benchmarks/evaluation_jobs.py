@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from load_tests import driver
 from models.architectures import build_model
 from models.checkpoint import save_checkpoint
 from models.metadata import ModelMetadata, TrainingRecord
@@ -78,33 +78,12 @@ def write_folders(base: Path, images: int) -> tuple[Path, Path]:
 
 
 def start_server(base: Path, data: Path, models: Path, log_name: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORMGATE_")}
-    env.update(
-        NORMGATE_PORT=str(port),
-        NORMGATE_DATA_DIR=str(data),
-        NORMGATE_MODELS_DIR=str(models),
-        NORMGATE_STATE_DIR=str(base / "state"),
-        NORMGATE_DEVICE="cpu",
-        NORMGATE_DECODE_WORKERS="1",
-        NORMGATE_TORCH_THREADS="1",
+    """``python -m service`` on a free port (load_tests.driver: NORMGATE_* from the shell dropped), once ready."""
+    server = driver.start_server(
+        models, base / log_name, data_dir=data, state_dir=base / "state", decode_workers=1, torch_threads=1
     )
-    with open(base / log_name, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit((base / log_name).read_text()[-2000:])
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the server did not become ready in 300 s")
+    server.wait_ready(300)
+    return server.process, server.url
 
 
 def peak_rss_mib(pid: int) -> float:
